@@ -1,0 +1,90 @@
+"""``CompressConfig``: the one typed configuration of ``edgefm compress``. A recipe YAML and CLI flags
+fill the same model; ``--dry-run`` prints it resolved."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgefm.errors import ConfigError
+from edgefm.fidelity import Limits
+
+
+class Tolerances(BaseModel):
+    """Limits each step is checked against. Defaults are per step; ``max_accuracy_drop`` relaxes or
+    tightens the quantization check when eval data has labels."""
+
+    model_config = ConfigDict(extra="forbid")
+    export: Limits = Field(default_factory=lambda: Limits(max_abs=1e-3, cosine=0.99999),
+                           description="torch vs exported fp32 ONNX")
+    quantize: Limits = Field(default_factory=lambda: Limits(cosine=0.98, top1_agreement=0.95, accuracy_drop=1.0),
+                             description="compressed artifact vs fp32 ONNX on the eval data")
+    fp16: Limits = Field(default_factory=lambda: Limits(cosine=0.999, top1_agreement=0.99),
+                         description="fp16/bf16 artifact vs fp32 ONNX")
+    compile: Limits = Field(default_factory=lambda: Limits(max_abs=1e-3, cosine=0.9999),
+                            description="fp32 artifact in another runtime vs fp32 ONNX")
+
+
+class CompressConfig(BaseModel):
+    """Everything ``edgefm compress`` needs. Every field can come from a recipe YAML or a CLI flag."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: Path = Field(description="Checkpoint: HF folder, .pt/.pth/.safetensors (+arch), TorchScript, .pt2, .onnx")
+    output: Path = Field(description="Bundle folder to write")
+    targets: list[str] = Field(default_factory=lambda: ["onnxruntime-cpu"],
+                               description="Target names (targets/*.yaml) or paths to target YAML files")
+    arch: Optional[str] = Field(None, description="module.path:factory, file.py:factory or timm:NAME for state_dicts")
+    inputs: list[str] = Field(default_factory=list, description="Input declarations NAME:DIMS[:DTYPE]")
+    calib: Optional[Path] = Field(None, description="Calibration data: .npz, .txt (one sentence a line) or image folder")
+    eval: Optional[Path] = Field(None, description="Evaluation data (same formats; .npz may hold 'labels')")
+    eval_fraction: float = Field(0.25, gt=0, lt=1, description="Share of --calib held back for eval when --eval is absent")
+    max_calib_samples: int = Field(256, ge=1, description="Calibration samples used at most")
+    max_eval_samples: int = Field(512, ge=1, description="Evaluation samples used at most")
+    max_length: int = Field(128, ge=1, description="Sequence length text is padded/truncated to")
+    quantize: Optional[Literal["int8", "fp16", "fp32"]] = Field(
+        None, description="Precision for every target; None uses each target's default")
+    keep_fp32: list[str] = Field(default_factory=list,
+                                 description="Node names or op types left in float when quantizing")
+    max_accuracy_drop: Optional[float] = Field(
+        None, ge=0, description="Allowed top-1 drop in points (labels) — overrides tolerances.quantize.accuracy_drop")
+    tolerances: Tolerances = Field(default_factory=Tolerances)
+    opset: Optional[int] = Field(None, description="ONNX opset; None picks the exporter's default")
+    seed: int = Field(0, description="Seed for sampling and splits")
+    cache_dir: Optional[Path] = Field(None, description="Cache of exported/quantized artifacts by content hash")
+    force: bool = Field(False, description="Replace OUT if it exists")
+    dry_run: bool = Field(False, description="Print the resolved configuration and stop")
+    verbose: bool = Field(False, description="Show tracebacks and debug logs")
+
+    def quant_limits(self) -> Limits:
+        lim = self.tolerances.quantize.model_copy()
+        if self.max_accuracy_drop is not None:
+            lim.accuracy_drop = self.max_accuracy_drop
+        return lim
+
+
+def load_recipe(path: Path) -> dict[str, Any]:
+    """Read a recipe YAML into a dict of CompressConfig fields (errors name the file)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"recipe {path}: cannot be read ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"recipe {path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path}: expected a mapping of config fields")
+    return data
+
+
+def build_config(recipe: Optional[Path] = None, **fields: Any) -> CompressConfig:
+    """Merge a recipe (lowest priority) with explicitly given fields (None = not given)."""
+    data = load_recipe(recipe) if recipe else {}
+    data.update({k: v for k, v in fields.items() if v is not None and v != [] })
+    try:
+        return CompressConfig(**data)
+    except ValidationError as e:
+        errs = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        where = f"recipe {recipe} / flags" if recipe else "flags"
+        raise ConfigError(f"invalid configuration ({where}): {errs}") from None

@@ -1,0 +1,61 @@
+"""The exception tree. Every error a user can cause is an ``EdgefmError`` with a message meant for
+people: it names the file, the value and what would be valid. The CLI prints ``str(err)`` on one line
+(tracebacks only with ``--verbose``)."""
+
+from __future__ import annotations
+
+
+class EdgefmError(Exception):
+    """Base of every error edgefm raises on purpose."""
+
+
+class ConfigError(EdgefmError):
+    """A configuration value (CLI flag, recipe YAML) is invalid."""
+
+
+class CheckpointError(EdgefmError):
+    """A checkpoint is missing, corrupt, unsafe or of a kind we cannot load."""
+
+
+class CalibrationError(EdgefmError):
+    """Calibration or evaluation data is missing or does not fit the model's inputs."""
+
+
+class ExportError(EdgefmError):
+    """Exporting the torch model to ONNX failed."""
+
+
+class AccuracyError(EdgefmError):
+    """A stage moved the outputs further from the fp32 reference than its tolerance allows.
+
+    ``step``, ``metric``, ``value`` and ``limit`` say which stage, which figure, what it was and what was allowed.
+    """
+
+    def __init__(self, step: str, output: str, metric: str, value: float, limit: float, hint: str = ""):
+        self.step, self.output, self.metric, self.value, self.limit = step, output, metric, value, limit
+        cmp = ">=" if metric in HIGHER_IS_BETTER else "<="
+        msg = (f"{step}: output '{output}' {metric} = {value:.6g}, but the limit is {cmp} {limit:.6g}")
+        super().__init__(msg + (f". {hint}" if hint else ""))
+
+
+HIGHER_IS_BETTER = {"cosine", "min_cosine", "top1_agreement", "top1", "top5"}
+
+
+class BackendUnavailableError(EdgefmError):
+    """The runtime a target needs is not installed (the message names the pip extra)."""
+
+
+class UnsupportedOpError(EdgefmError):
+    """A converter or target cannot run an op of the model (the message names the op and the node)."""
+
+
+class BundleError(EdgefmError):
+    """A bundle is missing, incomplete, modified since it was written, or lacks the asked-for target."""
+
+
+class TargetError(EdgefmError):
+    """A target name or target file is unknown or invalid."""
+
+
+class DeviceMismatchError(BundleError):
+    """A compiled artifact (e.g. a TensorRT engine) was built for other hardware or runtime versions."""

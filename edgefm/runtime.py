@@ -1,0 +1,86 @@
+"""``edgefm.load(bundle)``: verify a bundle and return a Predictor for one of its targets.
+
+This module must not import torch: it is what runs on the device."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Mapping, Optional
+
+import numpy as np
+
+from edgefm.backends import get_backend
+from edgefm.backends.base import LoadOptions, Predictor
+from edgefm.bundle import Manifest, read_manifest, target_files, verify_files
+from edgefm.errors import BundleError, CalibrationError
+from edgefm.models.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+class BasePredictor:
+    """Shared input checking for backend Predictors: names, ranks, fixed dims and dtypes are checked
+    and arrays are cast to the declared dtype before the backend's ``_run`` sees them."""
+
+    def __init__(self, spec: ModelSpec, target: str, backend: str):
+        self.spec, self.target, self.backend = spec, target, backend
+
+    @property
+    def input_names(self) -> list[str]:
+        return self.spec.input_names
+
+    @property
+    def output_names(self) -> list[str]:
+        return self.spec.output_names
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not isinstance(inputs, Mapping):
+            raise CalibrationError(f"a Predictor takes a dict {{input name: array}} with inputs {self.input_names}, "
+                                   f"got {type(inputs).__name__}")
+        feed = {k: np.asarray(v) for k, v in inputs.items()}
+        self.spec.check_feed(feed, f"{self.target} predictor")
+        feed = {s.name: np.ascontiguousarray(feed[s.name], dtype=s.dtype) for s in self.spec.inputs}
+        return self._run(feed)
+
+    def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # pragma: no cover
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} target={self.target} inputs={self.input_names} outputs={self.output_names}>"
+
+
+def choose_target(manifest: Manifest, target: Optional[str], bundle: Path) -> str:
+    if target is not None:
+        if target not in manifest.targets:
+            raise BundleError(f"bundle {bundle} has no target '{target}'; it has: {', '.join(manifest.targets)}")
+        return target
+    if not manifest.targets:
+        raise BundleError(f"bundle {bundle} has no compiled targets")
+    for name, entry in manifest.targets.items():
+        try:
+            if get_backend(entry.backend, need_runtime=True):
+                return name
+        except Exception:  # noqa: BLE001 - try the next target whose runtime is here
+            continue
+    return next(iter(manifest.targets))
+
+
+def load(bundle: str | Path, target: Optional[str] = None, *, device: Optional[str] = None,
+         threads: Optional[int] = None, strict: bool = False, verify: bool = True) -> Predictor:
+    """Load a bundle and return a Predictor for ``target`` (default: the first whose runtime is installed).
+
+    Every file the target needs is checked against its sha256 in the manifest (``verify=False`` skips it).
+    ``device`` overrides the target's device (e.g. OpenVINO ``GPU``); when that device is missing the
+    backend falls back to CPU with a warning, or raises with ``strict=True``."""
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    name = choose_target(manifest, target, bundle)
+    entry = manifest.targets[name]
+    if verify:
+        verify_files(bundle, manifest, only=target_files(manifest, name))
+    backend = get_backend(entry.backend)
+    opts = LoadOptions(device=device, threads=threads, strict=strict)
+    predictor = backend.load(bundle, name, entry, manifest.spec, opts)
+    log.debug("loaded %s target %s from %s", entry.backend, name, bundle)
+    return predictor
