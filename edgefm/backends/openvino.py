@@ -74,7 +74,7 @@ class OpenVINOOptions(BaseModel):
                                                    "shape (NPU)")
     compare_precisions: bool = Field(True, description="For int8, also measure the fp32 IR at f32 and bf16")
     accuracy_control_max_layers: Optional[int] = Field(
-        None, ge=0, description="Most layers NNCF accuracy control may put back in float; None: no cap")
+        None, ge=1, description="Most groups of layers NNCF accuracy control may put back in float; None: no cap")
 
 
 def options_for(target: TargetSpec) -> OpenVINOOptions:
@@ -283,7 +283,7 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
     t0 = time.perf_counter()
     say(f"{job.target.name}: converting to OpenVINO IR from {opts.convert_from}")
     model = convert(job, opts)
-    f32 = _compile(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    f32 = _compile(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
     conv_metrics = _evaluate(job, f32)
     records.append(StageRecord(
         name="convert", target=job.target.name, settings={"convert_from": opts.convert_from},
@@ -321,7 +321,7 @@ def _settings(job: CompileJob, opts: OpenVINOOptions, nq: Any, model: Any) -> An
     return nq.PTQSettings(
         model_type="transformer" if job.spec.family == "transformer" else None, preset=opts.preset,
         target_device=device, overflow_fix=opts.overflow_fix, subset_size=opts.subset_size,
-        ignored_names=names, ignored_types=types)
+        ignored_names=names, ignored_types=types, verbose=bool(getattr(job.config, "verbose", False)))
 
 
 def _quantize(job: CompileJob, opts: OpenVINOOptions, model: Any, f32: Any, f32_metrics: dict, nq: Any
@@ -339,7 +339,7 @@ def _quantize(job: CompileJob, opts: OpenVINOOptions, model: Any, f32: Any, f32_
         notes.append("LSTM/GRU cells stay float: OpenVINO CPU's u8 RNN kernel shares one scale between input and "
                      "hidden state, which NNCF calibrates from the input alone (digits LSTM top-1 94.1 -> 51.4 %)")
     say = job.progress or (lambda _m: None)
-    settings: dict[str, Any] = {"mode": opts.int8_mode, **s.model_dump(exclude={"ignored_names", "ignored_types"}),
+    settings: dict[str, Any] = {"mode": opts.int8_mode, **s.model_dump(exclude={"ignored_names", "ignored_types", "verbose"}),
                                 "calib_samples": min(len(job.calib), s.subset_size)}
     if opts.int8_mode == "weights":
         say(f"{job.target.name}: NNCF weight-only int8")
@@ -423,7 +423,7 @@ def _compare_precisions(job: CompileJob, model: Any, f32: Any, f32_metrics: dict
     out = {"f32": {**_headline(f32_metrics), "latency_ms": _latency_ms(f32, feed)}}
     caps = _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     if "BF16" in caps:
-        bf16 = _compile(model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16"})
+        bf16 = _compile(model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"})
         out["bf16"] = {**_headline(_evaluate(job, bf16)), "latency_ms": _latency_ms(bf16, feed)}
     else:
         out["bf16"] = {"note": "this CPU has no bf16 arithmetic"}

@@ -13,6 +13,7 @@ Imports nncf and openvino inside the functions only (``import edgefm`` stays lig
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Optional, Sequence
@@ -61,6 +62,7 @@ class PTQSettings(BaseModel):
     fast_bias_correction: bool = True
     ignored_names: list[str] = Field(default_factory=list, description="Node names left in float")
     ignored_types: list[str] = Field(default_factory=list, description="OpenVINO op types left in float")
+    verbose: bool = Field(False, description="Let NNCF log at INFO (its reports also go into the manifest)")
 
 
 @dataclass
@@ -148,6 +150,19 @@ def _common_kwargs(s: PTQSettings, model: Any, n_calib: int) -> dict[str, Any]:
         ignored_scope=_ignored_scope(s, model))
 
 
+@contextlib.contextmanager
+def _nncf_log(verbose: bool):
+    """NNCF logs every step at INFO to stdout; edgefm records what matters in the manifest instead."""
+    logger = logging.getLogger("nncf")
+    old = logger.level
+    if not verbose:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
+
+
 def _advanced(s: PTQSettings) -> Any:
     import nncf
 
@@ -158,8 +173,9 @@ def quantize(model: Any, calib: Samples, s: PTQSettings) -> Any:
     """Post-training static int8 of an ``openvino.Model`` (returns a new model)."""
     import nncf
 
-    return nncf.quantize(model, dataset(calib), advanced_parameters=_advanced(s),
-                         **_common_kwargs(s, model, len(calib)))
+    with _nncf_log(s.verbose):
+        return nncf.quantize(model, dataset(calib), advanced_parameters=_advanced(s),
+                             **_common_kwargs(s, model, len(calib)))
 
 
 def compress_weights(model: Any, s: PTQSettings, symmetric: bool = False) -> Any:
@@ -167,7 +183,8 @@ def compress_weights(model: Any, s: PTQSettings, symmetric: bool = False) -> Any
     import nncf
 
     mode = nncf.CompressWeightsMode.INT8_SYM if symmetric else nncf.CompressWeightsMode.INT8_ASYM
-    return nncf.compress_weights(model, mode=mode, ignored_scope=_ignored_scope(s, model))
+    with _nncf_log(s.verbose):
+        return nncf.compress_weights(model, mode=mode, ignored_scope=_ignored_scope(s, model))
 
 
 def validation_metric(spec: ModelSpec, eval_: Samples, reference: Feed) -> ValidationMetric:
@@ -224,10 +241,11 @@ def quantize_with_accuracy_control(model: Any, calib: Samples, metric: Validatio
 
     restorer = nncf.AdvancedAccuracyRestorerParameters(
         **({} if max_layers is None else {"max_num_iterations": max_layers}))
-    result = nncf.quantize_with_accuracy_control(
-        model, dataset(calib), nncf.Dataset(metric.items), metric.fn, max_drop=max_drop,
-        drop_type=nncf.DropType.ABSOLUTE, advanced_quantization_parameters=_advanced(s),
-        advanced_accuracy_restorer_parameters=restorer, **_common_kwargs(s, model, len(calib)))
+    with _nncf_log(s.verbose):
+        result = nncf.quantize_with_accuracy_control(
+            model, dataset(calib), nncf.Dataset(metric.items), metric.fn, max_drop=max_drop,
+            drop_type=nncf.DropType.ABSOLUTE, advanced_quantization_parameters=_advanced(s),
+            advanced_accuracy_restorer_parameters=restorer, **_common_kwargs(s, model, len(calib)))
     plain = plain if plain is not None else quantize(model, calib, s)
     before, after = int8_layers(plain), int8_layers(result)
     return AccuracyControlResult(
@@ -269,7 +287,15 @@ def int8_layers(model: Any) -> dict[str, str]:
 
 
 def check_drop(step: str, result: AccuracyControlResult, max_drop: float) -> None:
-    """Raise ``AccuracyError`` saying why accuracy control could not meet the bound."""
+    """Raise ``AccuracyError`` saying why accuracy control could not meet the bound (or met it only by
+    putting every layer back in float, which is no int8 model at all)."""
+    if result.drop <= max_drop + 1e-9 and result.int8_layers == 0:
+        raise AccuracyError(
+            step, "labels" if result.metric == "top1_points" else "all outputs", "int8_layers", 0, 1,
+            hint=(f"NNCF accuracy control met the {result.metric} bound of {max_drop} points only by putting all "
+                  f"{len(result.reverted)} quantized layers back in float (plain int8 drop "
+                  f"{result.fp32_value - (result.plain_int8_value or 0):.3g} points): the bound cannot be met with "
+                  f"int8 here; loosen --max-accuracy-drop or use --quantize fp32/bf16"))
     if result.drop <= max_drop + 1e-9:
         return
     raise AccuracyError(

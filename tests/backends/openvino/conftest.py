@@ -74,12 +74,22 @@ def _digits_case(name: str, module, sequence: bool, tmp: Path) -> ModelCase:
     return ModelCase(name, module, onnx, spec, calib, eval_, reference(onnx, eval_))
 
 
-def _trained(model, sequence: bool):
+def _trained(factory, sequence: bool):
+    """A freshly built and trained digits model; seeded before it is built, so its weights and the figures
+    below are the same on every run."""
     import torch
     from edgefm import zoo
 
-    torch.manual_seed(0)
-    zoo.train_digits(model, sequence=sequence, epochs=20)
+    # one thread: these models are tiny, and on a shared 2-core machine two torch threads wait on each other
+    # (measured: CNN training 121 s with 2 threads vs 24 s with 1 under load)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = factory()
+        zoo.train_digits(model, sequence=sequence, epochs=30 if sequence else 20)
+    finally:
+        torch.set_num_threads(threads)
     return model.eval()
 
 
@@ -87,7 +97,7 @@ def _trained(model, sequence: bool):
 def digits_cnn_module():
     from edgefm import zoo
 
-    return _trained(zoo.DigitsCNN(), sequence=False)
+    return _trained(zoo.DigitsCNN, sequence=False)
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +109,7 @@ def digits_cnn(digits_cnn_module, tmp_path_factory) -> ModelCase:
 def digits_lstm(tmp_path_factory) -> ModelCase:
     from edgefm import zoo
 
-    return _digits_case("digits_lstm", _trained(zoo.DigitsLSTM(), sequence=True), True,
+    return _digits_case("digits_lstm", _trained(zoo.DigitsLSTM, sequence=True), True,
                         tmp_path_factory.mktemp("lstm"))
 
 
@@ -119,10 +129,9 @@ def outlier_cnn(digits_cnn_module, tmp_path_factory) -> ModelCase:
     return _digits_case("outlier_cnn", m.eval(), False, tmp_path_factory.mktemp("outlier"))
 
 
-@pytest.fixture(scope="session")
-def minilm(tmp_path_factory) -> ModelCase:
+def minilm_case(tmp: Path, max_length: int = 32) -> ModelCase:
     """The real all-MiniLM-L6-v2 with sentence-transformers' pooling (masked mean, L2 norm) as one ONNX
-    output ``sentence_embedding``; 64 calibration sentences, 56 held-out ones, padded to 32 tokens."""
+    output ``sentence_embedding``; 64 calibration sentences, 56 held-out ones, padded to ``max_length``."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -146,17 +155,21 @@ def minilm(tmp_path_factory) -> ModelCase:
     module = SentenceEmbedding(AutoModel.from_pretrained(path)).eval()
     tok = AutoTokenizer.from_pretrained(path)
     sentences = SENTENCES.read_text().splitlines()
-    enc = tok(sentences, padding="max_length", max_length=32, truncation=True, return_tensors="np")
+    enc = tok(sentences, padding="max_length", max_length=max_length, truncation=True, return_tensors="np")
     names = ["input_ids", "attention_mask", "token_type_ids"]
     feeds = {n: enc[n].astype(np.int64) for n in names}
     spec = ModelSpec(family="transformer", task="feature-extraction",
                      inputs=[InputSpec(name=n, shape=["batch", "sequence"], dtype="int64") for n in names],
                      outputs=[OutputSpec(name="sentence_embedding", kind="embedding")], arch="BertModel")
-    onnx = export_onnx(module, tuple(torch.from_numpy(feeds[n][:2]) for n in names), spec,
-                       tmp_path_factory.mktemp("minilm") / "minilm.onnx")
+    onnx = export_onnx(module, tuple(torch.from_numpy(feeds[n][:2]) for n in names), spec, tmp / "minilm.onnx")
     calib = Samples({n: v[:64] for n, v in feeds.items()})
     eval_ = Samples({n: v[64:] for n, v in feeds.items()})
     return ModelCase("minilm", module, onnx, spec, calib, eval_, reference(onnx, eval_))
+
+
+@pytest.fixture(scope="session")
+def minilm(tmp_path_factory) -> ModelCase:
+    return minilm_case(tmp_path_factory.mktemp("minilm"))
 
 
 def target(name: str, **options) -> TargetSpec:
