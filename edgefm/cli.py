@@ -87,8 +87,10 @@ def _print_targets(manifest) -> None:
     from rich.table import Table
 
     t = Table(title="targets")
-    for col in ("target", "backend", "precision", "artifact", "fidelity to fp32"):
-        t.add_column(col)
+    for col in ("target", "backend", "precision"):
+        t.add_column(col, no_wrap=True)
+    t.add_column("artifact")
+    t.add_column("fidelity to fp32")
     for name, e in manifest.targets.items():
         t.add_row(name, e.backend, e.precision, e.artifact, _fidelity_text(e.metrics))
     out.print(t)
@@ -157,8 +159,9 @@ def targets(verbose: bool = typer.Option(False, "--verbose", "-v")):
     from edgefm.targets import list_targets
 
     t = Table(title="targets")
-    for c in ("name", "backend", "device", "precision", "runtime here", "description"):
-        t.add_column(c)
+    for c in ("name", "backend", "device", "precision", "runtime here"):
+        t.add_column(c, no_wrap=True)
+    t.add_column("description")
     for name, spec in sorted(list_targets().items()):
         try:
             here = "yes" if get_backend(spec.backend, need_runtime=False).is_available() else "no"
