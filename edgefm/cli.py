@@ -24,6 +24,9 @@ out = Console()
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # libraries' import-time chatter (torchao's missing CUDA kernels, torch's pytree notices)
+        for name in ("torchao", "torch", "nncf", "transformers"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def handles_errors(fn):

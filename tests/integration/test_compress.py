@@ -161,3 +161,13 @@ def test_load_refuses_modified_bundle_and_unknown_target(cnn_bundle, tmp_path):
     art.write_bytes(art.read_bytes()[:-10])
     with pytest.raises(BundleError, match="modified"):
         edgefm.load(copy)
+
+
+def test_dry_run_prints_resolved_config_and_writes_nothing(digits_cnn_ckpt, tmp_path):
+    ckpt, _ = digits_cnn_ckpt
+    code, text = cli("compress", ckpt, "-o", tmp_path / "o", "--arch", "edgefm.zoo:digits_cnn", "--input",
+                     "x:1,1,8,8", "--calib", CALIB / "digits_calib.npz", "--quantize", "fp16", "--dry-run")
+    assert code == 0, text
+    plan = json.loads(text)
+    assert plan["targets"]["onnxruntime-cpu"]["precision"] == "fp16"
+    assert plan["config"]["arch"] == "edgefm.zoo:digits_cnn" and not (tmp_path / "o").exists()
