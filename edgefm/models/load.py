@@ -104,6 +104,7 @@ def _hf(source: Path, arch, decls) -> LoadedModel:
                      outputs=[OutputSpec(name=hf.output, kind=hf.output_kind)], num_classes=hf.num_classes,
                      arch=hf.arch, preprocessing=Preprocessing(kind="text", tokenizer=str(hf.model_dir),
                                                                max_length=hf.max_length))
+    wrap.probe(module, example_inputs(spec), source)  # e.g. an encoder-decoder that needs decoder inputs fails here
     return LoadedModel(module, spec, "hf", source, "", tokenizer_dir=hf.model_dir, notes=hf.notes)
 
 
