@@ -19,8 +19,6 @@ from edgefm.models.guess import CONV, RNN
 from edgefm.models.spec import InputSpec, OutputSpec
 
 
-
-
 class SpecModule(nn.Module):
     """Calls ``inner`` with the inputs in spec order (positionally, or as keywords for Hugging Face
     models) and returns a flat tuple of tensors; ``select`` picks named fields of a dict-like output."""
@@ -53,7 +51,10 @@ def wrap(inner: nn.Module, input_names: Sequence[str], as_kwargs: bool = False,
     """A ``SpecModule`` whose ``forward`` has one named parameter per input: torch.export (and so the
     dynamo ONNX exporter) matches ``dynamic_shapes``/``dynamic_axes`` by parameter name and fails on
     ``*args``, so the signature is generated."""
-    params = [_py_name(n, i) for i, n in enumerate(input_names)]
+    params: list[str] = []
+    for i, n in enumerate(input_names):
+        py = _py_name(n, i)
+        params.append(py if py not in params else f"input_{i}")
     src = f"def forward(self, {', '.join(params)}):\n    return self._call(({', '.join(params)},))\n"
     ns: dict[str, Any] = {}
     exec(src, ns)  # noqa: S102 — the source is built from sanitised identifiers only

@@ -156,6 +156,7 @@ def test_exported_program(files, models):
     lm = load_checkpoint(files / "lstm.pt2")
     assert lm.kind == "exported_program" and lm.spec.family == "rnn"
     assert [(i.name, i.shape, i.dtype) for i in lm.spec.inputs] == [("x", ["batch", 8, 8], "float32")]
+    assert any("dynamo=True" in n for n in lm.notes)
     lm.module.eval()  # an ExportedProgram module refuses train()/eval(); the wrapper must not pass it on
     for n in (1, 6):
         feed = digits_feed(n, seq=True)
@@ -240,6 +241,10 @@ def test_minilm_embedding_equals_sentence_transformers(minilm):
     ref = SentenceTransformer(str(MINILM), device="cpu").encode(sentences, convert_to_numpy=True)
     assert ours.shape == (4, 384)
     assert np.abs(ours - ref).max() < 1e-5
+    # a declared fixed sequence length becomes the text preprocessing length
+    fixed = load_checkpoint(MINILM, inputs=["input_ids:1,64:int64", "attention_mask:1,64:int64",
+                                            "token_type_ids:1,64:int64"])
+    assert fixed.spec.preprocessing.max_length == 64 and fixed.spec.inputs[0].shape == ["batch", 64]
 
 
 def _tiny_bert(folder, cls_name, **cfg):
