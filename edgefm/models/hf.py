@@ -62,13 +62,15 @@ def load_hf(folder: Path) -> HFModel:
     auto = getattr(transformers, _HEADS[head][1]) if head else transformers.AutoModel
     model, info = _from_pretrained(auto, model_dir)
     missing = sorted(info.get("missing_keys") or ())
+    mismatched = sorted(map(str, info.get("mismatched_keys") or ()))
     notes = []
-    if head is None and missing and all(k.startswith("pooler.") for k in missing):
+    if head is None and missing and all(k.startswith("pooler.") for k in missing) and not mismatched:
         notes.append(f"{model_dir.name}: pooler weights absent (unused by the outputs edgefm takes)")
-    elif missing or info.get("mismatched_keys"):
-        raise CheckpointError(f"checkpoint {model_dir}: weights do not fit {arch}: missing {missing[:8]}"
-                              f"{' mismatched ' + str(sorted(info['mismatched_keys'])[:8]) if info.get('mismatched_keys') else ''}"
-                              f"; these would be random")
+    elif missing or mismatched:
+        what = [f"missing {missing[:8]}"] if missing else []
+        what += [f"shape mismatches {mismatched[:8]}"] if mismatched else []
+        raise CheckpointError(f"checkpoint {model_dir}: weights do not fit {arch}: {'; '.join(what)} "
+                              f"(these would be random)")
     if info.get("unexpected_keys"):
         notes.append(f"{model_dir.name}: ignored weights not used by {arch}: {sorted(info['unexpected_keys'])[:5]}")
     model = model.float().eval()
@@ -76,8 +78,7 @@ def load_hf(folder: Path) -> HFModel:
     common = dict(input_names=input_names, model_dir=model_dir, arch=arch, notes=notes)
     if head:
         task = _HEADS[head][0]
-        return HFModel(model, task, "logits", "logits", "logits", num_classes=int(config.get("num_labels") or
-                       len(config.get("id2label") or {}) or model.config.num_labels), **common)
+        return HFModel(model, task, "logits", "logits", "logits", num_classes=int(model.config.num_labels), **common)
     if st_modules:
         module, max_len = _sentence_embedding(folder, st_modules, model)
         notes.append(f"sentence-transformers pipeline: {', '.join(m.get('type', '?').rsplit('.', 1)[-1] for m in st_modules)}")

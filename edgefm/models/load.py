@@ -100,10 +100,12 @@ def _hf(source: Path, arch, decls) -> LoadedModel:
     names = hf.input_names
     module = wrap.wrap(hf.module, names, as_kwargs=True, select=[hf.select] if hf.select else None)
     inputs = _override([InputSpec(name=n, shape=["batch", "sequence"], dtype="int64") for n in names], decls, source)
+    fixed = [i.shape[1] for i in inputs if len(i.shape) > 1 and isinstance(i.shape[1], int)]
     spec = ModelSpec(family="transformer", task=hf.task, inputs=inputs,
                      outputs=[OutputSpec(name=hf.output, kind=hf.output_kind)], num_classes=hf.num_classes,
                      arch=hf.arch, preprocessing=Preprocessing(kind="text", tokenizer=str(hf.model_dir),
-                                                               max_length=hf.max_length))
+                                                               max_length=fixed[0] if fixed else hf.max_length))
+    wrap.probe(module, example_inputs(spec), source)  # e.g. an encoder-decoder that needs decoder inputs fails here
     return LoadedModel(module, spec, "hf", source, "", tokenizer_dir=hf.model_dir, notes=hf.notes)
 
 
@@ -181,6 +183,9 @@ def _exported_program(source: Path, arch, decls) -> LoadedModel:
         dtype = str(val.dtype).removeprefix("torch.")
         inputs.append(InputSpec(name=name, shape=dims, dtype=dtype))
     inputs = _override(inputs, decls, source)
+    # The legacy (TorchScript) exporter traces through the program's graph and can bake the example
+    # batch into it (seen with LSTMs); torch.export-based export keeps it dynamic.
+    notes.append(f"{source.name} is a torch.export program: export it with torch.onnx.export(..., dynamo=True)")
     return _finish(ep.module(), inputs, _program_family(ep), source, "exported_program", arch or "torch.export",
                    notes)
 

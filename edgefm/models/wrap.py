@@ -19,8 +19,6 @@ from edgefm.models.guess import CONV, RNN
 from edgefm.models.spec import InputSpec, OutputSpec
 
 
-
-
 class SpecModule(nn.Module):
     """Calls ``inner`` with the inputs in spec order (positionally, or as keywords for Hugging Face
     models) and returns a flat tuple of tensors; ``select`` picks named fields of a dict-like output."""
@@ -53,7 +51,10 @@ def wrap(inner: nn.Module, input_names: Sequence[str], as_kwargs: bool = False,
     """A ``SpecModule`` whose ``forward`` has one named parameter per input: torch.export (and so the
     dynamo ONNX exporter) matches ``dynamic_shapes``/``dynamic_axes`` by parameter name and fails on
     ``*args``, so the signature is generated."""
-    params = [_py_name(n, i) for i, n in enumerate(input_names)]
+    params: list[str] = []
+    for i, n in enumerate(input_names):
+        py = _py_name(n, i)
+        params.append(py if py not in params else f"input_{i}")
     src = f"def forward(self, {', '.join(params)}):\n    return self._call(({', '.join(params)},))\n"
     ns: dict[str, Any] = {}
     exec(src, ns)  # noqa: S102 — the source is built from sanitised identifiers only
@@ -159,22 +160,26 @@ def _first_layer(module: nn.Module):
     return None, None
 
 
-def learn_outputs(module: nn.Module, feed: dict[str, np.ndarray], source: Path) -> tuple[list[OutputSpec], Optional[int]]:
-    """Run ``module`` once on ``feed``; name its outputs: the first 2-D float output ``logits`` (its
-    width is ``num_classes``), the others ``output``, ``output_1`` …"""
+def probe(module: nn.Module, feed: dict[str, np.ndarray], source: Path) -> tuple:
+    """Run ``module`` once on ``feed``; a failure is a ``CheckpointError`` naming the input shapes."""
     args = [torch.from_numpy(a) for a in feed.values()]
     try:
         with torch.no_grad():
-            outs = module(*args)
+            return tuple(module(*args))
     except CheckpointError:
         raise
-    except Exception as e:  # the user's model rejecting our example inputs is an input-declaration problem
+    except Exception as e:  # the model rejecting our example inputs is an input-declaration problem
         shapes = ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in feed.items())
         msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"checkpoint {source}: running the model on example inputs ({shapes}) failed: {msg}. "
                               f"Check the --input declarations") from None
+
+
+def learn_outputs(module: nn.Module, feed: dict[str, np.ndarray], source: Path) -> tuple[list[OutputSpec], Optional[int]]:
+    """Run ``module`` once on ``feed``; name its outputs: the first 2-D float output ``logits`` (its
+    width is ``num_classes``), the others ``output``, ``output_1`` …"""
     specs, num_classes, plain = [], None, 0
-    for t in outs:
+    for t in probe(module, feed, source):
         if t.ndim == 2 and t.is_floating_point() and num_classes is None:
             specs.append(OutputSpec(name="logits", kind="logits"))
             num_classes = int(t.shape[1])
