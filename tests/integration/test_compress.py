@@ -171,3 +171,26 @@ def test_dry_run_prints_resolved_config_and_writes_nothing(digits_cnn_ckpt, tmp_
     plan = json.loads(text)
     assert plan["targets"]["onnxruntime-cpu"]["precision"] == "fp16"
     assert plan["config"]["arch"] == "edgefm.zoo:digits_cnn" and not (tmp_path / "o").exists()
+
+
+def test_gru_bundle_and_export_cache(tmp_path):
+    """A GRU compresses too (its Linear layers in int8), and a second run reuses the verified export."""
+    import torch
+
+    from edgefm import zoo
+
+    torch.manual_seed(0)
+    m = zoo.digits_gru()
+    acc = zoo.train_digits(m, sequence=True, epochs=20)
+    torch.save(m.state_dict(), tmp_path / "gru.pt")
+    args = ["--arch", "edgefm.zoo:digits_gru", "--input", "x:1,8,8", "--calib", CALIB / "digits_seq_calib.npz",
+            "--eval", CALIB / "digits_seq_eval.npz"]
+    code, text = cli("compress", tmp_path / "gru.pt", "-o", tmp_path / "a", *args)
+    assert code == 0, text
+    ev = np.load(CALIB / "digits_seq_eval.npz")
+    top1 = float((edgefm.load(tmp_path / "a")({"x": ev["x"]})["logits"].argmax(1) == ev["labels"]).mean())
+    assert top1 >= acc - 0.01
+    code, text = cli("compress", tmp_path / "gru.pt", "-o", tmp_path / "b", *args, "--quantize", "fp32")
+    assert code == 0, text
+    export = next(s for s in json.loads((tmp_path / "b/manifest.json").read_text())["stages"] if s["name"] == "export")
+    assert any("reused the verified export" in n for n in export["notes"])
