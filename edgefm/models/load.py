@@ -101,6 +101,10 @@ def _hf(source: Path, arch, decls) -> LoadedModel:
     module = wrap.wrap(hf.module, names, as_kwargs=True, select=[hf.select] if hf.select else None)
     inputs = _override([InputSpec(name=n, shape=["batch", "sequence"], dtype="int64") for n in names], decls, source)
     fixed = [i.shape[1] for i in inputs if len(i.shape) > 1 and isinstance(i.shape[1], int)]
+    if fixed:  # the tokenizer pads every input to one length: a length declared for one holds for all
+        declared = {d.name for d in decls}
+        inputs = [i if i.name in declared else InputSpec(name=i.name, shape=["batch", fixed[0]], dtype=i.dtype)
+                  for i in inputs]
     spec = ModelSpec(family="transformer", task=hf.task, inputs=inputs,
                      outputs=[OutputSpec(name=hf.output, kind=hf.output_kind)], num_classes=hf.num_classes,
                      arch=hf.arch, preprocessing=Preprocessing(kind="text", tokenizer=str(hf.model_dir),
