@@ -174,6 +174,31 @@ def targets(verbose: bool = typer.Option(False, "--verbose", "-v")):
     out.print(t)
 
 
+@app.command()
+@handles_errors
+def verify(bundle: Path = typer.Argument(..., help="Bundle folder"),
+           target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Target(s) to check (default all)"),
+           emulate: Optional[str] = typer.Option(None, help="Also run under emulation of this CPU arch (arm64)"),
+           cpu: Optional[str] = typer.Option(None, help="CPU core to emulate (default: the target's cpu_core)"),
+           verbose: bool = typer.Option(False, "--verbose", "-v")):
+    """Check a bundle where it will run: integrity, fidelity on its eval data, the target's rules, emulation."""
+    from rich.table import Table
+
+    from edgefm.verify import verify_bundle
+
+    _setup_logging(verbose)
+    reports = verify_bundle(bundle, target, emulate=emulate, cpu=cpu)
+    t = Table(title=f"verify {bundle}")
+    for c in ("target", "check", "result"):
+        t.add_column(c, no_wrap=c != "result")
+    for r in reports:
+        for c in r.checks:
+            t.add_row(r.target, c.name, f"[green]ok[/] {c.detail}" if c.ok else f"[red]FAIL[/] {c.detail}")
+    out.print(t)
+    if not all(r.ok for r in reports):
+        raise typer.Exit(1)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

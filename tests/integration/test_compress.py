@@ -194,3 +194,16 @@ def test_gru_bundle_and_export_cache(tmp_path):
     assert code == 0, text
     export = next(s for s in json.loads((tmp_path / "b/manifest.json").read_text())["stages"] if s["name"] == "export")
     assert any("reused the verified export" in n for n in export["notes"])
+
+
+def test_verify_checks_fidelity_and_integrity(cnn_bundle, tmp_path):
+    import shutil
+
+    src, _ = cnn_bundle
+    code, text = cli("verify", src)
+    assert code == 0 and "fidelity" in text and "FAIL" not in text, text
+    copy = tmp_path / "copy"
+    shutil.copytree(src, copy)
+    (copy / "eval.npz").write_bytes(b"tampered")
+    code, text = cli("verify", copy)
+    assert code == 1 and "FAIL" in text and "modified" in text, text
