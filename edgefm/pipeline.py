@@ -123,6 +123,9 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
                           notes=list(loaded.notes))]
     calib, ev, data_notes = _data(config, loaded)
     stages[0].notes += data_notes
+    if spec.preprocessing.kind == "text" and calib.inputs:
+        # what the text was really padded to (--max-length, or a fixed length the model declares)
+        spec.preprocessing.max_length = int(next(iter(calib.inputs.values())).shape[1])
     model, extra_stages = _torch_stages(config, loaded, calib, ev, say)
     stages += extra_stages
 
