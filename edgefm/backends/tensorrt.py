@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgefm import fidelity
 from edgefm.backends.base import CompileJob, CompileResult, LoadOptions, Samples
@@ -30,7 +30,6 @@ from edgefm.errors import (AccuracyError, BackendUnavailableError, ConfigError, 
                            UnsupportedOpError)
 from edgefm.models.spec import ModelSpec
 from edgefm.quantize.tensorrt import TrtQuantConfig
-from edgefm.runtime import BasePredictor
 from edgefm.targets import TargetSpec
 
 EXTRA = "tensorrt"
@@ -59,10 +58,17 @@ class TensorRTOptions(BaseModel):
     dims: dict[str, list[int]] = Field(default_factory=dict,
                                        description="Other dynamic axes by name: [min, opt, max]")
     quantization: TrtQuantConfig = Field(default_factory=TrtQuantConfig)
-    accuracy_fallback: bool = Field(True, description="When int8 misses the tolerance, leave the activations "
-                                                      "with the worst outliers (and their layers) in fp16")
-    max_fallback_fraction: float = Field(0.25, gt=0, le=1, description="Share of quantized activations the "
-                                                                        "fallback may leave in fp16")
+    max_fallback_fraction: float = Field(0.25, gt=0, le=1, description="With --max-accuracy-drop: share of the "
+                                         "quantized activations the accuracy fallback may leave in fp16")
+
+
+    @field_validator("dims")
+    @classmethod
+    def _profile_triples(cls, dims: dict[str, list[int]]) -> dict[str, list[int]]:
+        for name, trio in dims.items():
+            if len(trio) != 3 or not 1 <= trio[0] <= trio[1] <= trio[2]:
+                raise ValueError(f"{name}: {trio} must be [min, opt, max] with 1 <= min <= opt <= max")
+        return dims
 
 
 def is_available() -> bool:
@@ -135,9 +141,6 @@ def profiles_from_spec(spec: ModelSpec, opts: TensorRTOptions) -> dict[str, dict
             else:
                 raise ConfigError(f"input '{inp.name}' axis {ax} is dynamic ('{d}'): set options.dims.{d}: "
                                   f"[min, opt, max] in the target file")
-            if len(trio) != 3 or not 1 <= trio[0] <= trio[1] <= trio[2]:
-                raise ConfigError(f"input '{inp.name}' axis {ax}: profile {list(trio)} must be [min, opt, max] "
-                                  f"with 1 <= min <= opt <= max")
             for lst, v in zip((lo, opt, hi), trio):
                 lst.append(int(v))
         out[inp.name] = {"min": lo, "opt": opt, "max": hi}
@@ -146,26 +149,17 @@ def profiles_from_spec(spec: ModelSpec, opts: TensorRTOptions) -> dict[str, dict
 
 # --- workstation side -------------------------------------------------------------------------------------
 
-def _ort_outputs(path: Path, samples: Samples, spec: ModelSpec, batch: int = 64) -> dict[str, np.ndarray]:
-    import onnxruntime as ort
+def _ort_outputs(path: Path, job: CompileJob) -> dict[str, np.ndarray]:
+    """The ONNX at ``path`` in ONNX Runtime on ``job.eval`` (the onnxruntime backend's session and batching)."""
+    from edgefm.backends import onnxruntime as ort_backend
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    parts: dict[str, list] = {n: [] for n in spec.output_names}
-    for b in samples.batches(batch):
-        for n, v in zip(spec.output_names, sess.run(spec.output_names, b.inputs)):
-            parts[n].append(v)
-    return {n: np.concatenate(v) for n, v in parts.items()}
+    return ort_backend._eval_outputs(path, job, ort_backend.Options())
 
 
 def _limits(job: CompileJob, precision: str) -> fidelity.Limits:
-    if job.limits is not None:
-        return job.limits
-    from edgefm.config import Tolerances
+    from edgefm.pipeline import _limits as pipeline_limits
 
-    tol = job.config.tolerances if job.config is not None else Tolerances()
-    if precision == "int8":
-        return job.config.quant_limits() if job.config is not None else tol.quantize
-    return tol.fp16 if precision == "fp16" else tol.compile
+    return job.limits if job.limits is not None else pipeline_limits(job.config, precision)
 
 
 def _passes(metrics, limits) -> bool:
@@ -178,45 +172,48 @@ def _passes(metrics, limits) -> bool:
 
 def _int8_with_fallback(job: CompileJob, src: Path, artifact: Path, opts: TensorRTOptions, step: str,
                         notes: list[str]) -> dict:
-    """Quantize, measure against fp32; when past the limit (and allowed), leave the activations with the worst
-    outliers in fp16, doubling their number until the limit holds or the allowed share is used."""
+    """Quantize and measure against fp32. Past the limit, and only when the user stated a bound
+    (--max-accuracy-drop, as for every backend), the activations ONNX Runtime's QDQ debugger finds most
+    damaged (lowest SQNR) are left in fp16 with the layers reading them, doubling their number until the limit
+    holds or ``max_fallback_fraction`` of them is used. Calibration is kept: layers only lose their Q/DQ."""
     import onnx
 
     from edgefm.quantize import tensorrt as q
+    from edgefm.quantize.onnxruntime import sensitive_tensors
 
     result = q.quantize_qdq(src, artifact, job.calib.inputs, job.spec.family, opts.quantization,
                             job.spec.input_names)
     notes += result.notes + [f"calibration: {q.calibration_method(opts.quantization, job.spec.family)}"]
     limits = _limits(job, "int8")
-    metrics = fidelity.evaluate(job.spec, job.reference, _ort_outputs(artifact, job.eval, job.spec),
-                                job.eval.labels)
-    if _passes(metrics, limits) or not opts.accuracy_fallback or result.qdq_pairs == 0:
-        fidelity.check(step, metrics, limits, hint=_hint(opts))
+    metrics = fidelity.evaluate(job.spec, job.reference, _ort_outputs(artifact, job), job.eval.labels)
+    allowed_fallback = job.config is not None and job.config.max_accuracy_drop is not None
+    if _passes(metrics, limits) or not allowed_fallback or result.qdq_pairs == 0:
+        fidelity.check(step, metrics, limits, hint=_hint(opts, allowed_fallback))
         return metrics
     qmodel = onnx.load(str(artifact))
-    ranking = q.outlier_ranking(src, qmodel, job.calib.inputs)
+    ranking = [t for t, _, _ in sensitive_tensors(src, artifact, job.calib, job.spec.input_names)]
     allowed = max(1, int(len(ranking) * opts.max_fallback_fraction))
-    steps = sorted({min(2 ** i, allowed) for i in range(allowed.bit_length() + 1)})
     first = metrics
-    for k in steps:
-        tensors = [t for t, _ in ranking[:k]]
-        trial, layers = q.leave_float(qmodel, tensors)
+    for k in sorted({min(2 ** i, allowed) for i in range(allowed.bit_length() + 1)}):
+        trial, layers = q.leave_float(qmodel, ranking[:k])
         onnx.save(trial, str(artifact))
-        metrics = fidelity.evaluate(job.spec, job.reference, _ort_outputs(artifact, job.eval, job.spec),
-                                    job.eval.labels)
+        metrics = fidelity.evaluate(job.spec, job.reference, _ort_outputs(artifact, job), job.eval.labels)
         if _passes(metrics, limits):
-            notes.append(f"accuracy fallback: {len(layers)} layer(s) reading the {k} activation(s) with the "
-                         f"largest outliers left in fp16: {', '.join(layers)}")
+            notes.append(f"accuracy fallback: {len(layers)} layer(s) reading the {k} most damaged activation(s) "
+                         f"(lowest int8 SQNR) left in fp16: {', '.join(layers)}")
             metrics["_fallback"] = {"activations": k, "layers": len(layers), "first_try": first}
             return metrics
     onnx.save(qmodel, str(artifact))
     fidelity.check(step, first, limits, hint=f"the fp16 fallback of up to {allowed} activations did not reach "
-                                             f"it either; {_hint(opts)}")
+                                             f"it either; {_hint(opts, True)}")
     return first  # pragma: no cover - check raised
 
 
-def _hint(opts: TensorRTOptions) -> str:
-    h = "keep sensitive layers in float with --keep-fp32 NODE, or use precision fp16"
+def _hint(opts: TensorRTOptions, fallback_tried: bool) -> str:
+    h = "keep sensitive layers in float with --keep-fp32 NODE, or use --quantize fp16"
+    if not fallback_tried:
+        h = "allow a bounded drop with --max-accuracy-drop (the most damaged activations then fall back to " \
+            "fp16), " + h
     return h + ("; 2:4 sparsity without fine-tuning costs accuracy" if opts.sparsity else "")
 
 
@@ -256,11 +253,13 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
             artifact = out / "model.qdq.onnx"
             metrics = _int8_with_fallback(job, src, artifact, opts, step, notes)
         else:
-            artifact = out / "model.onnx"
-            shutil.copyfile(src, artifact)
-            metrics = fidelity.evaluate(spec, job.reference, _ort_outputs(artifact, job.eval, spec), job.eval.labels)
+            # float targets build from the bundle's verified fp32 ONNX itself, unless sparsity changed it
+            artifact = out / "model.onnx" if opts.sparsity else Path(job.onnx_path)
             if opts.sparsity:
-                fidelity.check(step, metrics, _limits(job, precision), hint=_hint(opts))
+                shutil.copyfile(src, artifact)
+            metrics = fidelity.evaluate(spec, job.reference, _ort_outputs(artifact, job), job.eval.labels)
+            if opts.sparsity:
+                fidelity.check(step, metrics, _limits(job, precision), hint=_hint(opts, False))
             notes.append(f"{precision} numerics are TensorRT's own: they are measured on the device by "
                          f"`edgefm compile` against the fp32 reference")
         final = onnx.load(str(artifact))
@@ -295,19 +294,21 @@ def _build_settings(job: CompileJob, opts: TensorRTOptions, precision: str, prof
 
     keep32 = list(job.config.keep_fp32) if job.config is not None else []
     floats = q.float_layers(model)
+    # a strongly typed network takes its precisions from the ONNX types alone: no INT8/FP16 flags
+    flags = {"int8": precision == "int8" and not opts.strongly_typed,
+             "fp16": (opts.fp16 or precision == "fp16") and not opts.strongly_typed,
+             "sparse_weights": opts.sparsity, "strongly_typed": opts.strongly_typed}
     return {
         "format": BUILD_FORMAT,
         "precision": precision,
-        "flags": {"int8": precision == "int8" and not opts.strongly_typed,
-                  "fp16": (opts.fp16 or precision == "fp16") and not opts.strongly_typed,
-                  "sparse_weights": opts.sparsity, "strongly_typed": opts.strongly_typed},
+        "flags": flags,
         "workspace_mib": opts.workspace_mib,
         "dla": {"core": opts.dla_core, "gpu_fallback": opts.gpu_fallback},
         "builder_optimization_level": opts.builder_optimization_level,
         "timing_cache": opts.timing_cache,
         "profiles": profiles,
         "fp16_layers": [f for f in floats if f["name"] not in keep32 and f["op"] not in keep32]
-        if (opts.fp16 or precision == "fp16") else [],
+        if flags["fp16"] else [],
         "fp32_layers": [f for f in floats if f["name"] in keep32 or f["op"] in keep32],
         "quantization": None if precision != "int8" else {
             "scheme": "int8 symmetric, zero-point 0; weights per output channel, activations per tensor",
@@ -319,24 +320,6 @@ def _build_settings(job: CompileJob, opts: TensorRTOptions, precision: str, prof
 
 
 # --- loading ----------------------------------------------------------------------------------------------
-
-class OrtQdqPredictor(BasePredictor):
-    """The target's ONNX (Q/DQ int8 or float) in ONNX Runtime on the CPU: the workstation-side stand-in
-    before an engine exists. ONNX Runtime sessions are safe to call from several threads."""
-
-    def __init__(self, path: Path, spec: ModelSpec, target: str, threads: Optional[int] = None):
-        import onnxruntime as ort
-
-        super().__init__(spec, target, "tensorrt")
-        so = ort.SessionOptions()
-        if threads:
-            so.intra_op_num_threads = threads
-        self.executes = "onnxruntime"
-        self._sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-    def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.output_names, self._sess.run(self.output_names, feed)))
-
 
 def load(bundle: Path, target_name: str, entry: TargetEntry, spec: ModelSpec, opts: LoadOptions):
     """The engine where TensorRT runs and it matches this GPU/TensorRT (else ``DeviceMismatchError``); the
@@ -360,14 +343,22 @@ def load(bundle: Path, target_name: str, entry: TargetEntry, spec: ModelSpec, op
         log.warning("%s: running the Q/DQ ONNX in ONNX Runtime on the CPU instead", msg)
     if importlib.util.find_spec("onnxruntime") is None:
         raise BackendUnavailableError(f"target '{target_name}': neither TensorRT nor onnxruntime is installed")
-    return OrtQdqPredictor(bundle / entry.options["onnx"], spec, target_name, opts.threads)
+    from edgefm.backends import onnxruntime as ort_backend
+
+    # the onnxruntime backend's Predictor over this target's ONNX (Q/DQ int8, or float for fp16/fp32)
+    p = ort_backend.OrtPredictor(bundle / entry.options["onnx"], spec, target_name, ort_backend.Options(),
+                                 opts.threads)
+    p.backend, p.executes = "tensorrt", "onnxruntime"
+    return p
 
 
-def verify(bundle: Path, target_name: str, target: Optional[TargetSpec] = None):
-    """TensorRT rule violations of a bundle's target (``edgefm verify BUNDLE --target ...``), by node."""
+def check_rules(bundle: Path, target_name: str, entry: TargetEntry, manifest) -> list[str]:
+    """``edgefm verify`` hook: TensorRT rule violations of this target, one line each, by node (warnings are
+    reported but do not fail). The rules are those of the TensorRT version the target was compiled for."""
     from edgefm.backends import tensorrt_rules as rules
 
-    return rules.verify_bundle(bundle, target_name, target)
+    target = TargetSpec(name=target_name, backend="tensorrt", hardware=entry.hardware.get("target", {}))
+    return [str(v) for v in rules.verify_bundle(bundle, target_name, target) if v.severity == "error"]
 
 
 def compile_engine(bundle: Path, target: Optional[str] = None, **overrides):

@@ -290,6 +290,7 @@ def compile_engine(bundle: Path, target: Optional[str] = None, *, allow_other_de
     compute capability is refused unless ``allow_other_device``. Returns the new manifest."""
     from edgefm import fidelity
     from edgefm.bundle import StageRecord, finalize, read_manifest, sha256_file, staging, verify_files
+    from edgefm.verify import limits_for
 
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
@@ -319,7 +320,7 @@ def compile_engine(bundle: Path, target: Optional[str] = None, *, allow_other_de
             info = build_engine(tmp / entry.options["onnx"], build, engine,
                                 cache if build.get("timing_cache", True) else None)
             metrics = _engine_metrics(tmp, manifest, engine, name, build)
-            limits = _limits_for(manifest, entry.precision)
+            limits = limits_for(manifest, entry.precision)
             fidelity.check(f"engine ({name}, TensorRT {here['tensorrt']})", metrics, limits)
             rel = lambda p: str(p.relative_to(tmp))  # noqa: E731
             entry.artifact = rel(engine)
@@ -341,24 +342,10 @@ def compile_engine(bundle: Path, target: Optional[str] = None, *, allow_other_de
 
 def _engine_metrics(tmp: Path, manifest, engine: Path, name: str, build: dict) -> dict:
     from edgefm import fidelity
+    from edgefm.verify import read_eval
 
     if not manifest.eval_data:
         return {}
-    with np.load(tmp / manifest.eval_data) as data:
-        feeds = {k[3:]: data[k] for k in data.files if k.startswith("in/")}
-        ref = {k[4:]: data[k] for k in data.files if k.startswith("ref/")}
-        labels = data["labels"] if "labels" in data.files else None
+    feeds, ref, labels = read_eval(tmp, manifest)
     got = TrtPredictor(engine, manifest.spec, name, build)(feeds)
     return fidelity.evaluate(manifest.spec, ref, got, labels)
-
-
-def _limits_for(manifest, precision: str):
-    from edgefm.config import CompressConfig, Tolerances
-
-    try:
-        cfg = CompressConfig(**manifest.config)
-        tol, quant = cfg.tolerances, cfg.quant_limits()
-    except Exception:  # noqa: BLE001 - a bundle written without a full config: the default tolerances
-        tol = Tolerances()
-        quant = tol.quantize
-    return quant if precision == "int8" else tol.fp16 if precision == "fp16" else tol.compile

@@ -293,34 +293,6 @@ def quantize_qdq(fp32_onnx: Path, out_path: Path, calib: dict[str, np.ndarray], 
     return QdqResult(plan, float_layers(qmodel), count_qdq(qmodel), notes)
 
 
-def outlier_ranking(fp32_onnx: Path, qdq_model, calib: dict[str, np.ndarray], limit: int = 32
-                    ) -> list[tuple[str, float]]:
-    """Quantized activations of ``qdq_model``, worst first by max|x| / p99.9|x| on calibration data.
-
-    Where a few outliers set a per-tensor int8 scale, every other value loses resolution (in transformers
-    the GELU output feeding the FFN down-projection is the classic case); these are the layers to leave in
-    fp16 first when accuracy is short."""
-    import onnx
-    import onnxruntime as ort
-
-    consts = _constants(qdq_model)
-    acts = sorted({n.input[0] for n in qdq_model.graph.node
-                   if n.op_type == "QuantizeLinear" and n.input[0] not in consts})
-    model = onnx.load(str(fp32_onnx))
-    have = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.helper.make_tensor_value_info(a, onnx.TensorProto.FLOAT, None)
-                              for a in acts if a not in have)
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = [i.name for i in sess.get_inputs()]
-    values = sess.run(acts, {k: calib[k][:limit] for k in names})
-    ratios = []
-    for name, v in zip(acts, values):
-        a = np.abs(np.asarray(v, dtype=np.float32)).ravel()
-        p = float(np.percentile(a, 99.9)) if a.size else 0.0
-        ratios.append((name, float(a.max()) / p if p > 0 else 1.0))
-    return sorted(ratios, key=lambda t: -t[1])
-
-
 def leave_float(qdq_model, tensors: list[str]):
     """A copy of ``qdq_model`` where the layers reading the Q/DQ of ``tensors`` run in float (weights too)."""
     import onnx

@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-import models
+from tests.backends.tensorrt import helpers
 from edgefm import fidelity
 from edgefm.backends import tensorrt_rules as rules
 from edgefm.bundle import read_manifest
@@ -43,7 +43,7 @@ def _assert_symmetric_int8(model):
 def _top1(bundle, ex, target):
     """Top-1 of the Q/DQ ONNX on held-out digits, computed here independently of the backend's metrics."""
     entry = read_manifest(bundle).targets[target]
-    got = models.ort_run(bundle / entry.options["onnx"], ex.eval.inputs)["logits"]
+    got = helpers.ort_run(bundle / entry.options["onnx"], ex.eval.inputs)["logits"]
     return float((got.argmax(1) == ex.eval.labels).mean()), float((ex.reference["logits"].argmax(1)
                                                                     == ex.eval.labels).mean())
 
@@ -77,7 +77,7 @@ def test_lstm_cells_stay_fp16_and_accuracy_holds(lstm, lstm_bundle):
 def test_minilm_cosine_and_float_islands(minilm, minilm_bundle):
     entry, model, build = _qdq(minilm_bundle, "jetson-agx-orin")
     _assert_symmetric_int8(model)
-    got = models.ort_run(minilm_bundle / entry.options["onnx"], minilm.eval.inputs)["sentence_embedding"]
+    got = helpers.ort_run(minilm_bundle / entry.options["onnx"], minilm.eval.inputs)["sentence_embedding"]
     cos = fidelity.cosine_per_sample(minilm.reference["sentence_embedding"], got)
     assert cos.mean() >= 0.98, cos.mean()
     fed = _dq_fed(model)

@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-import models
+from tests.backends.tensorrt import helpers
 from edgefm.backends import tensorrt_rules as rules
 
 PROFILES = {"x": {"min": [1, 4, 8, 8], "opt": [1, 4, 8, 8], "max": [8, 4, 8, 8]},
@@ -73,7 +73,7 @@ def test_valid_model_runs_and_passes(tmp_path):
     m = valid_model()
     onnx.checker.check_model(m)
     onnx.save(m, tmp_path / "ok.onnx")
-    out = models.ort_run(tmp_path / "ok.onnx", {"x": np.ones((2, 4, 8, 8), np.float32),
+    out = helpers.ort_run(tmp_path / "ok.onnx", {"x": np.ones((2, 4, 8, 8), np.float32),
                                                 "v": np.ones((2, 16), np.float32)})
     assert out["y"].shape == (2, 8, 8, 8) and out["z"].shape == (2, 6)
     assert rules.check_model(m, "10.3", PROFILES, {"x": (2, 4, 8, 8)}) == []

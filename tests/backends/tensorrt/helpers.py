@@ -1,17 +1,25 @@
-"""Real models for the TensorRT tests, built in code: the digits CNN and LSTM (trained in seconds) and the
+"""Helpers for the TensorRT tests: real models, built in code: the digits CNN and LSTM (trained in seconds) and the
 real all-MiniLM-L6-v2 with masked mean pooling; each exported to fp32 ONNX (opset 17, dynamo=False), with
-a ModelSpec, calibration/eval Samples and the fp32 ONNX Runtime reference outputs on the eval samples."""
+a ModelSpec, calibration/eval Samples and the fp32 ONNX Runtime reference outputs on the eval samples; and
+``make_bundle``, which drives the backend through CompileJob the way ``edgefm.pipeline`` does."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from edgefm.backends.base import Samples
+from edgefm import __version__
+from edgefm.backends import get_backend
+from edgefm.backends.base import CompileJob, Samples
+from edgefm.bundle import Manifest, SourceInfo, finalize, staging
+from edgefm.config import CompressConfig
 from edgefm.models.spec import InputSpec, ModelSpec, OutputSpec, Preprocessing
+from edgefm.pipeline import _limits
+from edgefm.targets import TargetSpec, get_target
 
 ROOT = Path(__file__).resolve().parents[3]
 CALIB = ROOT / "calibration"
@@ -25,6 +33,7 @@ class Exported:
     calib: Samples
     eval: Samples
     reference: dict
+    checkpoint: Path | None = None  # the trained state_dict (digits models), for end-to-end runs
 
 
 def ort_run(path: Path, feeds: dict, outputs=None) -> dict:
@@ -63,7 +72,9 @@ def digits(tmp: Path, sequence: bool) -> Exported:
     _export(model, (torch.from_numpy(calib["x"][:4]),), path, ["x"], ["logits"],
             {"x": {0: "batch"}, "logits": {0: "batch"}})
     ev_s = Samples({"x": ev["x"]}, ev["labels"])
-    return Exported(path, spec, Samples({"x": calib["x"]}), ev_s, ort_run(path, ev_s.inputs))
+    ckpt = tmp / f"{stem}.pt"
+    torch.save(model.state_dict(), ckpt)
+    return Exported(path, spec, Samples({"x": calib["x"]}), ev_s, ort_run(path, ev_s.inputs), ckpt)
 
 
 def minilm_available() -> bool:
@@ -109,3 +120,28 @@ def minilm(tmp: Path, max_length: int = 64) -> Exported:
     calib = Samples({k: v[:half] for k, v in feeds.items()})
     ev = Samples({k: v[half:] for k, v in feeds.items()})
     return Exported(path, spec, calib, ev, ort_run(path, ev.inputs))
+
+
+def make_bundle(ex: Exported, target: str | TargetSpec, out: Path, precision: str | None = None,
+                **config) -> Path:
+    """Compile ``ex`` for ``target`` into a complete bundle at ``out`` (fp32 reference, eval data, target)."""
+    target = get_target(target) if isinstance(target, str) else target
+    cfg = CompressConfig(source=ex.onnx_path, output=out, targets=[target.name], **config)
+    with staging(out, force=True) as tmp:
+        (tmp / "fp32").mkdir()
+        shutil.copyfile(ex.onnx_path, tmp / "fp32" / "model.onnx")
+        arrays = {f"in/{k}": v for k, v in ex.eval.inputs.items()} | {f"ref/{k}": v for k, v in ex.reference.items()}
+        if ex.eval.labels is not None:
+            arrays["labels"] = ex.eval.labels
+        np.savez(tmp / "eval.npz", **arrays)
+        precision = precision or target.precision
+        job = CompileJob(onnx_path=tmp / "fp32" / "model.onnx", spec=ex.spec, target=target,
+                         precision=precision, calib=ex.calib, eval=ex.eval,
+                         reference=ex.reference, out_dir=tmp / target.name, bundle_dir=tmp, config=cfg,
+                         limits=_limits(cfg, precision))
+        res = get_backend("tensorrt").compile(job)
+        manifest = Manifest(edgefm_version=__version__, source=SourceInfo(path=str(ex.onnx_path), kind="onnx"),
+                            spec=ex.spec, config=cfg.model_dump(mode="json"), reference="fp32/model.onnx",
+                            eval_data="eval.npz", targets={target.name: res.entry}, stages=res.stages)
+        finalize(tmp, manifest)
+    return out
