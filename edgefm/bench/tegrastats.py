@@ -1,4 +1,4 @@
-"""Jetson power and utilisation from ``tegrastats`` (and the power mode from ``nvpmodel``).
+"""Jetson power and utilisation from ``tegrastats``, the power mode from ``nvpmodel`` and the clocks from sysfs.
 
 ``tegrastats`` prints one line per interval. The documented statistics (Jetson Linux developer guide,
 "tegrastats utility") are ``RAM used/totalMB (lfb NxSMB)``, ``SWAP used/totalMB (cached NMB)``,
@@ -18,6 +18,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional, Sequence
 
 from edgefm.errors import ConfigError
@@ -154,6 +155,37 @@ def power_mode() -> Optional[dict[str, object]]:
         return None
     r = subprocess.run(["nvpmodel", "-q"], capture_output=True, text=True, check=False)
     return parse_nvpmodel(r.stdout) if r.returncode == 0 else None
+
+
+def _read_int(path: Path) -> Optional[int]:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def clock_state(root: Path = Path("/")) -> dict[str, object]:
+    """CPU and GPU clocks from sysfs (no root needed): current/min/max MHz, and ``locked`` when every clock
+    sits at its maximum (what ``jetson_clocks`` does; benchmarks are only comparable in that state)."""
+    root = Path(root)
+    cpus = []
+    for d in sorted((root / "sys/devices/system/cpu").glob("cpu[0-9]*/cpufreq"), key=lambda p: int(p.parent.name[3:])):
+        cur, lo, hi = (_read_int(d / f"scaling_{k}_freq") for k in ("cur", "min", "max"))
+        if cur is not None:
+            cpus.append({"cpu": d.parent.name, "mhz": cur // 1000, "min_mhz": (lo or 0) // 1000,
+                         "max_mhz": (hi or 0) // 1000})
+    gpu = None
+    # the integrated GPU's devfreq node: 17000000.ga10b / .gpu (Orin), 17000000.gv11b (Xavier), 57000000.gpu (Nano)
+    for d in sorted((root / "sys/class/devfreq").glob("*")):
+        if any(k in d.name for k in ("gpu", "gv11b", "ga10b", "gp10b")):
+            cur, lo, hi = (_read_int(d / f"{k}_freq") for k in ("cur", "min", "max"))
+            if cur is not None:
+                gpu = {"device": d.name, "mhz": cur // 1_000_000, "min_mhz": (lo or 0) // 1_000_000,
+                       "max_mhz": (hi or 0) // 1_000_000}
+                break
+    clocks = cpus + ([gpu] if gpu else [])
+    locked = bool(clocks) and all(c["mhz"] == c["max_mhz"] and c["min_mhz"] == c["max_mhz"] for c in clocks)
+    return {"cpus": cpus, "gpu": gpu, "locked": locked}
 
 
 class TegrastatsMonitor:

@@ -98,3 +98,25 @@ def test_nvpmodel():
     assert ts.parse_nvpmodel("NV Fan Mode:quiet\nNV Power Mode: 15W\n1") == {"name": "15W", "id": 1}
     with pytest.raises(ConfigError):
         ts.parse_nvpmodel("nvpmodel: command not found")
+
+
+def _sysfs(root, cpu_khz, gpu_hz, name="17000000.ga10b"):
+    for i, (cur, lo, hi) in enumerate(cpu_khz):
+        d = root / "sys/devices/system/cpu" / f"cpu{i}" / "cpufreq"
+        d.mkdir(parents=True)
+        for k, v in (("cur", cur), ("min", lo), ("max", hi)):
+            (d / f"scaling_{k}_freq").write_text(f"{v}\n")
+    g = root / "sys/class/devfreq" / name
+    g.mkdir(parents=True)
+    for k, v in zip(("cur", "min", "max"), gpu_hz):
+        (g / f"{k}_freq").write_text(f"{v}\n")
+
+
+def test_clock_state_from_sysfs(tmp_path):
+    _sysfs(tmp_path / "dvfs", [(729600, 115200, 1510400)] * 2, (306000000, 306000000, 624750000))
+    s = ts.clock_state(tmp_path / "dvfs")
+    assert [c["mhz"] for c in s["cpus"]] == [729, 729] and s["gpu"]["max_mhz"] == 624 and not s["locked"]
+    _sysfs(tmp_path / "locked", [(1510400, 1510400, 1510400)] * 6, (624750000,) * 3, "17000000.gv11b")
+    s = ts.clock_state(tmp_path / "locked")
+    assert len(s["cpus"]) == 6 and s["gpu"]["device"] == "17000000.gv11b" and s["locked"]
+    assert ts.clock_state(tmp_path / "not-a-jetson") == {"cpus": [], "gpu": None, "locked": False}
