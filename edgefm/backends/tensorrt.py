@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgefm import fidelity
-from edgefm.backends.base import CompileJob, CompileResult, LoadOptions, Samples
+from edgefm.backends.base import CompileJob, CompileResult, LoadOptions
 from edgefm.bundle import StageRecord, TargetEntry, sha256_file
 from edgefm.errors import (AccuracyError, BackendUnavailableError, ConfigError, TargetError,
                            UnsupportedOpError)
@@ -190,12 +190,12 @@ def _int8_with_fallback(job: CompileJob, src: Path, artifact: Path, opts: Tensor
     if _passes(metrics, limits) or not allowed_fallback or result.qdq_pairs == 0:
         fidelity.check(step, metrics, limits, hint=_hint(opts, allowed_fallback))
         return metrics
-    qmodel = onnx.load(str(artifact))
+    qmodel, fp32 = onnx.load(str(artifact)), onnx.load(str(src))
     ranking = [t for t, _, _ in sensitive_tensors(src, artifact, job.calib, job.spec.input_names)]
     allowed = max(1, int(len(ranking) * opts.max_fallback_fraction))
     first = metrics
     for k in sorted({min(2 ** i, allowed) for i in range(allowed.bit_length() + 1)}):
-        trial, layers = q.leave_float(qmodel, ranking[:k])
+        trial, layers = q.leave_float(qmodel, ranking[:k], fp32)
         onnx.save(trial, str(artifact))
         metrics = fidelity.evaluate(job.spec, job.reference, _ort_outputs(artifact, job), job.eval.labels)
         if _passes(metrics, limits):
@@ -236,6 +236,10 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
     profiles = profiles_from_spec(spec, opts)
     if opts.quantization.keep_float == [] and job.config is not None and job.config.keep_fp32:
         opts.quantization.keep_float = list(job.config.keep_fp32)
+    if opts.quantization.int8_weights is None:
+        from edgefm.backends.tensorrt_ops import table_for
+
+        opts.quantization.int8_weights = table_for(trt_version) != "8.5"
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
@@ -312,6 +316,7 @@ def _build_settings(job: CompileJob, opts: TensorRTOptions, precision: str, prof
         "fp32_layers": [f for f in floats if f["name"] in keep32 or f["op"] in keep32],
         "quantization": None if precision != "int8" else {
             "scheme": "int8 symmetric, zero-point 0; weights per output channel, activations per tensor",
+            "weights": "int8 initializers" if opts.quantization.int8_weights else "float behind Q->DQ",
             "calibration": q.calibration_method(opts.quantization, job.spec.family),
             "qdq_pairs": q.count_qdq(model), "int8_layers": len(q.int8_layers(model))},
         "sparsity": sparse_report,

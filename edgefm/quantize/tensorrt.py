@@ -23,7 +23,7 @@ from typing import Any, Iterator, Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgefm.errors import CalibrationError, ConfigError
+from edgefm.errors import CalibrationError
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ DATA_OPS = {"QuantizeLinear", "DequantizeLinear", "Shape", "Reshape", "Transpose
 #: Ops TensorRT fuses into the int8 layer before them (epilogues) or runs on its int8 output (pooling).
 FUSED_EPILOGUES = {"Relu", "Clip", "LeakyRelu", "BatchNormalization", "MaxPool", "AveragePool",
                    "GlobalAveragePool", "GlobalMaxPool"}
+#: ONNX Runtime's name suffix for a quantized initializer (onnxruntime.quantization.quant_utils)
+QUANT_SUFFIX = "_quantized"
 #: Per-channel axis of the weight, as TensorRT wants it (output channels).
 WEIGHT_AXIS = {"Conv": 0, "ConvTranspose": 1, "MatMul": 1}
 _CONV_LIKE = {"Conv", "BatchNormalization", "Relu"}
@@ -60,6 +62,9 @@ class TrtQuantConfig(BaseModel):
         False, description="Also put Q/DQ on activation x activation MatMuls (attention scores/context)")
     keep_float: list[str] = Field(default_factory=list, description="Node names or op types left without Q/DQ")
     calib_batch: int = Field(16, ge=1, description="Samples per calibration run")
+    int8_weights: Optional[bool] = Field(
+        None, description="Store weights as int8 initializers behind DequantizeLinear (4x smaller file; "
+                          "TensorRT >= 10) instead of float behind Q->DQ (TensorRT 8.x); None: by TensorRT version")
 
 
 @dataclass
@@ -75,7 +80,6 @@ class QdqPlan:
 @dataclass
 class QdqResult:
     plan: QdqPlan
-    float_layers: list[dict[str, str]]
     qdq_pairs: int
     notes: list[str]
 
@@ -168,11 +172,13 @@ class _Reader:
 
 
 def _ort_options(cfg: TrtQuantConfig, op_types: list[str]) -> dict[str, Any]:
+    int8_weights = bool(cfg.int8_weights)
     opts = {
         "ActivationSymmetric": True,     # zero-point 0: TensorRT's only int8 form
         "WeightSymmetric": True,
         "QuantizeBias": False,           # TensorRT has no int32 DequantizeLinear: bias stays float
-        "AddQDQPairToWeight": True,      # float weight -> Q -> DQ: what TensorRT 8.x and 10.x both import
+        # float weight -> Q -> DQ is what TensorRT 8.x imports (it refuses int8 initializers); 10.x takes both
+        "AddQDQPairToWeight": not int8_weights,
         "DedicatedQDQPair": False,
         "OpTypesToExcludeOutputQuantization": op_types,  # Q/DQ on inputs only (ModelOpt convention)
         "QDQOpTypePerChannelSupportToAxis": dict(WEIGHT_AXIS),
@@ -182,20 +188,46 @@ def _ort_options(cfg: TrtQuantConfig, op_types: list[str]) -> dict[str, Any]:
     return opts
 
 
-def _float_inputs(model, node_inputs: dict[str, Optional[int]]) -> None:
+def _float_inputs(model, node_inputs: dict[str, Optional[int]], originals: Optional[dict] = None) -> None:
     """Read float tensors instead of Q/DQ outputs: for each node name, the input at the given index, or all
-    inputs (weights too) when the index is None. Q/DQ left without consumers are removed."""
+    inputs (weights too) when the index is None. An int8 weight is replaced by its fp32 original from
+    ``originals`` (initializers of the fp32 model), else by its dequantized copy. Unused Q/DQ are removed."""
     producers = _producers(model)
+    inits = {i.name: i for i in model.graph.initializer}
+    originals = originals or {}
     for node in model.graph.node:
         if node.name not in node_inputs:
             continue
         idx = node_inputs[node.name]
         for i in range(len(node.input)) if idx is None else [idx]:
             dq = producers.get(node.input[i])
-            q = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = producers.get(dq.input[0])
             if q is not None and q.op_type == "QuantizeLinear":
                 node.input[i] = q.input[0]
+            elif dq.input[0] in inits:  # an int8 weight
+                orig = originals.get(dq.input[0].removesuffix(QUANT_SUFFIX))
+                if orig is not None and orig.name not in inits:
+                    inits[orig.name] = orig
+                    model.graph.initializer.append(orig)
+                node.input[i] = orig.name if orig is not None else _dequantized(model, dq, inits)
     _drop_dead_qdq(model)
+
+
+def _dequantized(model, dq, inits) -> str:
+    from onnx import numpy_helper
+
+    name = dq.input[0] + "_float"
+    if name not in inits:
+        w = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float32)
+        scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float32)
+        if scale.size > 1:  # per channel: broadcast along the DequantizeLinear axis
+            axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) % w.ndim
+            scale = scale.reshape([-1 if d == axis else 1 for d in range(w.ndim)])
+        inits[name] = numpy_helper.from_array(w * scale, name)  # zero-point is 0 (symmetric)
+        model.graph.initializer.append(inits[name])
+    return name
 
 
 def _drop_dead_qdq(model) -> None:
@@ -264,18 +296,22 @@ def quantize_qdq(fp32_onnx: Path, out_path: Path, calib: dict[str, np.ndarray], 
     if not calib or len(next(iter(calib.values()))) == 0:
         raise CalibrationError(f"TensorRT int8 calibration of {fp32_onnx}: no calibration samples were given")
     model = onnx.load(str(fp32_onnx))
+    if any(not n.name for n in model.graph.node):  # placement and fallback address nodes by name
+        for i, n in enumerate(model.graph.node):
+            n.name = n.name or f"{n.op_type}_{i}"
     plan = plan_qdq(model, family, cfg)
     notes = [f"{len(plan.nodes)} nodes get int8 Q/DQ inputs ({', '.join(plan.op_types) or 'none'})"]
     notes += [f"{s['node']} ({s['op']}) left in float: {s['reason']}" for s in plan.skipped]
     if not plan.nodes:
         log.warning("%s: no node of a type TensorRT runs in int8 was found; the model stays float", fp32_onnx)
         onnx.save(model, str(out_path))
-        return QdqResult(plan, float_layers(model), 0, notes + ["nothing to quantize: engine runs in fp16"])
+        return QdqResult(plan, 0, notes + ["nothing to quantize: engine runs in fp16"])
     method = calibration_method(cfg, family)
     with tempfile.TemporaryDirectory(prefix="edgefm-trtq-") as tmp:
-        raw = Path(tmp) / "qdq.onnx"
+        raw, named = Path(tmp) / "qdq.onnx", Path(tmp) / "named.onnx"
+        onnx.save(model, str(named))
         try:
-            quantize_static(str(fp32_onnx), str(raw), _Reader(calib, cfg.calib_batch, input_names),
+            quantize_static(str(named), str(raw), _Reader(calib, cfg.calib_batch, input_names),
                             quant_format=QuantFormat.QDQ, op_types_to_quantize=plan.op_types,
                             nodes_to_quantize=plan.nodes, per_channel=True, activation_type=QuantType.QInt8,
                             weight_type=QuantType.QInt8, calibrate_method=getattr(CalibrationMethod, method),
@@ -290,11 +326,12 @@ def quantize_qdq(fp32_onnx: Path, out_path: Path, calib: dict[str, np.ndarray], 
               if n.name not in planned and n.op_type not in ("QuantizeLinear", "DequantizeLinear")}
     _float_inputs(qmodel, others | dict(plan.residual_adds))
     onnx.save(qmodel, str(out_path))
-    return QdqResult(plan, float_layers(qmodel), count_qdq(qmodel), notes)
+    return QdqResult(plan, count_qdq(qmodel), notes)
 
 
-def leave_float(qdq_model, tensors: list[str]):
-    """A copy of ``qdq_model`` where the layers reading the Q/DQ of ``tensors`` run in float (weights too)."""
+def leave_float(qdq_model, tensors: list[str], fp32_model=None):
+    """A copy of ``qdq_model`` where the layers reading the Q/DQ of ``tensors`` run in float (weights too,
+    from ``fp32_model`` when the Q/DQ model holds them in int8)."""
     import onnx
 
     model = onnx.ModelProto()
@@ -307,16 +344,6 @@ def leave_float(qdq_model, tensors: list[str]):
             q = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
             if q is not None and q.op_type == "QuantizeLinear" and q.input[0] in wanted:
                 nodes[node.name] = None
-    _float_inputs(model, nodes)
+    originals = {i.name: i for i in fp32_model.graph.initializer} if fp32_model is not None else None
+    _float_inputs(model, nodes, originals)
     return model, sorted(nodes)
-
-
-def check_config(options: dict[str, Any], where: str) -> TrtQuantConfig:
-    """``TrtQuantConfig`` from a dict, with a one-line ``ConfigError`` naming ``where``."""
-    from pydantic import ValidationError
-
-    try:
-        return TrtQuantConfig(**options)
-    except ValidationError as e:
-        errs = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
-        raise ConfigError(f"{where}: {errs}") from None
