@@ -32,6 +32,8 @@ _SWAP = re.compile(r"\bSWAP (\d+)/(\d+)([kMG])B")
 _CPU = re.compile(r"\bCPU \[([^\]]*)\](?:@(\d+))?")
 _GR3D = re.compile(r"\bGR3D(?:_FREQ)? (\d+)%(?:@\[?([\d,]+)\]?)?")
 _EMC = re.compile(r"\bEMC(?:_FREQ)? (\d+)%(?:@(\d+))?")
+#: Other engines: "NVDEC off", "VIC_FREQ 0%@115", "NVENC 12%@1036" (accelerators that are powered print a load)
+_ENGINE = re.compile(r"\b([A-Z][A-Z0-9]*(?:_FREQ)?) (off|(\d+)%@\[?\d+)")
 _TEMP = re.compile(r"\b([A-Za-z][\w-]*)@(-?\d+(?:\.\d+)?)C\b")
 _RAIL = re.compile(r"\b([A-Z][A-Z0-9_]*) (\d+)(?:mW)?/(\d+)(?:mW)?\b")
 _UNIT = {"k": 1 / 1024, "M": 1.0, "G": 1024.0}
@@ -51,6 +53,7 @@ class TegraSample:
     emc_load: Optional[int] = None
     temps: dict[str, float] = field(default_factory=dict)
     rails: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (current mW, average mW)
+    engines: dict[str, Optional[int]] = field(default_factory=dict)  # NVDEC, VIC, NVDLA0 ... -> load % (None: off)
 
     @property
     def power_rail(self) -> str:
@@ -94,6 +97,8 @@ def parse_line(line: str, t: Optional[float] = None) -> TegraSample:
         s.gpu_mhz = [int(x) for x in m[2].split(",")] if m[2] else []
     if m := _EMC.search(body):
         s.emc_load = int(m[1])
+    s.engines = {n: None if st == "off" else int(load) for n, st, load in _ENGINE.findall(body)
+                 if n not in ("EMC_FREQ", "GR3D_FREQ", "EMC", "GR3D", "CPU")}
     s.temps = {k: float(v) for k, v in _TEMP.findall(body)}
     # rails come after the temperatures; RAM/SWAP/IRAM also look like "NAME a/b" but carry a unit suffix
     s.rails = {n: (int(c), int(a)) for n, c, a in _RAIL.findall(body) if n not in ("RAM", "SWAP", "IRAM")}

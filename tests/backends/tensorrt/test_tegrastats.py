@@ -62,6 +62,7 @@ def test_fields_of_one_line():
     assert s.rails["VDD_GPU_SOC"] == (2786, 2786)
     o = ts.parse_line(ORIN_NANO)
     assert o.rails["VDD_IN"] == (5000, 4800) and o.gpu_mhz == [305]
+    assert o.engines == {"NVDEC": None, "NVJPG": None, "VIC_FREQ": 0}
     n = ts.parse_line(NANO)
     assert n.temps["thermal"] == 27.75 and n.cpu[0] == (9, 102) and "IRAM" not in n.rails
     old = ts.parse_line(TX1_OLD_CPU)
