@@ -112,3 +112,21 @@ def write_bundle(out: Path, job_for, target: TargetSpec):
                        targets={target.name: res.entry}, stages=res.stages)
         finalize(tmp, man)
     return res
+
+
+@pytest.fixture(scope="session")
+def cnn_bundle(tmp_path_factory, cnn):
+    """(bundle folder, CompileResult): the digits CNN, full-integer int8 with float I/O."""
+    out = tmp_path_factory.mktemp("cnn") / "bundle"
+    target = tflite_target("int8")
+    res = write_bundle(out, lambda d: digits_job(d, cnn[0], False, target, bundle_dir=d), target)
+    return out, res
+
+
+@pytest.fixture(scope="session")
+def lstm_bundle(tmp_path_factory, lstm):
+    """(bundle folder, CompileResult): the 2-layer digits LSTM, full-integer int8 with int8 I/O."""
+    out = tmp_path_factory.mktemp("lstm") / "bundle"
+    target = tflite_target("int8", io="int8")  # int8 tensors at the model's edges; the CNN covers float I/O
+    res = write_bundle(out, lambda d: digits_job(d, lstm[0], True, target, bundle_dir=d), target)
+    return out, res

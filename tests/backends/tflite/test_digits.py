@@ -11,23 +11,7 @@ import pytest
 import edgefm
 from edgefm.backends.tflite_run import model_ops
 
-from .conftest import _digits, digits_job, tflite_target, write_bundle
-
-
-@pytest.fixture(scope="module")
-def cnn_bundle(tmp_path_factory, cnn):
-    out = tmp_path_factory.mktemp("cnn") / "bundle"
-    target = tflite_target("int8")
-    res = write_bundle(out, lambda d: digits_job(d, cnn[0], False, target, bundle_dir=d), target)
-    return out, res
-
-
-@pytest.fixture(scope="module")
-def lstm_bundle(tmp_path_factory, lstm):
-    out = tmp_path_factory.mktemp("lstm") / "bundle"
-    target = tflite_target("int8", io="int8")  # int8 tensors at the model's edges; the CNN covers float I/O
-    res = write_bundle(out, lambda d: digits_job(d, lstm[0], True, target, bundle_dir=d), target)
-    return out, res
+from .conftest import _digits
 
 
 def _top1(pred, seq: bool) -> float:
