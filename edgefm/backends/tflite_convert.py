@@ -15,6 +15,7 @@ the node; any other failure as ``ExportError``."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -22,6 +23,7 @@ import re
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -162,22 +164,73 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [""])[0][:300]
 
 
+class _Worker:
+    """A converter process kept for the life of this one: importing litert-torch (jax, transformers) takes
+    5-10 s, so later compiles reuse it. It reads request paths on stdin and writes ``result.json`` beside
+    each request (atomically); its output goes to a log file, so no pipe can fill up and stall it."""
+
+    def __init__(self, python: Path):
+        import tempfile
+
+        root = str(Path(__file__).resolve().parents[2])  # the folder that holds the edgefm package
+        env = {**os.environ, "TQDM_DISABLE": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
+               "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        self.cwd = Path(tempfile.mkdtemp(prefix="edgefm-litert-"))
+        self.log = open(self.cwd / "worker.log", "w")
+        self.proc = subprocess.Popen([str(python), "-m", "edgefm.backends.tflite_convert", "--serve"],
+                                     stdin=subprocess.PIPE, stdout=self.log, stderr=subprocess.STDOUT, text=True,
+                                     cwd=self.cwd, env=env)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def ask(self, req: Path, res: Path, timeout: float) -> None:
+        self.proc.stdin.write(f"{req}\n")
+        self.proc.stdin.flush()
+        deadline = time.time() + timeout
+        while not res.exists():
+            if not self.alive():
+                raise ExportError(f"tflite: the litert-torch converter process died (exit {self.proc.returncode}): "
+                                  f"{self.tail()}")
+            if time.time() > deadline:
+                self.close()
+                raise ExportError(f"tflite: litert-torch conversion took longer than {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def tail(self) -> str:
+        lines = (self.cwd / "worker.log").read_text(errors="replace").strip().splitlines()
+        return " | ".join(lines[-3:])
+
+    def close(self) -> None:
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+        import shutil
+
+        shutil.rmtree(self.cwd, ignore_errors=True)
+
+
+_WORKERS: dict[str, _Worker] = {}
+_WORKERS_LOCK = threading.Lock()
+
+
+@atexit.register
+def _close_workers() -> None:
+    for w in _WORKERS.values():
+        w.close()
+
+
 def convert(python: Path, request: dict[str, Any], workdir: Path, timeout: float = 3600) -> dict[str, Any]:
-    """Run the worker in ``python`` on ``request`` (see ``_worker``); raise typed errors on failure."""
+    """Run ``request`` (see ``_handle``) in the converter worker for ``python``; raise typed errors on failure."""
     req = workdir / "request.json"
     res = workdir / "result.json"
     req.write_text(json.dumps(request))
-    root = str(Path(__file__).resolve().parents[2])  # the folder that holds the edgefm package
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           "TQDM_DISABLE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    try:
-        r = subprocess.run([str(python), "-m", "edgefm.backends.tflite_convert", str(req)], cwd=workdir, env=env,
-                           capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise ExportError(f"tflite: litert-torch conversion took longer than {timeout:.0f} s") from None
-    if not res.exists():
-        tail = " | ".join((r.stderr or r.stdout).strip().splitlines()[-3:])
-        raise ExportError(f"tflite: the litert-torch converter process died (exit {r.returncode}): {tail}")
+    with _WORKERS_LOCK:  # one conversion at a time per worker; they are CPU-bound anyway
+        w = _WORKERS.get(str(python))
+        if w is None or not w.alive():
+            w = _WORKERS[str(python)] = _Worker(python)
+        w.ask(req, res, timeout)
     result = json.loads(res.read_text())
     if result.get("ok"):
         return result
@@ -225,7 +278,15 @@ def classify_error(e: BaseException) -> dict[str, str]:
     return out
 
 
-def _worker(request_path: str) -> int:
+def _serve() -> int:
+    """The worker loop: one request path per line on stdin, until stdin closes."""
+    for line in sys.stdin:
+        if line.strip():
+            _handle(line.strip())
+    return 0
+
+
+def _handle(request_path: str) -> None:
     req = json.loads(Path(request_path).read_text())
     result: dict[str, Any] = {"ok": False, "versions": _versions(), "seconds": {}}
     step = "convert"
@@ -251,8 +312,9 @@ def _worker(request_path: str) -> int:
         result["ok"] = True
     except Exception as e:  # noqa: BLE001 - reported to the main process as data, typed there
         result.update(classify_error(e), step=step)
-    Path(request_path).with_name("result.json").write_text(json.dumps(result))
-    return 0
+    tmp = Path(request_path).with_name("result.json.part")
+    tmp.write_text(json.dumps(result))
+    tmp.rename(tmp.with_name("result.json"))  # the main process polls for this name
 
 
 def _calib_feeds(model_path: str, calib_npz: Optional[str]) -> list[dict[str, np.ndarray]]:
@@ -269,4 +331,4 @@ def _calib_feeds(model_path: str, calib_npz: Optional[str]) -> list[dict[str, np
 
 
 if __name__ == "__main__":
-    sys.exit(_worker(sys.argv[1]))
+    sys.exit(_serve() if sys.argv[1:] == ["--serve"] else _handle(sys.argv[1]))
