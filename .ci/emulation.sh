@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # CI stage "emulation": the tflite artifacts of the digits models run by the arm64 build of LiteRT under
 # qemu user-mode emulation, compared with the x86 run (tests marked `emulation`). Budget: < 10 min, root
-# build included. Cache $EDGEFM_CACHE_DIR (default ~/.cache/edgefm) between runs: it holds the arm64 root
-# (~150 MB) and the litert-torch converter environment (~750 MB); both rebuild themselves when stale.
+# build included. Cache $EDGEFM_TOOLS_DIR (default ~/.cache/edgefm/tools) between runs: it holds the arm64
+# root (~150 MB) and the litert-torch converter environment (~750 MB); both rebuild themselves when stale.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -252,3 +252,17 @@ def load(bundle: Path, target_name: str, entry: TargetEntry, spec: ModelSpec, op
     threads = opts.threads or entry.options.get("threads")
     return TFLitePredictor(Path(bundle) / entry.artifact, spec, target_name, threads,
                            int(entry.options.get("pool", 4)))
+
+
+def verify_emulated(bundle: Path, target: str, arch: str = "arm64", cpu: Optional[str] = None) -> tuple[bool, str]:
+    """``edgefm verify --emulate``: (ok, one-line summary) of the target's ``.tflite`` run by the arm64 build of
+    LiteRT under qemu against this machine's run (see ``edgefm.emulate``). Problems with the emulator itself
+    (qemu missing, no mount namespace) come back as a failed check, so the other checks still show."""
+    from edgefm.emulate import verify_emulated as run
+    from edgefm.errors import EdgefmError
+
+    try:
+        report = run(bundle, target, arch=arch, cpu=cpu)
+    except EdgefmError as e:
+        return False, str(e)
+    return report.ok, report.summary()

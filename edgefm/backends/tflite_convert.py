@@ -38,13 +38,16 @@ CONVERTER = "litert-torch"
 _VERSIONED = ("litert-torch", "ai-edge-quantizer", "litert-converter", "ai-edge-litert", "torch", "jax")
 
 
-def cache_dir() -> Path:
-    """edgefm's cache folder: ``$EDGEFM_CACHE_DIR`` or ``~/.cache/edgefm``."""
-    return Path(os.environ.get("EDGEFM_CACHE_DIR") or Path.home() / ".cache" / "edgefm")
+def tools_dir() -> Path:
+    """Where edgefm installs the tools it manages (converter environments, the arm64 root):
+    ``$EDGEFM_TOOLS_DIR`` or ``~/.cache/edgefm/tools``. Kept apart from the export cache
+    (``EDGEFM_CACHE_DIR``), which tests point at a fresh folder per session: tools are installations,
+    not results, and rebuilding them each session would cost minutes and ~1 GB of downloads."""
+    return Path(os.environ.get("EDGEFM_TOOLS_DIR") or Path.home() / ".cache" / "edgefm" / "tools")
 
 
 def env_dir() -> Path:
-    return cache_dir() / "envs" / f"litert-torch-py{sys.version_info[0]}{sys.version_info[1]}"
+    return tools_dir() / f"litert-torch-py{sys.version_info[0]}{sys.version_info[1]}"
 
 
 @contextlib.contextmanager

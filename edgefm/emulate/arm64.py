@@ -5,7 +5,7 @@ instead Debian's arm64 ``python3.11`` and the shared libraries it needs are unpa
 root folder and started as ``qemu-aarch64-static -cpu CORE -L ROOT ROOT/usr/bin/python3.11``, with the
 aarch64 wheels of ai-edge-litert and NumPy from PyPI on its PYTHONPATH. LiteRT's CPU detection reads
 /proc/cpuinfo and crashes on the x86 host's, so each run bind-mounts an ARM cpuinfo over it inside a
-private mount namespace (``unshare -m``). The root is built once into ``<cache>/arm64-root``.
+private mount namespace (``unshare -m``). The root is built once into ``<tools dir>/arm64-root`` (``$EDGEFM_TOOLS_DIR``, default ``~/.cache/edgefm/tools``).
 
 The Debian packages come through apt with a private state folder (``-o Dir::State=...``), so the host's
 apt configuration (its architectures, its package lists) is left as it was."""
@@ -43,12 +43,10 @@ CORES = {
 }
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("EDGEFM_CACHE_DIR") or Path.home() / ".cache" / "edgefm")
-
-
 def root_dir() -> Path:
-    return cache_dir() / "arm64-root"
+    from edgefm.backends.tflite_convert import tools_dir
+
+    return tools_dir() / "arm64-root"
 
 
 def qemu() -> str:

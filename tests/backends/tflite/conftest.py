@@ -130,3 +130,21 @@ def lstm_bundle(tmp_path_factory, lstm):
     target = tflite_target("int8", io="int8")  # int8 tensors at the model's edges; the CNN covers float I/O
     res = write_bundle(out, lambda d: digits_job(d, lstm[0], True, target, bundle_dir=d), target)
     return out, res
+
+
+@pytest.fixture(scope="session")
+def pipeline_bundle(tmp_path_factory, cnn):
+    """A bundle written by ``edgefm.pipeline.compress`` from the trained CNN's state_dict, for rpi5 and ORT."""
+    import torch
+
+    from edgefm.config import CompressConfig
+    from edgefm.pipeline import compress
+
+    tmp = tmp_path_factory.mktemp("pipeline")
+    ckpt = tmp / "digits_cnn.pt"
+    torch.save(cnn[0].state_dict(), ckpt)
+    cfg = CompressConfig(source=ckpt, output=tmp / "bundle", arch="edgefm.zoo:digits_cnn", inputs=["x:1,1,8,8"],
+                         calib=CALIB / "digits_calib.npz", eval=CALIB / "digits_eval.npz",
+                         targets=["rpi5", "onnxruntime-cpu"])
+    compress(cfg)
+    return cfg.output

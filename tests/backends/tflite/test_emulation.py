@@ -46,3 +46,13 @@ def test_bad_requests_are_typed(cnn_bundle, tmp_path):
         verify_emulated(out, target="rpi5")
     with pytest.raises(BundleError, match="manifest"):
         verify_emulated(tmp_path)
+
+
+def test_edgefm_verify_emulate_arm64(pipeline_bundle):
+    """The lead's ``edgefm verify --emulate arm64`` path: the backend hook, on the rpi5 target's core."""
+    from edgefm.verify import verify_bundle
+
+    (report,) = verify_bundle(pipeline_bundle, ["rpi5"], emulate="arm64")
+    emu = report.checks[-1]
+    assert emu.name == "emulate arm64" and emu.ok, emu.detail
+    assert "cortex-a76" in emu.detail and "top-1 agreement 1.0000" in emu.detail
