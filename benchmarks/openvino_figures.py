@@ -32,7 +32,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
-SENTENCES = ROOT / "tests" / "backends" / "openvino" / "sentences.txt"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 logging.getLogger("nncf").setLevel(logging.WARNING)
 
@@ -222,7 +221,7 @@ def section_minilm(tmp: Path, rounds: int) -> None:
                     "batch1_seq128_ms": lat["torch eager fp32"], "speedup_vs_torch": 1.0})
     q = stage(r8, "quantize")
     write("minilm", rows, [machine(), f"torch threads {torch.get_num_threads()}; OpenVINO PERFORMANCE_HINT=LATENCY",
-                           f"{len(case.eval)} held-out sentences (calibration: 64 others), padded to 128 tokens",
+                           f"{len(case.eval)} held-out sentences of calibration/sentences.txt (calibration: its first 64), padded to 128 tokens",
                            f"int8 execution: {p8.execution}", f"int8 layers: {q.metrics['_int8_layers']}",
                            f"int8 vs bf16 latency ratio: {lat['openvino int8 (float parts bf16)'] / lat['openvino bf16']:.3f}"])
 

@@ -25,7 +25,7 @@ from edgefm.models.spec import InputSpec, ModelSpec, OutputSpec
 from edgefm.targets import TargetSpec, get_target
 
 ROOT = Path(__file__).resolve().parents[3]
-SENTENCES = Path(__file__).with_name("sentences.txt")
+SENTENCES = ROOT / "calibration" / "sentences.txt"
 
 
 @dataclass
@@ -131,7 +131,8 @@ def outlier_cnn(digits_cnn_module, tmp_path_factory) -> ModelCase:
 
 def minilm_case(tmp: Path, max_length: int = 32) -> ModelCase:
     """The real all-MiniLM-L6-v2 with sentence-transformers' pooling (masked mean, L2 norm) as one ONNX
-    output ``sentence_embedding``; 64 calibration sentences, 56 held-out ones, padded to ``max_length``."""
+    output ``sentence_embedding``; from calibration/sentences.txt, 64 calibration sentences and the last 64
+    (held out), padded to ``max_length``."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -163,7 +164,7 @@ def minilm_case(tmp: Path, max_length: int = 32) -> ModelCase:
                      outputs=[OutputSpec(name="sentence_embedding", kind="embedding")], arch="BertModel")
     onnx = export_onnx(module, tuple(torch.from_numpy(feeds[n][:2]) for n in names), spec, tmp / "minilm.onnx")
     calib = Samples({n: v[:64] for n, v in feeds.items()})
-    eval_ = Samples({n: v[64:] for n, v in feeds.items()})
+    eval_ = Samples({n: v[-64:] for n, v in feeds.items()})
     return ModelCase("minilm", module, onnx, spec, calib, eval_, reference(onnx, eval_))
 
 
