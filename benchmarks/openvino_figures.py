@@ -130,12 +130,13 @@ def mobilenet_case(tmp: Path):
     return ModelCase("mobilenet_v2", module, onnx, spec, calib, ev, reference(onnx, ev))
 
 
-def bundle(case, tmp: Path, name: str, precision: str, **options):
+def bundle(case, tmp: Path, name: str, precision: str, tolerances=None, **options):
     """Compile ``case`` for openvino-cpu (options overridden) and load it; returns (predictor, result)."""
     import edgefm
     from tests.backends.openvino.conftest import build_bundle, target
 
-    _, result = build_bundle(case, target("openvino-cpu", **options), tmp / name, precision=precision)
+    kw = {"tolerances": tolerances} if tolerances is not None else {}
+    _, result = build_bundle(case, target("openvino-cpu", **options), tmp / name, precision=precision, **kw)
     return edgefm.load(tmp / name), result
 
 
@@ -190,40 +191,52 @@ def section_convert(tmp: Path, rounds: int) -> None:
 
 
 def section_minilm(tmp: Path, rounds: int) -> None:
+    """int8 vs torch eager and OpenVINO f32/bf16, each at 1 and 2 threads (on a shared CPU, 2 torch threads
+    can wait on each other for long stretches; 1 thread each is the steadier comparison)."""
     import torch
 
+    import edgefm
+    from edgefm.fidelity import cosine_per_sample
     from tests.backends.openvino.conftest import stage
 
     case = minilm_case(tmp, 128)
-    p8, r8 = bundle(case, tmp, "int8", "int8")
-    p8f, _ = bundle(case, tmp, "int8_f32", "int8", inference_precision="f32", compare_precisions=False)
-    p32, _ = bundle(case, tmp, "fp32", "fp32")
-    p16, _ = bundle(case, tmp, "bf16", "bf16")
+    _, r8 = bundle(case, tmp, "int8", "int8")
+    bundle(case, tmp, "int8_f32", "int8", inference_precision="f32", compare_precisions=False)
+    bundle(case, tmp, "fp32", "fp32")
+    bundle(case, tmp, "bf16", "bf16")
+    variants = {"openvino f32": "fp32", "openvino bf16": "bf16", "openvino int8 (float parts bf16)": "int8",
+                "openvino int8 (float parts f32)": "int8_f32"}
     feed = case.eval.take(slice(0, 1)).inputs
     tfeed = tuple(torch.from_numpy(feed[s.name]) for s in case.spec.inputs)
-
-    def eager():
-        with torch.inference_mode():
-            case.module(*tfeed)
-
-    lat = interleaved({"torch eager fp32": eager, "openvino f32": lambda: p32(feed), "openvino bf16": lambda: p16(feed),
-                       "openvino int8 (float parts bf16)": lambda: p8(feed),
-                       "openvino int8 (float parts f32)": lambda: p8f(feed)}, rounds)
-    from edgefm.fidelity import cosine_per_sample
     ref = case.reference["sentence_embedding"]
-    rows = []
-    for name, pred in (("openvino f32", p32), ("openvino bf16", p16), ("openvino int8 (float parts bf16)", p8),
-                       ("openvino int8 (float parts f32)", p8f)):
-        cos = cosine_per_sample(ref, pred(case.eval.inputs)["sentence_embedding"])
-        rows.append({"variant": name, "mean_cosine": round(float(cos.mean()), 5), "min_cosine": round(float(cos.min()), 5),
-                     "batch1_seq128_ms": lat[name], "speedup_vs_torch": round(lat["torch eager fp32"] / lat[name], 2)})
-    rows.insert(0, {"variant": "torch eager fp32", "mean_cosine": 1.0, "min_cosine": 1.0,
-                    "batch1_seq128_ms": lat["torch eager fp32"], "speedup_vs_torch": 1.0})
+    rows, execs = [], {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        preds = {k: edgefm.load(tmp / d, threads=threads) for k, d in variants.items()}
+
+        def eager():
+            with torch.inference_mode():
+                case.module(*tfeed)
+
+        lat = interleaved({"torch eager fp32": eager, **{k: (lambda p=p: p(feed)) for k, p in preds.items()}}, rounds)
+        rows.append({"threads": threads, "variant": "torch eager fp32", "mean_cosine": 1.0, "min_cosine": 1.0,
+                     "batch1_seq128_ms": lat["torch eager fp32"], "speedup_vs_torch": 1.0,
+                     "int8_speedup_vs_this": round(lat["torch eager fp32"] / lat["openvino int8 (float parts bf16)"], 2)})
+        for k, p in preds.items():
+            cos = cosine_per_sample(ref, p(case.eval.inputs)["sentence_embedding"])
+            execs[k] = p.execution
+            rows.append({"threads": threads, "variant": k, "mean_cosine": round(float(cos.mean()), 5),
+                         "min_cosine": round(float(cos.min()), 5), "batch1_seq128_ms": lat[k],
+                         "speedup_vs_torch": round(lat["torch eager fp32"] / lat[k], 2),
+                         "int8_speedup_vs_this": round(lat[k] / lat["openvino int8 (float parts bf16)"], 2)})
     q = stage(r8, "quantize")
-    write("minilm", rows, [machine(), f"torch threads {torch.get_num_threads()}; OpenVINO PERFORMANCE_HINT=LATENCY",
-                           f"{len(case.eval)} held-out sentences of calibration/sentences.txt (calibration: its first 64), padded to 128 tokens",
-                           f"int8 execution: {p8.execution}", f"int8 layers: {q.metrics['_int8_layers']}",
-                           f"int8 vs bf16 latency ratio: {lat['openvino int8 (float parts bf16)'] / lat['openvino bf16']:.3f}"])
+    write("minilm", rows, [machine(), "OpenVINO PERFORMANCE_HINT=LATENCY, INFERENCE_NUM_THREADS = torch threads",
+                           f"{len(case.eval)} held-out sentences of calibration/sentences.txt (calibration: its "
+                           f"first 64), padded to 128 tokens; latency: batch 1, sequence 128",
+                           f"execution read back: { {k: v.get('inference_precision') for k, v in execs.items()} }",
+                           f"int8 layers: {q.metrics['_int8_layers']}; int8 runtime layer precisions: "
+                           f"{execs['openvino int8 (float parts bf16)'].get('layer_precisions')}",
+                           f"compile-time comparison recorded in the manifest: {q.metrics['_compare']}"])
 
 
 def section_digits(tmp: Path, rounds: int, seeds: int = 5) -> None:
@@ -245,17 +258,28 @@ def section_digits(tmp: Path, rounds: int, seeds: int = 5) -> None:
 
 
 def section_mobilenet(tmp: Path, rounds: int) -> None:
+    from tests.backends.openvino.conftest import stage
+
+    from edgefm.config import Tolerances
+    from edgefm.fidelity import Limits
+
     case = mobilenet_case(tmp)
-    p8, r8 = bundle(case, tmp, "int8", "int8", compare_precisions=False)
+    # untrained weights: its logits are near-uniform noise, so int8's relative error looks large (cosine ~0.97);
+    # the default 0.98 would stop this speed-only case
+    loose = Tolerances(quantize=Limits(cosine=0.9), fp16=Limits(cosine=0.99))
+    p8, r8 = bundle(case, tmp, "int8", "int8", compare_precisions=False, tolerances=loose)
     p32, _ = bundle(case, tmp, "fp32", "fp32")
-    p16, _ = bundle(case, tmp, "bf16", "bf16")
+    p16, r16 = bundle(case, tmp, "bf16", "bf16", tolerances=loose)
     feed = case.eval.take(slice(0, 1)).inputs
     lat = interleaved({"openvino f32": lambda: p32(feed), "openvino bf16": lambda: p16(feed),
                        "openvino int8": lambda: p8(feed)}, rounds)
     sizes = {k: (tmp / k / "openvino-cpu" / "model.bin").stat().st_size / 1e6 for k in ("int8", "fp32", "bf16")}
     rows = [{"variant": k, "batch1_ms": lat[f"openvino {p}"], "speedup_vs_f32": round(lat["openvino f32"] / lat[f"openvino {p}"], 2),
              "bin_MB": round(sizes[k], 2)} for k, p in (("fp32", "f32"), ("bf16", "bf16"), ("int8", "int8"))]
-    write("mobilenet", rows, [machine(), "MobileNetV2-224 with initial (untrained) weights: a speed figure only",
+    cos = stage(r8, "quantize").metrics["logits"]["cosine"]
+    cos16 = stage(r16, "compile").metrics["logits"]["cosine"]
+    write("mobilenet", rows, [machine(), "MobileNetV2-224 with initial (untrained) weights, batch-norm statistics "
+                              "from 32 random blocky images: a speed figure only", f"logits cosine to fp32: int8 {cos:.4f}, bf16 {cos16:.4f} (tolerances loosened for this untrained net)",
                               f"int8 execution: {p8.execution}"])
 
 

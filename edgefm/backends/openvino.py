@@ -2,10 +2,8 @@
 (``model.xml`` + ``model.bin``), int8 through NNCF (``edgefm.quantize.nncf``), each step checked against
 the fp32 reference; ``load`` compiles the IR on the asked device with a pool of infer requests.
 
-Decisions (measured, see ``benchmarks/openvino_convert.py`` and the notes each stage records):
-- IR from the verified ONNX (``ov.convert_model(model.onnx)``), not from torch: same fidelity and speed on
-  MiniLM and the digits CNN, and it converts exactly the artifact every other target was checked against
-  (``convert_from: torch`` stays available).
+Decisions (measured, see ``benchmarks/openvino_figures.py`` and the notes each stage records):
+- IR from the verified ONNX (``ov.convert_model(model.onnx)``), not from torch (``CONVERT_CHOICE``).
 - IR weights are written at a deliberate precision (``ov.save_model`` halves them to fp16 unless told not
   to): fp32 except for the fp16 precision.
 - The execution precision is read back from the compiled model and recorded: on CPUs with bf16 (AMX,
@@ -14,13 +12,9 @@ Decisions (measured, see ``benchmarks/openvino_convert.py`` and the notes each s
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import logging
-import queue
-import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -29,15 +23,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgefm import fidelity
 from edgefm.backends.base import CompileJob, CompileResult, Feed, LoadOptions, Samples
+from edgefm.backends.openvino_run import (OpenVINOPredictor, compile_model, core, execution_info, pick_device,
+                                          runtime_config)
 from edgefm.bundle import StageRecord, TargetEntry, sha256_file, sha256_path
-from edgefm.errors import (AccuracyError, BackendUnavailableError, BundleError, ConfigError, TargetError,
-                           UnsupportedOpError)
+from edgefm.errors import AccuracyError, BundleError, ConfigError, TargetError, UnsupportedOpError
 from edgefm.models.spec import ModelSpec
-from edgefm.runtime import BasePredictor
 from edgefm.targets import TargetSpec
 
 EXTRA = "openvino"
 log = logging.getLogger(__name__)
+
+#: Why the IR is built from the ONNX (benchmarks/results/openvino_convert.md, both paths in one run).
+CONVERT_CHOICE = (
+    "IR from the verified ONNX, not from torch: measured on MiniLM (batch 1, seq 128) and the digits CNN, both "
+    "paths give the same f32 fidelity (max abs 3e-7 / 3e-6 vs torch) and the same speed within noise (MiniLM "
+    "int8 32.2 vs 31.2 ms, f32 68.9 vs 68.4 ms; CNN int8 0.46 vs 0.45 ms), the torch path converts 4x slower "
+    "(29 vs 7 s), needs the torch module, and would skip the artifact every other target was verified on")
 
 #: edgefm precision -> INFERENCE_PRECISION_HINT when the target does not name one (int8: device default
 #: for the parts left in float, recorded as it is read back).
@@ -102,71 +103,6 @@ def versions() -> dict[str, str]:
         import nncf
         out["nncf"] = nncf.__version__
     return out
-
-
-@functools.lru_cache(maxsize=1)
-def _core() -> Any:
-    import openvino as ov
-
-    return ov.Core()
-
-
-# --- devices and runtime configuration -----------------------------------------------------------------
-
-def pick_device(asked: str, strict: bool) -> str:
-    """The OpenVINO device to compile on: ``asked`` when present here, else CPU with a warning (or
-    ``BackendUnavailableError`` when ``strict``)."""
-    name = asked.upper()
-    if name.split(":")[0] in ("AUTO", "HETERO", "MULTI", "BATCH"):
-        return name
-    available = _core().available_devices
-    if any(d == name or d.split(".")[0] == name for d in available):
-        return name
-    msg = f"OpenVINO device '{name}' is not available on this machine (available: {', '.join(available)})"
-    if strict:
-        raise BackendUnavailableError(msg + "; load without strict=True to fall back to CPU")
-    warnings.warn(msg + "; falling back to CPU", RuntimeWarning, stacklevel=3)
-    log.warning("%s; falling back to CPU", msg)
-    return "CPU"
-
-
-def runtime_config(options: dict[str, Any], device: str, threads: Optional[int] = None) -> dict[str, Any]:
-    """compile_model properties from a target entry's options (``threads`` overrides)."""
-    cfg: dict[str, Any] = {"PERFORMANCE_HINT": options.get("performance_hint", "LATENCY")}
-    if options.get("inference_precision"):
-        cfg["INFERENCE_PRECISION_HINT"] = options["inference_precision"]
-    if options.get("num_streams") is not None:
-        cfg["NUM_STREAMS"] = str(options["num_streams"])
-    threads = threads or options.get("threads")
-    if threads and device.startswith("CPU"):
-        cfg["INFERENCE_NUM_THREADS"] = int(threads)
-    return cfg
-
-
-def execution_info(compiled: Any) -> dict[str, Any]:
-    """What the compiled model really runs: its inference precision and the runtime precision of its layers."""
-    info: dict[str, Any] = {}
-    try:
-        info["inference_precision"] = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-    except RuntimeError:  # not every device reports it
-        info["inference_precision"] = None
-    counts: dict[str, int] = {}
-    try:
-        for op in compiled.get_runtime_model().get_ordered_ops():
-            rt = op.get_rt_info()
-            kind = rt["layerType"].astype(str) if "layerType" in rt else ""
-            if kind in ("Input", "Output", "Reorder", "Constant", "") or "runtimePrecision" not in rt:
-                continue
-            p = rt["runtimePrecision"].astype(str)
-            counts[p] = counts.get(p, 0) + 1
-    except RuntimeError:
-        pass
-    info["layer_precisions"] = dict(sorted(counts.items()))
-    return info
-
-
-def _compile(model: Any, device: str, cfg: dict[str, Any]) -> Any:
-    return _core().compile_model(model, device, cfg)
 
 
 def _infer(compiled: Any, samples: Samples, names: list[str], batch: int = 64) -> Feed:
@@ -294,13 +230,14 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
     t0 = time.perf_counter()
     say(f"{job.target.name}: converting to OpenVINO IR from {opts.convert_from}")
     model = convert(job, opts)
-    f32 = _compile(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
+    f32 = compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
     conv_metrics = _evaluate(job, f32)
     records.append(StageRecord(
         name="convert", target=job.target.name, settings={"convert_from": opts.convert_from},
         input_sha256=onnx_sha, seconds=round(time.perf_counter() - t0, 3), metrics=conv_metrics,
         notes=[f"IR built from the {'verified fp32 ONNX' if opts.convert_from == 'onnx' else 'torch module'} "
-               f"(ov.convert_model); checked at INFERENCE_PRECISION_HINT=f32 on CPU against the fp32 reference"]))
+               f"(ov.convert_model); checked at INFERENCE_PRECISION_HINT=f32 on CPU against the fp32 reference",
+               CONVERT_CHOICE if opts.convert_from == "onnx" else "convert_from: torch asked by the target"]))
     fidelity.check(f"openvino convert ({job.target.name})", conv_metrics, _convert_limits(job),
                    hint="the fp32 IR already differs from the fp32 ONNX; this is a conversion problem")
 
@@ -345,55 +282,29 @@ def _quantize(job: CompileJob, opts: OpenVINOOptions, model: Any, f32: Any, f32_
     step = f"openvino int8 ({job.target.name})"
     limits = _limits(job, "int8")
     max_drop = getattr(job.config, "max_accuracy_drop", None)
+    say = job.progress or (lambda _m: None)
     notes = []
     if s.ignored_types or s.ignored_names:
         notes.append(f"kept in float by recipe/--keep-fp32: types {s.ignored_types}, nodes {s.ignored_names}")
     if job.spec.family == "rnn" and not opts.quantize_rnn:
         notes.append("LSTM/GRU cells stay float: OpenVINO CPU's u8 RNN kernel shares one scale between input and "
                      "hidden state, which NNCF calibrates from the input alone (digits LSTM top-1 94.1 -> 51.4 %)")
-    say = job.progress or (lambda _m: None)
-    settings: dict[str, Any] = {"mode": opts.int8_mode, **s.model_dump(exclude={"ignored_names", "ignored_types", "verbose"}),
-                                "calib_samples": min(len(job.calib), s.subset_size)}
     if opts.int8_mode == "weights":
         say(f"{job.target.name}: NNCF weight-only int8")
         qmodel = nq.compress_weights(model, s)
-        settings = {"mode": "weights", "weights": "int8_asym per-channel", "activations": "float"}
+        settings: dict[str, Any] = {"mode": "weights", "weights": "int8_asym per-channel", "activations": "float"}
     else:
-        say(f"{job.target.name}: NNCF post-training int8 ({len(job.calib)} calibration samples)")
+        say(f"{job.target.name}: NNCF post-training int8 ({min(len(job.calib), s.subset_size)} calibration samples)")
         qmodel = nq.quantize(model, job.calib, s)
+        settings = {"mode": "static", **s.model_dump(exclude={"ignored_names", "ignored_types", "verbose"}),
+                    "calib_samples": min(len(job.calib), s.subset_size)}
     cfg = runtime_config({"inference_precision": opts.inference_precision}, "CPU")
-    compiled = _compile(qmodel, "CPU", cfg)
+    compiled = compile_model(qmodel, "CPU", cfg)
     metrics = _evaluate(job, compiled)
-    ac_needed = max_drop is not None and opts.int8_mode == "static" and _misses(metrics, limits, job)
-    if ac_needed:
-        max_drop = _ac_max_drop(job, limits, max_drop)
-        metric = nq.validation_metric(job.spec, job.eval, job.reference)
-        plain = _headline(metrics)
-        say(f"{job.target.name}: plain int8 misses --max-accuracy-drop {max_drop}; NNCF accuracy control "
-            f"({metric.name})")
-        try:
-            res = nq.quantize_with_accuracy_control(model, job.calib, metric, max_drop, s,
-                                                    opts.accuracy_control_max_layers, plain=qmodel)
-        except Exception as e:  # noqa: BLE001 - NNCF fails inside on some graphs (LSTMSequence: KeyError)
-            why = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-            fidelity.check(step, metrics, limits, hint=(
-                f"plain int8 misses the bound and NNCF accuracy control failed on this model ({why}); keep the "
-                f"sensitive layers in float with --keep-fp32 NODE/OPTYPE or use --quantize fp32"))
-            raise
-        qmodel = res.model
-        compiled = _compile(qmodel, "CPU", cfg)
-        metrics = _evaluate(job, compiled)
-        settings["accuracy_control"] = {"max_drop_points": max_drop, "metric": res.metric, "drop_type": "absolute"}
-        metrics["_accuracy_control"] = {
-            "metric": res.metric, "fp32": round(res.fp32_value, 4), "plain_int8": round(res.plain_int8_value, 4),
-            "int8": round(res.int8_value, 4), "drop_points": round(res.drop, 4),
-            "plain_drop_points": round(res.fp32_value - res.plain_int8_value, 4), "max_drop_points": max_drop,
-            "layers_kept_in_float": res.reverted, "int8_layers_left": res.int8_layers, "plain_int8_headline": plain}
-        notes.append(f"plain int8 missed the bound ({res.metric} drop {res.fp32_value - res.plain_int8_value:.3g} "
-                     f"> {max_drop}); NNCF accuracy control put {len(res.reverted)} layer(s) back in float: "
-                     f"{', '.join(res.reverted) or 'none'}; drop now {res.drop:.3g} points (validated on the eval "
-                     f"data, so this drop is measured on the data the choice was made on)")
-        nq.check_drop(step, res, max_drop)
+    tried = max_drop is not None and opts.int8_mode == "static" and _misses(metrics, limits)
+    if tried:
+        qmodel, compiled, metrics = _accuracy_control(job, opts, model, qmodel, s, metrics, limits, cfg, step,
+                                                      settings, notes, nq)
     elif max_drop is not None:
         notes.append(f"plain int8 meets --max-accuracy-drop {max_drop}: accuracy control not needed")
     layers = nq.int8_layers(qmodel)
@@ -401,12 +312,49 @@ def _quantize(job: CompileJob, opts: OpenVINOOptions, model: Any, f32: Any, f32_
     metrics["_execution"] = execution_info(compiled)
     if opts.compare_precisions:
         metrics["_compare"] = _compare_precisions(job, model, f32, f32_metrics, compiled, metrics)
-    fidelity.check(step, metrics, limits, hint=_int8_hint(max_drop, ac_needed))
+    fidelity.check(step, metrics, limits, hint=_int8_hint(max_drop, tried))
     return qmodel, StageRecord(name="quantize", target=job.target.name, settings=settings,
                                seconds=round(time.perf_counter() - t0, 3), metrics=metrics, notes=notes)
 
 
-def _misses(metrics: dict[str, Any], limits: fidelity.Limits, job: CompileJob) -> bool:
+def _accuracy_control(job: CompileJob, opts: OpenVINOOptions, model: Any, plain: Any, s: Any, metrics: dict,
+                      limits: fidelity.Limits, cfg: dict, step: str, settings: dict, notes: list[str], nq: Any
+                      ) -> tuple[Any, Any, dict]:
+    """Plain int8 missed the user's bound: NNCF puts the most sensitive layers back in float until it holds.
+    Records the bound, the layers and the drops in ``settings``/``metrics``/``notes``; raises
+    ``AccuracyError`` saying why when it cannot."""
+    max_drop = _ac_max_drop(job, limits, job.config.max_accuracy_drop)
+    metric = nq.validation_metric(job.spec, job.eval, job.reference)
+    if job.progress:
+        job.progress(f"{job.target.name}: plain int8 misses the bound; NNCF accuracy control ({metric.name} drop "
+                     f"<= {max_drop})")
+    try:
+        res = nq.quantize_with_accuracy_control(model, job.calib, metric, max_drop, s,
+                                                opts.accuracy_control_max_layers, plain=plain)
+    except Exception as e:  # noqa: BLE001 - NNCF fails inside on some graphs (LSTMSequence: KeyError)
+        why = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+        fidelity.check(step, metrics, limits, hint=(
+            f"plain int8 misses the bound and NNCF accuracy control failed on this model ({why}); keep the "
+            f"sensitive layers in float with --keep-fp32 NODE/OPTYPE or use --quantize fp32"))
+        raise
+    compiled = compile_model(res.model, "CPU", cfg)
+    new = _evaluate(job, compiled)
+    settings["accuracy_control"] = {"max_drop_points": max_drop, "metric": res.metric, "drop_type": "absolute"}
+    new["_accuracy_control"] = {
+        "metric": res.metric, "fp32": round(res.fp32_value, 4), "plain_int8": round(res.plain_int8_value, 4),
+        "int8": round(res.int8_value, 4), "drop_points": round(res.drop, 4),
+        "plain_drop_points": round(res.fp32_value - res.plain_int8_value, 4), "max_drop_points": max_drop,
+        "layers_kept_in_float": res.reverted, "int8_layers_left": res.int8_layers,
+        "plain_int8_headline": _headline(metrics)}
+    notes.append(f"plain int8 missed the bound ({res.metric} drop {res.fp32_value - res.plain_int8_value:.3g} > "
+                 f"{max_drop}); NNCF accuracy control put {len(res.reverted)} layer(s) back in float: "
+                 f"{', '.join(res.reverted) or 'none'}; drop now {res.drop:.3g} points (validated on the eval data, "
+                 f"so this drop is measured on the data the choice was made on)")
+    nq.check_drop(step, res, max_drop)
+    return res.model, compiled, new
+
+
+def _misses(metrics: dict[str, Any], limits: fidelity.Limits) -> bool:
     try:
         fidelity.check("int8", metrics, limits)
         return False
@@ -435,15 +383,15 @@ def _compare_precisions(job: CompileJob, model: Any, f32: Any, f32_metrics: dict
     """int8 next to the fp32 IR run at f32 and at bf16 (fidelity and batch-1 latency, same machine, same run)."""
     feed = job.eval.take(slice(0, 1)).inputs
     out = {"f32": {**_headline(f32_metrics), "latency_ms": _latency_ms(f32, feed)}}
-    caps = _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    caps = core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     if "BF16" in caps:
-        bf16 = _compile(model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"})
+        bf16 = compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"})
         out["bf16"] = {**_headline(_evaluate(job, bf16)), "latency_ms": _latency_ms(bf16, feed)}
     else:
         out["bf16"] = {"note": "this CPU has no bf16 arithmetic"}
     out["int8"] = {**_headline(int8_metrics), "latency_ms": _latency_ms(int8, feed),
                    "float_parts": execution_info(int8)["inference_precision"]}
-    out["machine"] = _core().get_property("CPU", "FULL_DEVICE_NAME")
+    out["machine"] = core().get_property("CPU", "FULL_DEVICE_NAME")
     return out
 
 
@@ -457,15 +405,15 @@ def _save_and_verify(job: CompileJob, opts: OpenVINOOptions, model: Any, precisi
     ov.save_model(model, str(xml), compress_to_fp16=(ir_weights == "fp16"))
     hint = opts.inference_precision or _HINTS[precision]
     device = job.target.device.upper()
-    present = any(d.split(".")[0] == device for d in _core().available_devices)
+    present = any(d.split(".")[0] == device for d in core().available_devices)
     run_on = device if present else "CPU"
     options = _entry_options(job, opts, hint)
-    compiled = _compile(_core().read_model(str(xml)), run_on, runtime_config(options, run_on))
+    compiled = compile_model(core().read_model(str(xml)), run_on, runtime_config(options, run_on))
     metrics = _evaluate(job, compiled)
     info = execution_info(compiled)
     metrics["_execution"] = info
     notes = [f"IR float weights written as {ir_weights} (ov.save_model compress_to_fp16={ir_weights == 'fp16'})",
-             f"verified on {run_on} ({_core().get_property(run_on, 'FULL_DEVICE_NAME')}); asked inference precision "
+             f"verified on {run_on} ({core().get_property(run_on, 'FULL_DEVICE_NAME')}); asked inference precision "
              f"{hint or 'device default'}, the compiled model runs {info['inference_precision']} "
              f"(layers: {info['layer_precisions']})"]
     if not present:
@@ -496,8 +444,8 @@ def _entry(job: CompileJob, opts: OpenVINOOptions, precision: str, record: Stage
         backend="openvino", precision=precision, device=job.target.device, artifact=files[0], files=files,
         runtime_versions=versions(), options=_entry_options(job, opts, hint),
         metrics={k: v for k, v in record.metrics.items()},
-        hardware={"built_on": _core().get_property("CPU", "FULL_DEVICE_NAME"),
-                  "cpu_capabilities": list(_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")),
+        hardware={"built_on": core().get_property("CPU", "FULL_DEVICE_NAME"),
+                  "cpu_capabilities": list(core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")),
                   "execution": record.metrics.get("_execution", {})})
 
 
@@ -510,47 +458,8 @@ def load(bundle: Path, target_name: str, entry: TargetEntry, spec: ModelSpec, op
     if not xml.is_file():
         raise BundleError(f"bundle {bundle}: OpenVINO IR '{entry.artifact}' is missing")
     device = pick_device(opts.device or entry.device, opts.strict)
-    model = _core().read_model(str(xml))
+    model = core().read_model(str(xml))
     cfg = runtime_config(entry.options, device, opts.threads)
     return OpenVINOPredictor(spec, target_name, model, device, cfg, entry.options.get("dynamic_shapes", True))
 
 
-class OpenVINOPredictor(BasePredictor):
-    """Runs an IR; thread-safe (each call borrows an InferRequest from a pool; concurrent calls get their
-    own) and takes any batch size (dynamic batch, or one compiled model per shape when the device needs
-    static shapes)."""
-
-    def __init__(self, spec: ModelSpec, target: str, model: Any, device: str, cfg: dict[str, Any],
-                 dynamic: bool = True):
-        super().__init__(spec, target, "openvino")
-        self.device, self.config, self._model, self._dynamic = device, cfg, model, dynamic
-        self._lock = threading.Lock()
-        self._compiled: dict[Any, tuple[Any, queue.SimpleQueue]] = {}
-        if dynamic:
-            self._get(None)
-        first = self._compiled[next(iter(self._compiled))][0] if self._compiled else None
-        self.execution = execution_info(first) if first is not None else {}
-
-    def _get(self, key: Any) -> tuple[Any, queue.SimpleQueue]:
-        with self._lock:
-            if key not in self._compiled:
-                model = self._model
-                if key is not None:
-                    model = self._model.clone()
-                    model.reshape(dict(key))
-                self._compiled[key] = (_compile(model, self.device, self.config), queue.SimpleQueue())
-            return self._compiled[key]
-
-    def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        key = None if self._dynamic else tuple(sorted((k, tuple(v.shape)) for k, v in feed.items()))
-        compiled, pool = self._get(key)
-        try:
-            req = pool.get_nowait()
-        except queue.Empty:
-            req = compiled.create_infer_request()
-        try:
-            req.infer(feed)
-            names = self.output_names or [o.get_any_name() for o in compiled.outputs]
-            return {n: req.get_output_tensor(i).data.copy() for i, n in enumerate(names)}
-        finally:
-            pool.put(req)

@@ -128,3 +128,13 @@ def test_bad_inputs_give_typed_errors(digits_cnn, tmp_path):
         ovb.compile(make_job(digits_cnn, target("openvino-cpu"), tmp_path, keep_fp32=["NoSuchLayer"]))
     with pytest.raises(ConfigError, match="convert_from: torch needs the torch model"):
         ovb.compile(make_job(digits_cnn, target("openvino-cpu", convert_from="torch"), tmp_path))
+
+
+def test_keep_fp32_by_onnx_op_type_and_node_name(digits_cnn, tmp_path):
+    """--keep-fp32 takes ONNX terms: an op type (Gemm) and an ONNX node name (the first Conv)."""
+    tgt = target("openvino-cpu", compare_precisions=False)
+    _, r = build_bundle(digits_cnn, tgt, tmp_path / "k", keep_fp32=["Gemm", "/features/features.0/Conv"])
+    q = stage(r, "quantize")
+    assert q.metrics["_int8_layers"]["by_type"].get("MatMul") is None
+    assert q.metrics["_int8_layers"]["by_type"]["Convolution"] == 2
+    assert any("MatMul" in n and "/features/features.0/Conv/WithoutBiases" in n for n in q.notes)

@@ -2,7 +2,6 @@
 sentence embeddings within cosine 0.99 of fp32 on held-out sentences, the IR loads and runs through
 ``edgefm.load``; weight-only int8 is the lighter option."""
 
-import numpy as np
 import pytest
 
 import edgefm
