@@ -104,6 +104,8 @@ def _fidelity_text(metrics: dict) -> str:
     for k, m in metrics.items():
         if k == "_accuracy":
             parts.append(f"top-1 {100 * m['top1']:.2f}% (fp32 {100 * m['fp32_top1']:.2f}%)")
+        elif k.startswith("_") or not isinstance(m, dict) or "cosine" not in m:
+            continue  # a backend's extra record (e.g. _execution, _fallback), not an output's fidelity
         else:
             s = f"{k}: cos {m['cosine']:.4f}"
             if "top1_agreement" in m:

@@ -138,3 +138,27 @@ def test_keep_fp32_by_onnx_op_type_and_node_name(digits_cnn, tmp_path):
     assert q.metrics["_int8_layers"]["by_type"].get("MatMul") is None
     assert q.metrics["_int8_layers"]["by_type"]["Convolution"] == 2
     assert any("MatMul" in n and "/features/features.0/Conv/WithoutBiases" in n for n in q.notes)
+
+
+@pytest.mark.parametrize("name, device", [("openvino-gpu", "GPU"), ("openvino-npu", "NPU")])
+def test_gpu_and_npu_targets_build_here_and_load_where_they_can(digits_cnn, tmp_path, name, device):
+    """Built on a machine without the device: verified on CPU (and the manifest says so); loading falls back
+    to CPU with a warning where the device is missing, and runs on it where it is present."""
+    from edgefm.backends.openvino_run import core
+
+    manifest, r = build_bundle(digits_cnn, target(name, compare_precisions=False), tmp_path / "b")
+    entry = manifest.targets[name]
+    assert entry.device == device.lower() and entry.options["inference_precision"] == "f16"
+    assert stage(r, "compile").settings["ir_weights"] == "fp16"
+    present = any(d.split(".")[0] == device for d in core().available_devices)
+    x = digits_cnn.eval.inputs["x"][:64]
+    if present:
+        pred = edgefm.load(tmp_path / "b")
+        assert pred.device == device
+    else:
+        assert any(f"target device {device} is not present" in n for n in stage(r, "compile").notes)
+        with pytest.warns(RuntimeWarning, match="falling back to CPU"):
+            pred = edgefm.load(tmp_path / "b")
+        assert pred.device == "CPU"
+    agree = pred({"x": x})["logits"].argmax(1) == digits_cnn.reference["logits"][:64].argmax(1)
+    assert agree.mean() >= 0.95
