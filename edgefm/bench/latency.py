@@ -73,6 +73,6 @@ def summarize(samples_ms: list[float], batch: int, warmup: int) -> LatencyStats:
 def thin(samples_ms: list[float], keep: int = MAX_SAMPLES_KEPT) -> list[float]:
     """At most ``keep`` samples, evenly spaced, so the JSON stays small on long runs."""
     if len(samples_ms) <= keep:
-        return [round(x, 4) for x in samples_ms]
+        return [round(x, 6) for x in samples_ms]
     idx = np.linspace(0, len(samples_ms) - 1, keep).round().astype(int)
-    return [round(samples_ms[i], 4) for i in idx]
+    return [round(samples_ms[i], 6) for i in idx]

@@ -3,7 +3,11 @@
 Each measurement runs in its own subprocess, so these figures belong to one runtime alone. On Linux the
 high-water mark is reset after loading (``/proc/self/clear_refs``), so the peak covers inference only;
 the kernel reports that same reset mark to a parent's ``wait4`` at exit, which is why ``/usr/bin/time
--v`` shows the same figure for the same process (checked in tests/integration/test_bench.py)."""
+-v`` shows the same figure for the same process (checked in tests/integration/test_bench.py).
+
+The peak is read from ``VmHWM`` (the process's own address space), not ``getrusage``'s ``ru_maxrss``:
+after fork+exec, ``ru_maxrss`` starts from the *parent's* high-water mark (the kernel folds the old
+address space's mark into it at exec), so a worker spawned by a 500 MiB parent would report 500 MiB."""
 
 from __future__ import annotations
 
@@ -24,7 +28,11 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
-    """High-water mark of resident memory (``getrusage`` ``ru_maxrss``), MiB."""
+    """High-water mark of resident memory of this process since exec (or since ``reset_peak``), MiB:
+    ``VmHWM`` where /proc exists, else ``getrusage`` ``ru_maxrss``."""
+    hwm = hwm_mb()
+    if hwm is not None:
+        return hwm
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # Linux reports KiB, macOS bytes.
     return peak / _MIB if sys.platform == "darwin" else peak / 1024

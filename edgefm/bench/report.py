@@ -172,7 +172,7 @@ def plot_latency(results: Sequence[BenchResult], path: Path) -> Optional[Path]:
     if not data:
         return None
     fig, ax = plt.subplots(figsize=(9, 0.32 * len(data) + 1.2))
-    ax.boxplot(data, vert=False, showfliers=True, whis=(1, 99), flierprops={"markersize": 2, "alpha": 0.4})
+    ax.boxplot(data, orientation="horizontal", showfliers=True, whis=(1, 99), flierprops={"markersize": 2, "alpha": 0.4})
     ax.set_yticks(range(1, len(labels) + 1), labels, fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("latency per call, ms (box: p25–p75, line: p50, whiskers: p1–p99)")

@@ -49,8 +49,9 @@ class MemoryStats(_Model):
 
     peak_rss_mb: float = Field(
         description="Peak resident set size during inference (timed runs and eval), MiB: the kernel's "
-                    "high-water mark, reset after loading where the OS allows (see peak_scope). It is the "
-                    "figure /usr/bin/time -v reports as 'Maximum resident set size' for the same process")
+                    "high-water mark of the process's own memory (VmHWM), reset after loading where the OS "
+                    "allows (see peak_scope). /usr/bin/time -v reports the same figure as 'Maximum resident "
+                    "set size' for the same process")
     peak_scope: Literal["inference", "process"] = Field(
         description="inference: the high-water mark was reset after loading (Linux); process: it covers "
                     "the whole process, loading included")

@@ -108,7 +108,7 @@ def measure(job: WorkerJob) -> Measurement:
                 notes.append(f"outputs {sorted(got)} share no name with the reference {sorted(ref)}")
 
     loaded = memory.rss_mb()
-    load_peak = memory.hwm_mb() or memory.peak_rss_mb()
+    load_peak = memory.peak_rss_mb()
     scope = "inference" if memory.reset_peak() else "process"
     plan = TimingPlan(warmup=job.warmup, runs=job.runs, seconds=job.seconds, min_runs=job.min_runs)
     with PowerSampler() as power:
