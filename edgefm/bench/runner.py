@@ -173,8 +173,10 @@ def torch_baseline(manifest: Manifest) -> tuple[Optional[Subject], str]:
         return None, "the bundle's source is an ONNX file (no torch model)"
     if not src.exists():
         return None, f"the bundle's source {src} is not on this machine"
-    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("edgefm.models.load") is None:
-        return None, "torch (or edgefm's checkpoint loader) is not installed here"
+    if importlib.util.find_spec("torch") is None:
+        return None, "torch is not installed here"
+    if importlib.util.find_spec("edgefm.models.load") is None:
+        return None, "this edgefm has no checkpoint loader (edgefm.models.load)"
     if manifest.source.sha256 and sha256_path(src) != manifest.source.sha256:
         return None, f"the source {src} changed since the bundle was written (sha256 differs)"
     cfg = manifest.config or {}
@@ -257,8 +259,9 @@ def add_ratios(ms: list[Measurement]) -> None:
     reference), speedup_vs_torch against torch eager at the same batch."""
     for m in ms:
         same = [o for o in ms if o.batch == m.batch]
-        fp32 = next((o for o in same if o.backend == m.backend and o.device == m.device and o.precision == "fp32"
-                     and o.role in ("target", "fp32-reference")), None)
+        fp32 = m if m.role == "fp32-reference" else next(
+            (o for o in same if o.backend == m.backend and o.device == m.device and o.precision == "fp32"
+             and o.role == "target"), None)
         fp32 = fp32 or next((o for o in same if o.role == "fp32-reference"), None)
         torch_m = next((o for o in same if o.role == "torch-eager"), None)
         if fp32 is not None:

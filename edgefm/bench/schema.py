@@ -107,28 +107,28 @@ class Measurement(_Model):
     load_s: float = Field(description="Load/compile time until the first call can be made, s (includes "
                                       "sha256 verification for bundle targets)")
     cold_ms: float = Field(description="The first inference after loading (not part of the timed runs), ms")
-    latency: LatencyStats
-    memory: MemoryStats
+    latency: LatencyStats = Field(description="Timed runs at this batch size")
+    memory: MemoryStats = Field(description="Resident memory of this measurement's process")
     accuracy: Optional[Accuracy] = Field(None, description="Computed once per subject (same for every batch)")
-    energy: Optional[Energy] = None
+    energy: Optional[Energy] = Field(None, description="Energy per inference where a power monitor exists (Jetson)")
     fp32_baseline: Optional[str] = Field(
         None, description="Name of the fp32 measurement the speedup is against (same backend's fp32 target "
                           "when measured, else the bundle's fp32 ONNX in ONNX Runtime)")
     speedup_vs_fp32: Optional[float] = Field(None, description="fp32 baseline p50 / this p50, same batch")
     speedup_vs_torch: Optional[float] = Field(None, description="torch eager p50 / this p50, same batch")
-    runtime_versions: dict[str, str] = Field(default_factory=dict)
+    runtime_versions: dict[str, str] = Field(default_factory=dict, description="Runtime versions it ran on")
     settings: dict[str, Any] = Field(default_factory=dict, description="Runtime settings used (hints, providers …)")
     latencies_ms: list[float] = Field(default_factory=list,
                                       description=f"Timed runs in order, ms (at most {MAX_SAMPLES_KEPT}, "
                                                   "evenly thinned beyond)")
-    notes: list[str] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list, description="Anything a reader should know about this row")
 
 
 class Skipped(_Model):
     """Something that was asked for or would have been measured, and why it was not."""
 
-    name: str
-    reason: str
+    name: str = Field(description="What was not measured")
+    reason: str = Field(description="Why, in one line")
 
 
 class JetsonInfo(_Model):
@@ -143,55 +143,57 @@ class MachineInfo(_Model):
 
     id: str = Field(description="Short stable name for file paths: arch-cpu-cores (EDGEFM_MACHINE_ID overrides)")
     arch: str = Field(description="platform.machine()")
-    cpu_model: str
+    cpu_model: str = Field(description="/proc/cpuinfo model name (or the board model on Arm)")
     cpu_flags: list[str] = Field(default_factory=list,
                                  description="Inference-relevant CPU flags present (avx2, avx512_vnni, amx_int8, "
                                              "asimddp, i8mm …)")
-    logical_cores: int
-    physical_cores: Optional[int] = None
-    memory_gb: float
-    os: str
-    python: str
+    logical_cores: int = Field(description="os.cpu_count()")
+    physical_cores: Optional[int] = Field(None, description="Physical cores (psutil)")
+    memory_gb: float = Field(description="Total RAM, GiB")
+    os: str = Field(description="platform.platform()")
+    python: str = Field(description="Python version")
     runtime_versions: dict[str, str] = Field(default_factory=dict,
                                              description="Installed runtimes and numeric libraries")
-    jetson: Optional[JetsonInfo] = None
+    jetson: Optional[JetsonInfo] = Field(None, description="Power mode and clocks on an NVIDIA Jetson, else None")
 
 
 class BundleInfo(_Model):
-    path: str
+    path: str = Field(description="Bundle folder as given")
     model: str = Field(description="Short label of the model (the source's name)")
-    family: str
-    task: str
-    arch: Optional[str] = None
-    source: Optional[str] = None
-    created: Optional[str] = None
+    family: str = Field(description="cnn, rnn, transformer or other")
+    task: str = Field(description="The model's task (ModelSpec.task)")
+    arch: Optional[str] = Field(None, description="Architecture name (ModelSpec.arch)")
+    source: Optional[str] = Field(None, description="Checkpoint the bundle was made from")
+    created: Optional[str] = Field(None, description="When the bundle was written (ISO 8601)")
 
 
 class Settings(_Model):
     """How the run was configured."""
 
-    batches: list[int]
-    threads: Optional[int]
-    warmup: int
+    batches: list[int] = Field(description="Batch sizes measured")
+    threads: Optional[int] = Field(description="Intra-op threads asked for (None: each runtime's default)")
+    warmup: int = Field(description="Untimed runs before timing")
     runs: Optional[int] = Field(description="Fixed number of timed runs, or None when time-bound")
     seconds: Optional[float] = Field(description="Time budget of the timed runs per measurement, s")
-    min_runs: int
+    min_runs: int = Field(description="Timed runs at least, whatever the time budget")
     eval: Optional[str] = Field(description="Eval data file used")
-    eval_samples: int
+    eval_samples: int = Field(description="Eval samples the accuracy figures are over")
 
 
 class BenchResult(_Model):
     """Everything one ``edgefm bench`` run (or one benchmarks/ suite run) measured."""
 
-    schema_name: Literal["edgefm.bench"] = Field(SCHEMA_NAME, alias="schema")
-    schema_version: int = SCHEMA_VERSION
-    edgefm_version: str
-    created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-    machine: MachineInfo
+    schema_name: Literal["edgefm.bench"] = Field(SCHEMA_NAME, alias="schema", description="Always edgefm.bench")
+    schema_version: int = Field(SCHEMA_VERSION, description="Changes only when a field is removed, renamed or "
+                                                            "changes meaning")
+    edgefm_version: str = Field(description="edgefm version that measured")
+    created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                         description="When the run ended (UTC, ISO 8601)")
+    machine: MachineInfo = Field(description="Where it ran")
     bundle: Optional[BundleInfo] = Field(None, description="The bundle measured; None for suite results")
-    settings: Settings
-    measurements: list[Measurement] = Field(default_factory=list)
-    skipped: list[Skipped] = Field(default_factory=list)
+    settings: Settings = Field(description="How it was measured")
+    measurements: list[Measurement] = Field(default_factory=list, description="One per subject and batch size")
+    skipped: list[Skipped] = Field(default_factory=list, description="What was not measured, and why")
     wall_s: float = Field(0.0, description="Wall time of the whole run, s")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)

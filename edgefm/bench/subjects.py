@@ -89,6 +89,18 @@ def _open_bundle(s: Subject, threads: Optional[int]) -> Opened:
                   size_bytes=size, runtime_versions=dict(entry.runtime_versions), settings=dict(entry.options))
 
 
+def _checked(s: Subject, backend: str, run: Callable[[Feed], dict[str, np.ndarray]]):
+    """Wrap a raw runtime call in the same input checks a bundle target's Predictor does, so a baseline
+    does not look faster only because it skips them (a few microseconds, visible on tiny models)."""
+    from edgefm.runtime import BasePredictor
+
+    class _Predictor(BasePredictor):
+        def _run(self, feed: Feed) -> dict[str, np.ndarray]:
+            return run(feed)
+
+    return _Predictor(s.spec, s.name, backend)
+
+
 def _open_onnx(s: Subject, threads: Optional[int]) -> Opened:
     import onnxruntime as ort
 
@@ -99,11 +111,11 @@ def _open_onnx(s: Subject, threads: Optional[int]) -> Opened:
     names = [o.name for o in sess.get_outputs()]
     want = s.spec.output_names or names
 
-    def predict(feed: Feed) -> dict[str, np.ndarray]:
+    def run(feed: Feed) -> dict[str, np.ndarray]:
         outs = sess.run(None, feed)
         return {n: o for n, o in zip(names, outs) if n in want}
 
-    return Opened(predict=predict, backend="onnxruntime", artifact=s.path,
+    return Opened(predict=_checked(s, "onnxruntime", run), backend="onnxruntime", artifact=s.path,
                   size_bytes=size_on_disk(Path(s.size_from or s.path)),
                   runtime_versions={"onnxruntime": ort.__version__},
                   settings={"providers": ["CPUExecutionProvider"], "graph_optimization": "all"})
@@ -123,11 +135,11 @@ def _open_openvino(s: Subject, threads: Optional[int]) -> Opened:
     names = [o.get_any_name() for o in compiled.outputs]
     precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
 
-    def predict(feed: Feed) -> dict[str, np.ndarray]:
+    def run(feed: Feed) -> dict[str, np.ndarray]:
         res = request.infer(feed)
         return {n: np.array(res[o]) for n, o in zip(names, compiled.outputs)}
 
-    return Opened(predict=predict, backend="openvino", device=s.options.get("device", "CPU").lower(),
+    return Opened(predict=_checked(s, "openvino", run), backend="openvino", device=s.options.get("device", "CPU").lower(),
                   artifact=s.path, size_bytes=size_on_disk(Path(s.size_from or s.path)),
                   runtime_versions={"openvino": ov.get_version()},
                   settings={**config, "execution_precision": precision})

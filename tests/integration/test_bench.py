@@ -133,8 +133,9 @@ def test_ratios_use_the_same_backends_fp32_at_the_same_batch(result):
     by = {(m.name, m.batch): m for m in res.measurements}
     for b in (1, 8):
         m = by["onnxruntime-cpu", b]
-        assert m.fp32_baseline == "fp32-onnx"
-        assert m.speedup_vs_fp32 == pytest.approx(by["fp32-onnx", b].latency.p50 / m.latency.p50)
+        assert m.fp32_baseline == "onnxruntime-fp32"  # the same backend's fp32 target, not the bare reference
+        assert m.speedup_vs_fp32 == pytest.approx(by["onnxruntime-fp32", b].latency.p50 / m.latency.p50)
+        assert by["fp32-onnx", b].fp32_baseline == "fp32-onnx" and by["fp32-onnx", b].speedup_vs_fp32 == 1.0
 
 
 def test_peak_memory_agrees_with_usr_bin_time(bundle, tmp_path):
