@@ -8,6 +8,8 @@ quantization (``DynamicQuantizeLSTM``, ``MatMulInteger``) first."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import shutil
 import tempfile
@@ -87,6 +89,17 @@ def split_keep_fp32(onnx_path: Path, keep: Sequence[str]) -> tuple[set[str], lis
     return op_types, node_names
 
 
+@contextlib.contextmanager
+def _quiet_root_logger():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def _preprocess(src: Path, dst: Path) -> str:
     """ORT's recommended pre-processing (shape inference + graph optimisation) before static quantization.
     Symbolic shape inference fails on some exports (TOOLCHAIN.md: dynamo MiniLM); then it is skipped."""
@@ -114,7 +127,8 @@ def quantize(onnx_path: Path, out: Path, recipe: Recipe, calib: Samples, input_n
     op_types = [o for o in (recipe.op_types or tuple(default_ops)) if o not in excluded_ops]
     settings: dict[str, Any] = {"recipe": recipe.name, "mode": recipe.mode, "per_channel": recipe.per_channel,
                                 "op_types": op_types, "nodes_excluded": excluded_nodes}
-    with tempfile.TemporaryDirectory() as tmp:
+    # ORT's calibrators print progress to stdout and warn through the root logger: keep them quiet.
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()), _quiet_root_logger():
         if recipe.mode == "static":
             pre = Path(tmp) / "pre.onnx"
             settings["preprocess"] = _preprocess(onnx_path, pre)
