@@ -30,22 +30,19 @@ SPEC = ModelSpec(family="cnn", task="image-classification", num_classes=10,
 FAST = dict(warmup=3, runs=30, min_runs=5, threads=1)  # one thread: the CI machine is shared
 
 
-def build_digits_bundle(out: Path) -> Path:
-    """A real bundle: trained DigitsCNN → fp32 ONNX → onnxruntime-cpu (int8) and onnxruntime-fp32 targets."""
+def build_digits_bundle(out: Path, ckpt: Path) -> Path:
+    """A real bundle: trained DigitsCNN state_dict → fp32 ONNX → onnxruntime-cpu (int8) and onnxruntime-fp32."""
     import torch
 
     from edgefm.backends import onnxruntime as ort_backend
     from edgefm.config import CompressConfig
     from edgefm.stages.export import batched_outputs, onnx_outputs
     from edgefm.targets import get_target
-    from edgefm.zoo import DigitsCNN, train_digits
+    from edgefm.zoo import DigitsCNN
 
-    torch.set_num_threads(1)  # two contending threads on a shared 2-core machine train ~10x slower
-    torch.manual_seed(0)
-    model = DigitsCNN(width=16)
-    train_digits(model, epochs=6)
-    ckpt = out.parent / "digits_cnn.pt"
-    torch.save(model.state_dict(), ckpt)
+    model = DigitsCNN()
+    model.load_state_dict(torch.load(ckpt, weights_only=True))
+    model.eval()
     calib = np.load(ROOT / "calibration/digits_calib.npz")
     ev = np.load(ROOT / "calibration/digits_eval.npz")
     calib_s = Samples({"x": calib["x"][:128]})
@@ -76,8 +73,8 @@ def build_digits_bundle(out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    return build_digits_bundle(tmp_path_factory.mktemp("bench") / "digits")
+def bundle(tmp_path_factory, digits_cnn_ckpt) -> Path:
+    return build_digits_bundle(tmp_path_factory.mktemp("bench") / "digits", digits_cnn_ckpt[0])
 
 
 @pytest.fixture(scope="module")
