@@ -168,6 +168,52 @@ def targets(verbose: bool = typer.Option(False, "--verbose", "-v")):
     out.print(t)
 
 
+@app.command()
+@handles_errors
+def bench(
+    bundle: Path = typer.Argument(..., help="Bundle folder"),
+    target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Target to measure (repeatable); "
+                                                                            "default: every one installed here"),
+    eval: Optional[Path] = typer.Option(None, "--eval", help="Eval data .npz (default: the bundle's eval.npz)"),
+    batch: Optional[List[str]] = typer.Option(None, "--batch", help="Batch sizes, e.g. 1,8 (default 1)"),
+    threads: Optional[int] = typer.Option(None, help="Intra-op threads for every runtime (default: runtime's)"),
+    warmup: Optional[int] = typer.Option(None, help="Untimed warm-up runs (default 10)"),
+    runs: Optional[int] = typer.Option(None, help="Fixed number of timed runs (instead of --seconds)"),
+    seconds: Optional[float] = typer.Option(None, help="Time budget of the timed runs per measurement (default 2)"),
+    no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip the fp32 ONNX and torch eager baselines"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result JSON (edgefm.bench schema)"),
+    md: Optional[Path] = typer.Option(None, "--md", help="Write the Markdown table"),
+    plots: Optional[Path] = typer.Option(None, "--plots", help="Write pareto.png and latency.png into this folder"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs and tracebacks"),
+):
+    """Measure a bundle's targets on this machine: latency, memory, size, accuracy, against fp32 baselines."""
+    from edgefm.bench.cli import bench as run
+    from edgefm.bench.config import BenchConfig, build
+
+    _setup_logging(verbose)
+    cfg = build(BenchConfig, bundle=bundle, targets=target or None, eval=eval, batches=batch or None,
+                threads=threads, warmup=warmup, runs=runs, seconds=seconds, baselines=False if no_baselines else None,
+                json_out=json_out, md_out=md, plots=plots, verbose=verbose or None)
+    run(cfg, echo=print, progress=lambda msg: console.log(msg))
+
+
+@app.command()
+@handles_errors
+def report(
+    results: List[Path] = typer.Argument(..., help="Result JSON files from edgefm bench or benchmarks/"),
+    output: Path = typer.Option(..., "-o", "--output", help="Folder for report.md, results.csv and plots"),
+    batch: Optional[int] = typer.Option(None, help="Batch size the Pareto plot uses (default: smallest)"),
+    no_plots: bool = typer.Option(False, "--no-plots", help="Tables only (no matplotlib needed)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Merge benchmark results from several machines or devices into one table, CSV and plots."""
+    from edgefm.bench.cli import report as run
+    from edgefm.bench.config import ReportConfig, build
+
+    _setup_logging(verbose)
+    run(build(ReportConfig, results=results, out=output, batch=batch, plots=False if no_plots else None), echo=print)
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -1,13 +1,12 @@
 """Resident memory of the current process: now, and the kernel's high-water mark.
 
-Each measurement runs in its own subprocess, so these figures belong to one runtime alone. On Linux the
-high-water mark is reset after loading (``/proc/self/clear_refs``), so the peak covers inference only;
-the kernel reports that same reset mark to a parent's ``wait4`` at exit, which is why ``/usr/bin/time
--v`` shows the same figure for the same process (checked in tests/integration/test_bench.py).
-
+Each measurement runs in its own subprocess, so these figures belong to one runtime and one model alone.
 The peak is read from ``VmHWM`` (the process's own address space), not ``getrusage``'s ``ru_maxrss``:
 after fork+exec, ``ru_maxrss`` starts from the *parent's* high-water mark (the kernel folds the old
-address space's mark into it at exec), so a worker spawned by a 500 MiB parent would report 500 MiB."""
+address space's mark into it at exec), so a worker spawned by a 500 MiB parent would report 500 MiB.
+``/usr/bin/time -v`` is a tiny parent, so its "Maximum resident set size" equals our ``VmHWM`` for the
+same command (checked in tests/integration/test_bench.py). We never reset the mark (``clear_refs``):
+the kernel would then report a different figure to ``wait4`` depending on whether a thread had exited."""
 
 from __future__ import annotations
 
@@ -28,7 +27,7 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
-    """High-water mark of resident memory of this process since exec (or since ``reset_peak``), MiB:
+    """High-water mark of resident memory of this process since exec, MiB:
     ``VmHWM`` where /proc exists, else ``getrusage`` ``ru_maxrss``."""
     hwm = hwm_mb()
     if hwm is not None:
@@ -45,12 +44,3 @@ def hwm_mb() -> Optional[float]:
     except OSError:
         return None
     return int(m.group(1)) / 1024 if m else None
-
-
-def reset_peak() -> bool:
-    """Reset the high-water mark to the current RSS; False where the OS does not allow it."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True

@@ -22,7 +22,7 @@ import numpy as np
 import edgefm
 from edgefm import errors
 from edgefm.bench.config import BenchConfig
-from edgefm.bench.schema import BenchResult, BundleInfo, Measurement, Settings, Skipped
+from edgefm.bench.schema import Accuracy, BenchResult, BundleInfo, Measurement, Settings, Skipped
 from edgefm.bench.subjects import Subject, env_for_threads
 from edgefm.bundle import Manifest, read_manifest, sha256_path, target_files, verify_files
 from edgefm.errors import BundleError, CalibrationError, ConfigError, EdgefmError
@@ -186,18 +186,14 @@ def torch_baseline(manifest: Manifest) -> tuple[Optional[Subject], str]:
 
 # ---------------------------------------------------------------- running
 
-def run_worker(subject: Subject, batch: int, timing: Timing, eval_npz: Path, workdir: Path, accuracy: bool,
-               save_outputs: Optional[Path] = None) -> Measurement:
-    """Measure one subject at one batch size in a fresh subprocess; EdgefmError from the worker is re-raised
-    with its type, anything else becomes a RuntimeError carrying the worker's message."""
+def _spawn(job_fields: dict, subject: Subject, stem: str, timing: Timing, workdir: Path) -> dict:
+    """Run one worker job in a fresh interpreter and return its result payload. EdgefmError from the worker
+    is re-raised with its type; anything else becomes a RuntimeError carrying the worker's message."""
     from edgefm.bench.worker import WorkerJob
 
-    stem = f"{subject.name.replace('/', '_')}-b{batch}"
     out = workdir / f"{stem}.result.json"
-    job = WorkerJob(subject=subject, batch=batch, threads=timing.threads, warmup=timing.warmup, runs=timing.runs,
-                    seconds=timing.seconds, min_runs=timing.min_runs, eval_npz=str(eval_npz), accuracy=accuracy,
-                    eval_batch=timing.eval_batch, save_outputs=str(save_outputs) if save_outputs else None,
-                    out=str(out))
+    out.unlink(missing_ok=True)
+    job = WorkerJob(subject=subject, threads=timing.threads, out=str(out), **job_fields)
     job_path = workdir / f"{stem}.job.json"
     job_path.write_text(job.model_dump_json())
     try:
@@ -210,7 +206,7 @@ def run_worker(subject: Subject, batch: int, timing: Timing, eval_npz: Path, wor
         raise RuntimeError(f"{subject.name}: the worker died (exit {proc.returncode}){': ' + tail if tail else ''}")
     res = json.loads(out.read_text())
     if res["ok"]:
-        return Measurement.model_validate(res["measurement"])
+        return res
     cls = getattr(errors, res.get("error_type") or "", None)
     if isinstance(cls, type) and issubclass(cls, EdgefmError):
         raise (cls(res["message"]) if cls is not errors.AccuracyError else EdgefmError(res["message"]))
@@ -218,40 +214,68 @@ def run_worker(subject: Subject, batch: int, timing: Timing, eval_npz: Path, wor
     raise RuntimeError(f"{subject.name}: {res['message']}")
 
 
+def _stem(subject: Subject, what: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{subject.name}-{what}")
+
+
+def run_worker(subject: Subject, batch: int, timing: Timing, eval_npz: Path, workdir: Path) -> Measurement:
+    """Time one subject at one batch size in a fresh subprocess (load, cold call, timed runs, memory)."""
+    res = _spawn(dict(mode="measure", batch=batch, warmup=timing.warmup, runs=timing.runs, seconds=timing.seconds,
+                      min_runs=timing.min_runs, eval_npz=str(eval_npz)), subject, _stem(subject, f"b{batch}"),
+                 timing, workdir)
+    return Measurement.model_validate(res["measure"])
+
+
+def run_accuracy(subject: Subject, timing: Timing, eval_npz: Path, workdir: Path,
+                 save_outputs: Optional[Path] = None) -> Accuracy:
+    """Outputs of one subject on the whole eval set, scored, in a fresh subprocess (optionally saved)."""
+    res = _spawn(dict(mode="accuracy", batch=timing.eval_batch, eval_npz=str(eval_npz),
+                      eval_batch=timing.eval_batch, save_outputs=str(save_outputs) if save_outputs else None),
+                 subject, _stem(subject, "accuracy"), timing, workdir)
+    return Accuracy.model_validate(res["accuracy"])
+
+
 def measure_subjects(subjects: list[Subject], timing: Timing, eval_npz: Path, workdir: Path,
                      progress: Optional[Progress] = None, required: tuple[str, ...] = ()
                      ) -> tuple[list[Measurement], list[Skipped]]:
-    """Measure every subject at every batch size, one subprocess at a time. Accuracy is computed once per
-    subject (at the first batch size) and copied to its other rows. A subject that fails is skipped with
-    its reason, unless its name is in ``required`` (then the error propagates)."""
+    """For every subject: accuracy on the eval data (one process), then the timed runs at every batch size
+    (one process each), one process at a time. A subject that fails is skipped with its reason, unless its
+    name is in ``required`` (then the error propagates)."""
     done: list[Measurement] = []
     skipped: list[Skipped] = []
-    failed: set[str] = set()
-    accuracy: dict[str, object] = {}
+    scores: dict[str, Optional[Accuracy]] = {}
+    for s in subjects:
+        try:
+            scores[s.name] = run_accuracy(s, timing, eval_npz, workdir)
+        except (EdgefmError, RuntimeError) as e:
+            _skip(s, e, required, skipped, progress)
     for batch in timing.batches:
         for s in subjects:
-            if s.name in failed:
+            if s.name not in scores:
                 continue
             try:
-                m = run_worker(s, batch, timing, eval_npz, workdir, accuracy=s.name not in accuracy)
+                m = run_worker(s, batch, timing, eval_npz, workdir)
             except (EdgefmError, RuntimeError) as e:
-                if s.name in required:
-                    raise
-                failed.add(s.name)
-                skipped.append(Skipped(name=s.name, reason=str(e).splitlines()[0]))
-                if progress:
-                    progress(f"skipped {s.name}: {str(e).splitlines()[0]}")
+                _skip(s, e, required, skipped, progress)
+                scores.pop(s.name)
                 continue
-            if s.name in accuracy:
-                m.accuracy = accuracy[s.name]  # type: ignore[assignment]
-            else:
-                accuracy[s.name] = m.accuracy
+            m.accuracy = scores[s.name]
             done.append(m)
             if progress:
                 progress(f"{s.name:<24} batch {batch:<3} p50 {m.latency.p50:9.3f} ms  p90 {m.latency.p90:9.3f} ms"
                          f"  peak {m.memory.peak_rss_mb:7.1f} MiB")
     add_ratios(done)
     return done, skipped
+
+
+def _skip(s: Subject, e: Exception, required: tuple[str, ...], skipped: list[Skipped],
+          progress: Optional[Progress]) -> None:
+    if s.name in required:
+        raise e
+    reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    skipped.append(Skipped(name=s.name, reason=reason))
+    if progress:
+        progress(f"skipped {s.name}: {reason}")
 
 
 def add_ratios(ms: list[Measurement]) -> None:
@@ -301,8 +325,7 @@ def run_bench(cfg: BenchConfig, progress: Optional[Progress] = None) -> BenchRes
                 ref = Subject(name="fp32-onnx", role="fp32-reference", kind="onnx", spec=manifest.spec,
                               path=str(bundle / manifest.reference))
             outputs = work / "ref-outputs.npz"
-            run_worker(ref, 1, Timing(warmup=0, runs=1, seconds=None, min_runs=1, eval_batch=timing.eval_batch,
-                                      threads=timing.threads), eval_npz, work, accuracy=False, save_outputs=outputs)
+            run_accuracy(ref, timing, eval_npz, work, save_outputs=outputs)
             add_reference(eval_npz, outputs)
         required = tuple(cfg.targets)
         measurements, failed = measure_subjects(subjects, timing, eval_npz, work, progress, required)

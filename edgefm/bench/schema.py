@@ -45,19 +45,19 @@ class LatencyStats(_Model):
 
 
 class MemoryStats(_Model):
-    """Resident memory of the process that ran this measurement alone (one subprocess per measurement)."""
+    """Resident memory of the process that made this measurement alone (one subprocess per measurement,
+    holding one runtime). Read from the kernel (``VmHWM``/``VmRSS`` in /proc/self/status)."""
 
     peak_rss_mb: float = Field(
-        description="Peak resident set size during inference (timed runs and eval), MiB: the kernel's "
-                    "high-water mark of the process's own memory (VmHWM), reset after loading where the OS "
-                    "allows (see peak_scope). /usr/bin/time -v reports the same figure as 'Maximum resident "
-                    "set size' for the same process")
-    peak_scope: Literal["inference", "process"] = Field(
-        description="inference: the high-water mark was reset after loading (Linux); process: it covers "
-                    "the whole process, loading included")
-    load_peak_rss_mb: Optional[float] = Field(None, description="Peak RSS while loading the model, MiB")
-    idle_rss_mb: float = Field(description="RSS before the model was loaded (interpreter + runtime libraries), MiB")
-    loaded_rss_mb: float = Field(description="RSS after loading and the first inference, MiB")
+        description="Peak resident set size of the process that loaded the model and ran it (load, first call, "
+                    "warm-up and timed runs at this batch), MiB. /usr/bin/time -v reports the same figure as "
+                    "'Maximum resident set size' for the same command")
+    idle_rss_mb: float = Field(description="RSS before the model was loaded (interpreter + runtime libraries), MiB; "
+                                           "peak_rss_mb - idle_rss_mb is what the model itself costs")
+    load_peak_rss_mb: Optional[float] = Field(None, description="Peak RSS up to the end of loading and the first "
+                                                                "call, MiB (above it, inference raised the peak)")
+    loaded_rss_mb: float = Field(description="RSS after loading and the first call, MiB")
+    run_rss_mb: Optional[float] = Field(None, description="RSS after the timed runs, MiB")
 
 
 class Accuracy(_Model):
@@ -109,7 +109,8 @@ class Measurement(_Model):
     cold_ms: float = Field(description="The first inference after loading (not part of the timed runs), ms")
     latency: LatencyStats = Field(description="Timed runs at this batch size")
     memory: MemoryStats = Field(description="Resident memory of this measurement's process")
-    accuracy: Optional[Accuracy] = Field(None, description="Computed once per subject (same for every batch)")
+    accuracy: Optional[Accuracy] = Field(None, description="Computed once per subject, in its own process (the "
+                                                           "same for every batch)")
     energy: Optional[Energy] = Field(None, description="Energy per inference where a power monitor exists (Jetson)")
     fp32_baseline: Optional[str] = Field(
         None, description="Name of the fp32 measurement the speedup is against (same backend's fp32 target "

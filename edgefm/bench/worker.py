@@ -1,9 +1,14 @@
 """One measurement in its own process: ``python -m edgefm.bench.worker JOB.json``.
 
-Order inside the process (it matters for the memory figures): note the idle RSS → load (timed) → first
-call (cold, timed) → accuracy pass over the eval data → reset the kernel's RSS high-water mark → warm-up
-and timed runs at the asked batch (power sampled meanwhile on a Jetson) → read the peak. The result, or
-the error, is written as JSON to ``job.out``; the parent never imports the runtime."""
+``mode: measure`` — note the idle RSS → load (timed) → first call at the asked batch (cold, timed) →
+warm-up and timed runs (power sampled meanwhile on a Jetson) → read the kernel's RSS high-water mark.
+Nothing else runs in that process, so its peak is loading and running this model at this batch, and
+``/usr/bin/time -v`` on the same command reports the same figure.
+``mode: accuracy`` — load, run the whole eval set (in ``eval_batch`` chunks), score it against labels and
+the fp32 reference, optionally save the outputs. A separate process, because a runtime keeps the memory
+of a big eval batch in its arena, which would otherwise inflate the peak of the timed runs.
+
+The result, or the error, is written as JSON to ``job.out``; the parent never imports the runtime."""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -28,6 +33,7 @@ from edgefm.models.spec import ModelSpec
 
 class WorkerJob(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    mode: Literal["measure", "accuracy"] = "measure"
     subject: Subject
     batch: int
     threads: Optional[int] = None
@@ -36,7 +42,6 @@ class WorkerJob(BaseModel):
     seconds: Optional[float] = 2.0
     min_runs: int = 10
     eval_npz: str
-    accuracy: bool = True
     eval_batch: int = 32
     save_outputs: Optional[str] = None
     out: str
@@ -84,50 +89,57 @@ def score(spec: ModelSpec, got: dict[str, np.ndarray], labels: Optional[np.ndarr
     return Accuracy(basis="none", samples=n)
 
 
+def accuracy(job: WorkerJob) -> Accuracy:
+    """Outputs on the whole eval set, scored (and saved to ``job.save_outputs`` when asked)."""
+    s = job.subject
+    opened = open_subject(s, job.threads)
+    inputs, labels, ref = read_eval(job.eval_npz, s.spec)
+    got = run_all(opened, inputs, job.eval_batch)
+    if job.save_outputs:
+        np.savez(job.save_outputs, **{f"ref/{k}": v for k, v in got.items()})
+    return score(s.spec, got, labels, ref)
+
+
 def measure(job: WorkerJob) -> Measurement:
+    """Load, first call, then the timed runs at ``job.batch``; memory read around them."""
     s = job.subject
     idle = memory.rss_mb()
     t0 = time.perf_counter()
     opened = open_subject(s, job.threads)
     load_s = time.perf_counter() - t0
-    inputs, labels, ref = read_eval(job.eval_npz, s.spec)
+    inputs, _, _ = read_eval(job.eval_npz, s.spec)
     feed = batch_feed(inputs, job.batch)
     t0 = time.perf_counter()
     opened.predict(feed)
     cold_ms = (time.perf_counter() - t0) * 1e3
-    notes = list(opened.notes)
-
-    accuracy = None
-    if job.accuracy or job.save_outputs:
-        got = run_all(opened, inputs, job.eval_batch)
-        if job.save_outputs:
-            np.savez(job.save_outputs, **{f"ref/{k}": v for k, v in got.items()})
-        if job.accuracy:
-            accuracy = score(s.spec, got, labels, ref)
-            if ref and not accuracy.fidelity:
-                notes.append(f"outputs {sorted(got)} share no name with the reference {sorted(ref)}")
-
     loaded = memory.rss_mb()
     load_peak = memory.peak_rss_mb()
-    scope = "inference" if memory.reset_peak() else "process"
     plan = TimingPlan(warmup=job.warmup, runs=job.runs, seconds=job.seconds, min_runs=job.min_runs)
     with PowerSampler() as power:
         samples = time_calls(lambda: opened.predict(feed), plan)
+    peak, after = memory.peak_rss_mb(), memory.rss_mb()
     stats = summarize(samples, job.batch, job.warmup)
     return Measurement(
         name=s.name, role=s.role, backend=opened.backend, precision=s.precision, device=opened.device,
         batch=job.batch, threads=job.threads, artifact=opened.artifact, size_bytes=opened.size_bytes,
         load_s=load_s, cold_ms=cold_ms, latency=stats,
-        memory=MemoryStats(peak_rss_mb=memory.peak_rss_mb(), peak_scope=scope, load_peak_rss_mb=load_peak,
-                           idle_rss_mb=idle, loaded_rss_mb=loaded),
-        accuracy=accuracy, energy=power.energy(stats.mean, job.batch), runtime_versions=opened.runtime_versions,
-        settings=opened.settings, latencies_ms=thin(samples), notes=notes)
+        memory=MemoryStats(peak_rss_mb=peak, idle_rss_mb=idle, load_peak_rss_mb=load_peak, loaded_rss_mb=loaded,
+                           run_rss_mb=after),
+        energy=power.energy(stats.mean, job.batch), runtime_versions=opened.runtime_versions,
+        settings=opened.settings, latencies_ms=thin(samples), notes=list(opened.notes))
 
 
 def main(argv: list[str]) -> int:
     job = WorkerJob.model_validate_json(Path(argv[1]).read_text())
     try:
-        result = {"ok": True, "measurement": json.loads(measure(job).model_dump_json())}
+        done = measure(job) if job.mode == "measure" else accuracy(job)
+        payload = done.model_dump_json()
+        if isinstance(done, Measurement):
+            # building and serialising the result costs the harness ~2 MiB; read the mark once more after it
+            # so the figure is the whole process's, as /usr/bin/time -v sees it at exit
+            done.memory.peak_rss_mb = max(done.memory.peak_rss_mb, memory.peak_rss_mb())
+            payload = done.model_dump_json()
+        result = {"ok": True, job.mode: json.loads(payload)}
     except EdgefmError as e:
         result = {"ok": False, "error_type": type(e).__name__, "message": str(e)}
     except Exception as e:  # noqa: BLE001 - reported to the parent, which decides

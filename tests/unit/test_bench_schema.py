@@ -22,7 +22,7 @@ def make_result(machine="m1", model="net", rows=(("fp32-onnx", "fp32-reference",
                            max=p50 * 1.3, std=0.1, throughput=1000 / p50, total_s=3 * p50 / 1e3)
         ms.append(Measurement(name=name, role=role, backend="onnxruntime", precision=prec, batch=1, load_s=0.1,
                               cold_ms=p50 * 3, latency=lat, size_bytes=1000,
-                              memory=MemoryStats(peak_rss_mb=80, peak_scope="inference", idle_rss_mb=50,
+                              memory=MemoryStats(peak_rss_mb=80, idle_rss_mb=50,
                                                  loaded_rss_mb=70),
                               accuracy=Accuracy(basis="labels", samples=10, top1=top1, fp32_top1=0.98,
                                                 fidelity={"logits": {"cosine": 0.999, "min_cosine": 0.99,
