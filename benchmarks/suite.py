@@ -176,6 +176,7 @@ def measure(c: Case, made: dict[str, Path], timing: Timing, extra: Callable[[Pat
     if not made:
         return None
     start = time.perf_counter()
+    machine = machine_info()
     first = next(iter(made.values()))
     manifest = read_manifest(first)
     subjects = [Subject(name="fp32-onnx", role="fp32-reference", kind="onnx", spec=manifest.spec,
@@ -196,7 +197,7 @@ def measure(c: Case, made: dict[str, Path], timing: Timing, extra: Callable[[Pat
     n, _, _ = prepare_eval(first / manifest.eval_data, manifest.spec, first, work / "eval.npz")
     ms, failed = measure_subjects(subjects, timing, work / "eval.npz", work, _say)
     info = bundle_info(first, manifest).model_copy(update={"model": c.name, "path": str(first.parent)})
-    return BenchResult(edgefm_version=edgefm.__version__, machine=machine_info(), bundle=info,
+    return BenchResult(edgefm_version=edgefm.__version__, machine=machine, bundle=info,
                        settings=timing.settings(first / manifest.eval_data, n), measurements=ms,
                        skipped=skipped + failed, wall_s=time.perf_counter() - start)
 
@@ -212,8 +213,11 @@ def write(suite: str, results: list[BenchResult], plots: bool = True) -> Path:
     md = report.markdown(table)
     skipped = [f"- {r.bundle.model if r.bundle else ''} {s.name}: {s.reason}" for r in results for s in r.skipped]
     m = results[0].machine
+    loads = ", ".join(f"{r.bundle.model} {r.machine.load_avg_1m}" for r in results if r.bundle)
+    threads = results[0].settings.threads or "runtime default"
     head = (f"# {suite} suite on `{m.id}`\n\n{m.cpu_model}, {m.logical_cores} logical cores, flags "
-            f"{' '.join(m.cpu_flags)}; {m.os}; {', '.join(f'{k} {v}' for k, v in m.runtime_versions.items())}\n\n")
+            f"{' '.join(m.cpu_flags)}; {m.os}; {', '.join(f'{k} {v}' for k, v in m.runtime_versions.items())}.\n"
+            f"Threads: {threads}. Load average (1 min) when each model started: {loads}.\n\n")
     (out / f"{suite}.md").write_text(head + md + ("\nNot measured:\n" + "\n".join(skipped) + "\n" if skipped else ""))
     for r in results:
         (out / f"{suite}-{r.bundle.model}.json").write_text(r.to_json())

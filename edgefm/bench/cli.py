@@ -19,6 +19,7 @@ def bench(cfg: BenchConfig, echo: Callable[[str], None] = print, progress: Optio
           ) -> BenchResult:
     """Measure the bundle, print the table (and what was skipped), write --json / --md / plots."""
     from edgefm.bench import report
+    from edgefm.bench.machine import busy_warning
     from edgefm.bench.runner import run_bench
 
     result = run_bench(cfg, progress)
@@ -28,6 +29,9 @@ def bench(cfg: BenchConfig, echo: Callable[[str], None] = print, progress: Optio
          f"flags {' '.join(m.cpu_flags) or '-'}); threads {cfg.threads or 'runtime default'}; "
          f"eval {result.settings.eval_samples} samples; {result.wall_s:.1f} s")
     echo(report.markdown(table))
+    busy = busy_warning(m)
+    if busy:
+        echo(busy)
     for s in result.skipped:
         echo(f"skipped {s.name}: {s.reason}")
     if cfg.json_out:

@@ -78,4 +78,20 @@ def machine_info() -> MachineInfo:
         id=machine_id(arch, model, cores, jet.model if jet else None), arch=arch, cpu_model=model,
         cpu_flags=[f for f in RELEVANT_FLAGS if f in flags], logical_cores=cores,
         physical_cores=psutil.cpu_count(logical=False), memory_gb=round(psutil.virtual_memory().total / 2**30, 1),
-        os=platform.platform(), python=platform.python_version(), runtime_versions=runtime_versions(), jetson=jet)
+        os=platform.platform(), python=platform.python_version(), runtime_versions=runtime_versions(), jetson=jet,
+        load_avg_1m=load_average())
+
+
+def load_average() -> Optional[float]:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def busy_warning(info: MachineInfo) -> Optional[str]:
+    """A line to show when other work was competing for the CPU while we measured."""
+    if info.load_avg_1m is not None and info.load_avg_1m > 0.75 * info.logical_cores:
+        return (f"warning: this machine was busy (load average {info.load_avg_1m:.1f} on {info.logical_cores} cores): "
+                f"latencies are inflated and noisy; measure again when it is quiet, or compare only ratios of one run")
+    return None

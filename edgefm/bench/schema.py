@@ -19,7 +19,7 @@ from edgefm.errors import ConfigError
 SCHEMA_NAME = "edgefm.bench"
 SCHEMA_VERSION = 1
 #: Raw per-run latencies kept in the JSON (for distribution plots); more runs are thinned evenly.
-MAX_SAMPLES_KEPT = 5000
+MAX_SAMPLES_KEPT = 1000
 
 Role = Literal["target", "fp32-reference", "torch-eager", "peer"]
 
@@ -156,6 +156,8 @@ class MachineInfo(_Model):
     runtime_versions: dict[str, str] = Field(default_factory=dict,
                                              description="Installed runtimes and numeric libraries")
     jetson: Optional[JetsonInfo] = Field(None, description="Power mode and clocks on an NVIDIA Jetson, else None")
+    load_avg_1m: Optional[float] = Field(None, description="1-minute load average when the run started; above "
+                                                           "logical_cores the CPU was shared and latencies inflated")
 
 
 class BundleInfo(_Model):

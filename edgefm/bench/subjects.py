@@ -125,9 +125,12 @@ def _open_openvino(s: Subject, threads: Optional[int]) -> Opened:
     import openvino as ov
 
     core = ov.Core()
-    config = {"PERFORMANCE_HINT": s.options.get("hint", "LATENCY")}
+    hint = str(s.options.get("hint", "LATENCY")).upper()
+    config: dict[str, Any] = {} if hint == "NONE" else {"PERFORMANCE_HINT": hint}  # NONE: as benchmark_app -hint none
     if threads:
         config["INFERENCE_NUM_THREADS"] = threads
+    if s.options.get("streams"):
+        config["NUM_STREAMS"] = int(s.options["streams"])
     if s.options.get("inference_precision"):
         config["INFERENCE_PRECISION_HINT"] = s.options["inference_precision"]
     compiled = core.compile_model(s.path, s.options.get("device", "CPU"), config)
@@ -136,7 +139,7 @@ def _open_openvino(s: Subject, threads: Optional[int]) -> Opened:
     precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
 
     def run(feed: Feed) -> dict[str, np.ndarray]:
-        res = request.infer(feed)
+        res = request.infer(feed, share_inputs=True)  # the caller keeps feed alive; no copy timed
         return {n: np.array(res[o]) for n, o in zip(names, compiled.outputs)}
 
     return Opened(predict=_checked(s, "openvino", run), backend="openvino", device=s.options.get("device", "CPU").lower(),

@@ -111,7 +111,7 @@ def test_every_target_and_baseline_measured_and_json_validates(result):
     torch_rows = [m for m in res.measurements if m.role == "torch-eager"]
     assert torch_rows or any(s.name == "torch-eager" for s in res.skipped)
     for t in torch_rows:
-        assert t.backend == "torch" and t.accuracy.fidelity["logits"]["max_abs"] < 1e-4  # same model as fp32 ONNX
+        assert t.backend == "torch" and t.accuracy is None  # speed only: export verified it against the fp32 ONNX
         target = next(m for m in res.measurements if m.name == "onnxruntime-cpu" and m.batch == t.batch)
         assert target.speedup_vs_torch == pytest.approx(t.latency.p50 / target.latency.p50)
 

@@ -76,3 +76,11 @@ def test_off_a_jetson_nothing_is_claimed():
     with jetson.PowerSampler() as s:  # no tegrastats here: a no-op, not an error
         pass
     assert s.readings == []
+
+
+def test_a_busy_machine_is_called_out():
+    info = machine.machine_info().model_copy(update={"load_avg_1m": 8.0, "logical_cores": 2})
+    assert "busy (load average 8.0 on 2 cores)" in machine.busy_warning(info)
+    assert machine.busy_warning(info.model_copy(update={"load_avg_1m": 0.4})) is None
+    assert machine.busy_warning(info.model_copy(update={"load_avg_1m": None})) is None
+    assert machine.load_average() == pytest.approx(os.getloadavg()[0], abs=5)
