@@ -25,8 +25,15 @@ class TimingPlan:
     max_runs: int = 1_000_000
 
 
-def time_calls(fn: Callable[[], Any], plan: TimingPlan) -> list[float]:
-    """Call ``fn`` ``plan.warmup`` times untimed, then time each further call; returns milliseconds.
+@dataclass
+class Timed:
+    samples_ms: list[float]
+    cpu_s: float  # CPU time of the whole process (all threads) during the timed runs
+
+
+def time_calls(fn: Callable[[], Any], plan: TimingPlan) -> Timed:
+    """Call ``fn`` ``plan.warmup`` times untimed, then time each further call (wall clock, ms) and the
+    process's CPU time over all of them.
 
     The garbage collector is paused while timing (as ``timeit`` does) so a collection triggered by the
     harness does not land in a model's figures."""
@@ -35,6 +42,7 @@ def time_calls(fn: Callable[[], Any], plan: TimingPlan) -> list[float]:
     samples: list[float] = []
     was_enabled = gc.isenabled()
     gc.disable()
+    cpu0 = time.process_time()
     try:
         clock = time.perf_counter_ns
         if plan.runs is not None:
@@ -53,13 +61,15 @@ def time_calls(fn: Callable[[], Any], plan: TimingPlan) -> list[float]:
                 if t1 - start >= budget_ns and len(samples) >= plan.min_runs:
                     break
     finally:
+        cpu = time.process_time() - cpu0
         if was_enabled:
             gc.enable()
-    return samples
+    return Timed(samples, cpu)
 
 
-def summarize(samples_ms: list[float], batch: int, warmup: int) -> LatencyStats:
-    """Statistics of timed runs (ms). Percentiles interpolate linearly between ranks (numpy's default)."""
+def summarize(samples_ms: list[float], batch: int, warmup: int, cpu_s: Optional[float] = None) -> LatencyStats:
+    """Statistics of timed runs (ms). Percentiles interpolate linearly between ranks (numpy's default).
+    ``cpu_s``: process CPU time over the runs, giving CPU ms per call and the cores kept busy."""
     if not samples_ms:
         raise ValueError("no timed runs to summarize")
     a = np.asarray(samples_ms, dtype=np.float64)
@@ -67,7 +77,9 @@ def summarize(samples_ms: list[float], batch: int, warmup: int) -> LatencyStats:
     total_s = float(a.sum()) / 1e3
     return LatencyStats(runs=len(a), warmup=warmup, min=float(a.min()), mean=float(a.mean()), p50=float(p50),
                         p90=float(p90), p99=float(p99), max=float(a.max()), std=float(a.std()),
-                        throughput=batch * len(a) / total_s if total_s > 0 else float("inf"), total_s=total_s)
+                        throughput=batch * len(a) / total_s if total_s > 0 else float("inf"), total_s=total_s,
+                        cpu_ms=None if cpu_s is None else cpu_s * 1e3 / len(a),
+                        cpu_util=None if cpu_s is None or total_s <= 0 else cpu_s / total_s)
 
 
 def thin(samples_ms: list[float], keep: int = MAX_SAMPLES_KEPT) -> list[float]:

@@ -12,7 +12,8 @@ from edgefm.bench.schema import BenchResult, Measurement
 
 #: CSV/table columns, in order (the CSV header is this list; it is part of the documented output).
 COLUMNS = ["machine", "model", "name", "role", "backend", "precision", "device", "batch", "threads",
-           "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "throughput_per_s",
+           "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "throughput_per_s", "cpu_ms",
+           "cpu_util",
            "speedup_vs_fp32", "fp32_baseline", "speedup_vs_torch", "cold_ms", "load_s", "peak_rss_mb",
            "size_mb", "accuracy_metric", "accuracy", "fp32_top1", "top5", "min_cosine", "max_abs",
            "top1_agreement", "energy_mj"]
@@ -31,7 +32,8 @@ def row(result: BenchResult, m: Measurement, model: Optional[str] = None) -> dic
         "machine": result.machine.id, "model": model or _model_label(result, m), "name": m.name, "role": m.role,
         "backend": m.backend, "precision": m.precision, "device": m.device, "batch": m.batch, "threads": m.threads,
         "p50_ms": lat.p50, "p90_ms": lat.p90, "p99_ms": lat.p99, "mean_ms": lat.mean, "std_ms": lat.std,
-        "min_ms": lat.min, "max_ms": lat.max, "throughput_per_s": lat.throughput,
+        "min_ms": lat.min, "max_ms": lat.max, "throughput_per_s": lat.throughput, "cpu_ms": lat.cpu_ms,
+        "cpu_util": lat.cpu_util,
         "speedup_vs_fp32": m.speedup_vs_fp32, "fp32_baseline": m.fp32_baseline, "speedup_vs_torch": m.speedup_vs_torch,
         "cold_ms": m.cold_ms, "load_s": m.load_s, "peak_rss_mb": m.memory.peak_rss_mb,
         "size_mb": m.size_bytes / 1e6 if m.size_bytes is not None else None,
@@ -75,18 +77,25 @@ def _acc_cell(r: dict[str, Any]) -> str:
     return f"cos {r['accuracy']:.4f}"
 
 
+def _cpu_cell(r: dict[str, Any]) -> str:
+    if r.get("cpu_ms") is None:
+        return "–"
+    return f"{r['cpu_ms']:.3f} ({r['cpu_util']:.1f} cores)" if r.get("cpu_util") is not None else f"{r['cpu_ms']:.3f}"
+
+
 def markdown(table: Sequence[dict[str, Any]], with_machine: Optional[bool] = None) -> str:
     """A Markdown table, one line per measurement (machine and model columns when more than one)."""
     many_m = len({r["machine"] for r in table}) > 1 if with_machine is None else with_machine
     many_models = len({r["model"] for r in table}) > 1
     head = (["machine"] if many_m else []) + (["model"] if many_models else []) + [
-        "measured", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms", "samples/s", "× fp32",
+        "measured", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms", "CPU ms", "samples/s", "× fp32",
         "× torch", "cold ms", "load s", "peak RSS MiB", "size MB", "accuracy"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in table:
         cells = ([r["machine"]] if many_m else []) + ([r["model"]] if many_models else []) + [
             r["name"], r["precision"], str(r["batch"]), _fmt(r["p50_ms"], ".3f"), _fmt(r["p90_ms"], ".3f"),
-            _fmt(r["p99_ms"], ".3f"), f"{r['mean_ms']:.3f} ± {r['std_ms']:.3f}", _fmt(r["throughput_per_s"], ".1f"),
+            _fmt(r["p99_ms"], ".3f"), f"{r['mean_ms']:.3f} ± {r['std_ms']:.3f}", _cpu_cell(r),
+            _fmt(r["throughput_per_s"], ".1f"),
             _fmt(r["speedup_vs_fp32"], ".2f", "×"), _fmt(r["speedup_vs_torch"], ".2f", "×"),
             _fmt(r["cold_ms"], ".1f"), _fmt(r["load_s"], ".2f"), _fmt(r["peak_rss_mb"], ".0f"),
             _fmt(r["size_mb"], ".2f"), _acc_cell(r)]

@@ -42,6 +42,11 @@ class LatencyStats(_Model):
     std: float = Field(description="Standard deviation (population), ms")
     throughput: float = Field(description="Samples per second: batch x runs / total timed seconds, one stream")
     total_s: float = Field(description="Wall time of all timed runs together, s")
+    cpu_ms: Optional[float] = Field(None, description="CPU time of the process (all threads) per call, ms. Unlike "
+                                                      "wall time it barely moves when other work shares the CPU")
+    cpu_util: Optional[float] = Field(None, description="Cores kept busy on average during the timed runs (CPU time "
+                                                        "/ wall time); well below the threads asked for means the "
+                                                        "CPU was shared or the runtime waited")
 
 
 class MemoryStats(_Model):

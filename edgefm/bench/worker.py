@@ -116,9 +116,9 @@ def measure(job: WorkerJob) -> Measurement:
     load_peak = memory.peak_rss_mb()
     plan = TimingPlan(warmup=job.warmup, runs=job.runs, seconds=job.seconds, min_runs=job.min_runs)
     with PowerSampler() as power:
-        samples = time_calls(lambda: opened.predict(feed), plan)
+        timed = time_calls(lambda: opened.predict(feed), plan)
     peak, after = memory.peak_rss_mb(), memory.rss_mb()
-    stats = summarize(samples, job.batch, job.warmup)
+    stats = summarize(timed.samples_ms, job.batch, job.warmup, timed.cpu_s)
     return Measurement(
         name=s.name, role=s.role, backend=opened.backend, precision=s.precision, device=opened.device,
         batch=job.batch, threads=job.threads, artifact=opened.artifact, size_bytes=opened.size_bytes,
@@ -126,7 +126,7 @@ def measure(job: WorkerJob) -> Measurement:
         memory=MemoryStats(peak_rss_mb=peak, idle_rss_mb=idle, load_peak_rss_mb=load_peak, loaded_rss_mb=loaded,
                            run_rss_mb=after),
         energy=power.energy(stats.mean, job.batch), runtime_versions=opened.runtime_versions,
-        settings=opened.settings, latencies_ms=thin(samples), notes=list(opened.notes))
+        settings=opened.settings, latencies_ms=thin(timed.samples_ms), notes=list(opened.notes))
 
 
 def main(argv: list[str]) -> int:

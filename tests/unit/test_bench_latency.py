@@ -34,21 +34,31 @@ def test_warmup_calls_are_not_timed_and_run_count_is_exact():
         calls.append(1)
         time.sleep(0.02 if len(calls) <= 3 else 0.001)  # slow warm-up calls must not appear in the samples
 
-    samples = time_calls(fn, TimingPlan(warmup=3, runs=20))
+    samples = time_calls(fn, TimingPlan(warmup=3, runs=20)).samples_ms
     assert len(calls) == 23 and len(samples) == 20
     assert max(samples) < 15  # ms: none of the 20 ms warm-up calls
 
 
 def test_time_budget_stops_after_the_budget_but_not_before_min_runs():
-    samples = time_calls(lambda: time.sleep(0.002), TimingPlan(warmup=0, runs=None, seconds=0.1, min_runs=3))
+    samples = time_calls(lambda: time.sleep(0.002), TimingPlan(warmup=0, runs=None, seconds=0.1, min_runs=3)).samples_ms
     assert 3 <= len(samples) <= 60 and sum(samples) >= 90
-    slow = time_calls(lambda: time.sleep(0.03), TimingPlan(warmup=0, runs=None, seconds=0.01, min_runs=5))
+    slow = time_calls(lambda: time.sleep(0.03), TimingPlan(warmup=0, runs=None, seconds=0.01, min_runs=5)).samples_ms
     assert len(slow) == 5
 
 
-def test_timings_are_real_wall_clock():
-    samples = time_calls(lambda: time.sleep(0.005), TimingPlan(warmup=1, runs=5))
-    assert all(4.5 < x < 100 for x in samples)
+def test_timings_are_real_wall_clock_and_cpu_time_is_separate():
+    timed = time_calls(lambda: time.sleep(0.005), TimingPlan(warmup=1, runs=5))
+    assert all(4.5 < x < 100 for x in timed.samples_ms)
+    assert timed.cpu_s < 0.02  # sleeping costs wall time, not CPU
+
+    def spin():
+        t = time.process_time()
+        while time.process_time() - t < 0.004:
+            pass
+
+    timed = time_calls(spin, TimingPlan(warmup=0, runs=5))
+    s = summarize(timed.samples_ms, 1, 0, timed.cpu_s)
+    assert 3.9 < s.cpu_ms < 6 and 0 < s.cpu_util <= 1.05
 
 
 def test_thin_keeps_order_and_ends():
