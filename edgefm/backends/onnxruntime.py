@@ -132,15 +132,20 @@ def _int8(job: CompileJob, opts: Options, out: Path) -> tuple[dict[str, Any], di
                      f"{'within limits' if error is None else 'rejected: ' + str(error)}; {summary}")
         candidates.append((recipe, settings, metrics, ms, path, error))
     ok = [c for c in candidates if c[5] is None]
+    if not ok and job.config.max_accuracy_drop is not None:
+        # The user stated a bound: keep the most damaged nodes in float until it holds (recorded).
+        ok = _fallback(job, opts, out, [c for c in candidates if c[0].mode == "static"], notes)
     if not ok:
         for c in candidates:
             c[4].unlink(missing_ok=True)
         if not candidates:
             raise AccuracyError("quantize int8", "-", "recipes_applied", 0, 1, hint="; ".join(notes))
-        best = max(candidates, key=lambda c: min(m.get("cosine", 1) for k, m in c[2].items() if not k.startswith("_")))
+        best = max(candidates, key=lambda c: _worst_cosine(c[2]))
         raise AccuracyError(best[5].step, best[5].output, best[5].metric, best[5].value, best[5].limit,
-                            hint="no int8 recipe met the limits; relax with --max-accuracy-drop, keep sensitive "
-                                 "ops in float with --keep-fp32 OP_TYPE, or use --quantize fp16/fp32. Tried: "
+                            hint="no int8 recipe met the limits; relax them in a recipe's tolerances, allow a "
+                                 "bounded drop with --max-accuracy-drop (which also lets the most sensitive nodes "
+                                 "fall back to float), keep ops in float with --keep-fp32 OP_TYPE, or use --quantize "
+                                 "fp16/fp32. Tried: "
                                  + " | ".join(notes))
     # Quick timings are noisy: within 5 % of the fastest, the family's preferred (earlier) recipe wins.
     fastest = min(c[3] for c in ok)
@@ -153,6 +158,58 @@ def _int8(job: CompileJob, opts: Options, out: Path) -> tuple[dict[str, Any], di
                  f"median at batch 1)")
     settings.update(latency_ms_batch1=round(ms, 4), fp32_latency_ms_batch1=round(base_ms, 4))
     return settings, metrics, notes
+
+
+FALLBACK_ROUNDS = 8
+
+
+def _fallback(job: CompileJob, opts: Options, out: Path, static: list, notes: list[str]) -> list:
+    """Greedy accuracy fallback for the static candidate closest to the limits: each round asks ORT's QDQ
+    debugger which quantized activation is most damaged (lowest SQNR) in the current model and keeps it in
+    float (its producer and consumers are excluded), until the limits hold or FALLBACK_ROUNDS pass.
+    Re-ranking each round matters: freeing one tensor can move the damage to its neighbour (a Conv whose
+    Relu was excluded now quantizes its own output). Returns [candidate] or []."""
+    from edgefm.quantize.onnxruntime import quantize, quick_latency_ms, sensitive_tensors
+
+    if not static:
+        notes.append("fallback: no static (QDQ) recipe to refine; dynamic recipes have no per-node fallback")
+        return []
+    recipe, _, _, _, current, _ = max(static, key=lambda c: _worst_cosine(c[2]))
+    excluded: list[str] = []
+    freed: dict[str, float] = {}
+    for round_ in range(1, FALLBACK_ROUNDS + 1):
+        ranked = [r for r in sensitive_tensors(job.onnx_path, current, job.calib, job.spec.input_names)
+                  if r[2] and not set(r[2]) <= set(excluded)]
+        if not ranked:
+            break
+        tensor, sqnr, nodes = ranked[0]
+        freed[tensor] = round(sqnr, 2)
+        excluded += [n for n in nodes if n not in excluded]
+        trial = out.with_name(f".fallback{round_}.onnx")
+        settings = quantize(job.onnx_path, trial, recipe, job.calib, job.spec.input_names, job.config.keep_fp32,
+                            fallback_nodes=excluded)
+        metrics = evaluate(job.spec, job.reference, _eval_outputs(trial, job, opts), job.eval.labels)
+        if current not in [c[4] for c in static]:
+            current.unlink(missing_ok=True)
+        current = trial
+        try:
+            check(f"quantize int8 ({recipe.name}, {len(excluded)} nodes in float)", metrics, job.limits)
+        except AccuracyError as e:
+            notes.append(f"fallback round {round_}: kept '{tensor}' (int8 SQNR {sqnr:.1f} dB) in float: still {e}")
+            continue
+        ms = quick_latency_ms(trial, job.eval.take(slice(0, 1)).inputs, threads=job.target.threads or 0)
+        settings["fallback_nodes_fp32"] = list(excluded)
+        notes.append(f"fallback: kept {len(excluded)} node(s) in float {excluded} so that the most damaged "
+                     f"activations stay float (their int8 SQNR in dB: {freed}); now within the limits")
+        return [(recipe, settings, metrics, ms, trial, None)]
+    if current not in [c[4] for c in static]:
+        current.unlink(missing_ok=True)
+    notes.append(f"fallback: gave up after {len(freed)} rounds ({len(excluded)} nodes in float)")
+    return []
+
+
+def _worst_cosine(metrics: dict) -> float:
+    return min((m.get("cosine", 1.0) for k, m in metrics.items() if not k.startswith("_")), default=1.0)
 
 
 def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contract's name

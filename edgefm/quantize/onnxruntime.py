@@ -67,6 +67,16 @@ class _Reader:
     def rewind(self):
         self.i = 0
 
+    def __iter__(self):  # ORT's QDQ debugger iterates instead of calling get_next
+        self.rewind()
+        return self
+
+    def __next__(self):
+        feed = self.get_next()
+        if feed is None:
+            raise StopIteration
+        return feed
+
 
 def split_keep_fp32(onnx_path: Path, keep: Sequence[str]) -> tuple[set[str], list[str]]:
     """Split ``--keep-fp32`` entries into op types and node names present in the graph; unknown → ConfigError."""
@@ -116,13 +126,15 @@ def _preprocess(src: Path, dst: Path) -> str:
 
 
 def quantize(onnx_path: Path, out: Path, recipe: Recipe, calib: Samples, input_names: Sequence[str],
-             keep_fp32: Sequence[str] = ()) -> dict[str, Any]:
-    """Quantize ``onnx_path`` into ``out`` with ``recipe``; returns the settings used."""
+             keep_fp32: Sequence[str] = (), fallback_nodes: Sequence[str] = ()) -> dict[str, Any]:
+    """Quantize ``onnx_path`` into ``out`` with ``recipe``; returns the settings used. ``fallback_nodes`` are
+    node names (of the pre-processed graph, see ``sensitive_nodes``) left in float by the accuracy fallback."""
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
                                           quantize_static)
     from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry
 
     excluded_ops, excluded_nodes = split_keep_fp32(onnx_path, keep_fp32)
+    excluded_nodes = excluded_nodes + [n for n in fallback_nodes if n not in excluded_nodes]
     default_ops = QDQRegistry if recipe.mode == "static" else IntegerOpsRegistry
     op_types = [o for o in (recipe.op_types or tuple(default_ops)) if o not in excluded_ops]
     settings: dict[str, Any] = {"recipe": recipe.name, "mode": recipe.mode, "per_channel": recipe.per_channel,
@@ -175,3 +187,63 @@ def quick_latency_ms(path: Path, feed: dict[str, np.ndarray], runs: int = 20, th
         times.append(time.perf_counter() - t)
     return float(np.median(times) * 1e3)
 
+
+
+def channel_sqnr(ref: Sequence[np.ndarray], got: Sequence[np.ndarray], shape: Sequence[int] = ()) -> float:
+    """The worst channel's SQNR in dB (channels: axis 1 of 4-D tensors, the last axis otherwise; dead
+    channels ignored). ORT's default whole-tensor SQNR is blind to the classic int8 failures: a few outlier
+    channels set the scale and carry most of the energy, so the tensor scores well while the other channels
+    are crushed to a handful of levels — or, with percentile calibration, the outlier channels themselves
+    are clipped. Either way one channel scores badly here."""
+    r = np.concatenate([np.asarray(a, dtype=np.float64).reshape(-1) for a in ref])
+    g = np.concatenate([np.asarray(a, dtype=np.float64).reshape(-1) for a in got])
+    per_sample = int(np.prod(shape[1:])) if len(shape) >= 2 else 0
+    if per_sample and r.size % per_sample == 0:  # ORT's debugger hands over flattened arrays
+        r, g = (a.reshape(-1, *shape[1:]) for a in (r, g))
+    if r.ndim >= 2:
+        axis = 1 if r.ndim == 4 else -1
+        r, g = (np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1) for a in (r, g))
+    else:
+        r, g = r.reshape(1, -1), g.reshape(1, -1)
+    signal = (r ** 2).sum(1)
+    noise = ((r - g) ** 2).sum(1)
+    live = signal > 1e-6 * signal.max() if signal.size and signal.max() > 0 else np.zeros_like(signal, bool)
+    if not live.any():
+        return 100.0
+    db = np.clip(10 * np.log10(signal[live] / (noise[live] + 1e-12)), -20.0, 100.0)
+    # Ties on the worst channel (several tensors with a channel crushed to zero) go to the worse mean.
+    return float(db.min() + 1e-3 * db.mean())
+
+
+def sensitive_tensors(onnx_path: Path, qdq_path: Path, calib: Samples, input_names: Sequence[str],
+                      samples: int = 16) -> list[tuple[str, float, list[str]]]:
+    """Quantized activations ordered from most to least damaged, by ORT's own QDQ debugger: the per-channel
+    signal-to-quantization-noise ratio (dB, ``channel_sqnr``) of each tensor before vs after its Q/DQ pair, on
+    ``samples`` calibration samples. Each entry: (tensor, SQNR, nodes that produce or consume it). A tensor stays float only when
+    all of those nodes are excluded (in QDQ form a producer quantizes its output, a consumer its input); the
+    node names are those of the pre-processed graph that static quantization starts from."""
+    import onnx
+    from onnxruntime.quantization.qdq_loss_debug import (collect_activations, create_activation_matching,
+                                                         modify_model_output_intermediate_tensors)
+
+    few = calib.take(slice(0, samples))
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()), _quiet_root_logger():
+        pre, aug_f, aug_q = (Path(tmp) / n for n in ("pre.onnx", "f.onnx", "q.onnx"))
+        _preprocess(onnx_path, pre)
+        modify_model_output_intermediate_tensors(str(pre), str(aug_f))
+        modify_model_output_intermediate_tensors(str(qdq_path), str(aug_q))
+        float_acts = collect_activations(str(aug_f), _Reader(few, input_names))
+        qdq_acts = collect_activations(str(aug_q), _Reader(few, input_names))
+        matches = create_activation_matching(qdq_acts, float_acts)
+        graph = onnx.load(str(pre)).graph
+    shapes = {v.name: [d.dim_value or 1 for d in v.type.tensor_type.shape.dim]
+              for v in list(graph.value_info) + list(graph.input) + list(graph.output)}
+    errors = {t: {"qdq_err": channel_sqnr(m["pre_qdq"], m["post_qdq"], shapes.get(t, ()))}
+              for t, m in matches.items() if m.get("pre_qdq") and m.get("post_qdq")}
+    touching: dict[str, list[str]] = {}
+    for node in graph.node:
+        for t in list(node.input) + list(node.output):
+            if t in errors and node.name:
+                touching.setdefault(t, []).append(node.name)
+    ranked = [(t, float(e["qdq_err"]), touching.get(t, [])) for t, e in errors.items() if "qdq_err" in e]
+    return sorted(ranked, key=lambda r: r[1])

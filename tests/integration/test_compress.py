@@ -44,7 +44,9 @@ def test_cnn_int8_bundle_keeps_accuracy_and_shrinks(cnn_bundle):
     model = edgefm.load(out)
     top1 = float((model({"x": ev["x"]})["logits"].argmax(1) == ev["labels"]).mean())
     assert top1 >= fp32_acc - 0.01, (top1, fp32_acc)
-    assert entry["metrics"]["_accuracy"]["top1"] == pytest.approx(top1, abs=1e-9)
+    stored = np.load(out / "eval.npz")  # the (capped) eval set the manifest's figures were computed on
+    pred = model({"x": stored["in/x"]})["logits"].argmax(1)
+    assert entry["metrics"]["_accuracy"]["top1"] == pytest.approx(float((pred == stored["labels"]).mean()))
 
 
 def test_predictor_any_batch_and_threads(cnn_bundle):
@@ -159,3 +161,49 @@ def test_load_refuses_modified_bundle_and_unknown_target(cnn_bundle, tmp_path):
     art.write_bytes(art.read_bytes()[:-10])
     with pytest.raises(BundleError, match="modified"):
         edgefm.load(copy)
+
+
+def test_dry_run_prints_resolved_config_and_writes_nothing(digits_cnn_ckpt, tmp_path):
+    ckpt, _ = digits_cnn_ckpt
+    code, text = cli("compress", ckpt, "-o", tmp_path / "o", "--arch", "edgefm.zoo:digits_cnn", "--input",
+                     "x:1,1,8,8", "--calib", CALIB / "digits_calib.npz", "--quantize", "fp16", "--dry-run")
+    assert code == 0, text
+    plan = json.loads(text)
+    assert plan["targets"]["onnxruntime-cpu"]["precision"] == "fp16"
+    assert plan["config"]["arch"] == "edgefm.zoo:digits_cnn" and not (tmp_path / "o").exists()
+
+
+def test_gru_bundle_and_export_cache(tmp_path):
+    """A GRU compresses too (its Linear layers in int8), and a second run reuses the verified export."""
+    import torch
+
+    from edgefm import zoo
+
+    torch.manual_seed(0)
+    m = zoo.digits_gru()
+    acc = zoo.train_digits(m, sequence=True, epochs=20)
+    torch.save(m.state_dict(), tmp_path / "gru.pt")
+    args = ["--arch", "edgefm.zoo:digits_gru", "--input", "x:1,8,8", "--calib", CALIB / "digits_seq_calib.npz",
+            "--eval", CALIB / "digits_seq_eval.npz"]
+    code, text = cli("compress", tmp_path / "gru.pt", "-o", tmp_path / "a", *args)
+    assert code == 0, text
+    ev = np.load(CALIB / "digits_seq_eval.npz")
+    top1 = float((edgefm.load(tmp_path / "a")({"x": ev["x"]})["logits"].argmax(1) == ev["labels"]).mean())
+    assert top1 >= acc - 0.01
+    code, text = cli("compress", tmp_path / "gru.pt", "-o", tmp_path / "b", *args, "--quantize", "fp32")
+    assert code == 0, text
+    export = next(s for s in json.loads((tmp_path / "b/manifest.json").read_text())["stages"] if s["name"] == "export")
+    assert any("reused the verified export" in n for n in export["notes"])
+
+
+def test_verify_checks_fidelity_and_integrity(cnn_bundle, tmp_path):
+    import shutil
+
+    src, _ = cnn_bundle
+    code, text = cli("verify", src)
+    assert code == 0 and "fidelity" in text and "FAIL" not in text, text
+    copy = tmp_path / "copy"
+    shutil.copytree(src, copy)
+    (copy / "eval.npz").write_bytes(b"tampered")
+    code, text = cli("verify", copy)
+    assert code == 1 and "FAIL" in text and "modified" in text, text

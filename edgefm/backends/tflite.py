@@ -1,0 +1,268 @@
+"""TFLite / LiteRT backend: ARM boards (Raspberry Pi, i.MX 8, Jetson CPUs, phones) and x86 through XNNPACK.
+
+Build: the torch model -> litert-torch -> fp32 ``.tflite`` -> AI Edge Quantizer (fp16, dynamic-range int8,
+weight-only int8 or full-integer int8 with float or int8 I/O); see ``tflite_convert`` and
+``edgefm.quantize.litert``. Every artifact is run in LiteRT on the eval data and checked against the fp32
+ONNX reference. Run: the ai-edge-litert interpreter through its signature runner, so inputs and outputs
+carry the ModelSpec's names and layouts (NCHW stays NCHW)."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgefm import fidelity
+from edgefm.backends import tflite_convert
+from edgefm.backends.base import CompileJob, CompileResult, LoadOptions
+from edgefm.bundle import StageRecord, TargetEntry, sha256_file
+from edgefm.errors import BackendUnavailableError, CalibrationError, ConfigError, UnsupportedOpError
+from edgefm.models.spec import ModelSpec
+from edgefm.runtime import BasePredictor
+
+EXTRA = "tflite"
+ARTIFACT = "model.tflite"
+log = logging.getLogger(__name__)
+
+
+class TFLiteOptions(BaseModel):
+    """``options:`` of a tflite target."""
+
+    model_config = ConfigDict(extra="forbid")
+    int8: Literal["auto", "full", "dynamic", "weight_only"] = Field(
+        "auto", description="int8 scheme: full-integer, dynamic-range, weight-only; auto = dynamic for "
+                            "transformers (full-integer attention loses too much), full otherwise")
+    io: Literal["float", "int8"] = Field(
+        "float", description="Full-integer models: the model's own input/output type (the Predictor always "
+                             "takes and returns floats)")
+    weight_granularity: Literal["auto", "channel", "tensor"] = Field(
+        "auto", description="int8 weight scales; auto = per-tensor for RNNs (litert-torch unrolls them, and "
+                            "per-channel scales repeated on every step cost more than the weights), else per-channel")
+    max_calib_samples: int = Field(128, ge=1, description="Calibration samples used for full-integer int8")
+    converter_python: Optional[str] = Field(
+        None, description="Python with litert-torch installed; default: the environment edgefm manages")
+    pool: int = Field(4, ge=1, description="Interpreters a Predictor keeps for concurrent calls")
+
+
+def options(target) -> TFLiteOptions:
+    try:
+        return TFLiteOptions(**(target.options or {}))
+    except ValidationError as e:
+        errs = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        raise ConfigError(f"target '{target.name}': invalid tflite options: {errs}") from None
+
+
+def is_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ai_edge_litert") is not None
+
+
+def versions() -> dict[str, str]:
+    from edgefm.backends.tflite_run import litert_version
+
+    return {"ai-edge-litert": litert_version()}
+
+
+def quant_mode(precision: str, opts: TFLiteOptions, family: str) -> Optional[str]:
+    """The AI Edge Quantizer mode for a precision (None = keep fp32)."""
+    if precision == "fp32":
+        return None
+    if precision == "fp16":
+        return "fp16"
+    if precision == "int8":
+        if opts.int8 != "auto":
+            return opts.int8
+        return "dynamic" if family == "transformer" else "full"
+    raise ConfigError(f"tflite targets support precision fp32, fp16 or int8, not '{precision}'")
+
+
+# --- compile ---------------------------------------------------------------------------------------
+
+def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contract's name
+    """Convert ``job.model`` to LiteRT, quantize as the precision asks, verify, write ``out_dir/model.tflite``."""
+    opts = options(job.target)
+    mode = quant_mode(job.precision, opts, job.spec.family)
+    if job.model is None:
+        raise ConfigError(f"target '{job.target.name}' (tflite) converts from the torch model with litert-torch; "
+                          f"this source is an ONNX file only. Start from the PyTorch checkpoint.")
+    gran = opts.weight_granularity
+    if gran == "auto":
+        gran = "tensor" if job.spec.family == "rnn" else "channel"
+    say = job.progress or (lambda msg: log.info(msg))
+    python = tflite_convert.converter_python(opts.converter_python, say)
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="edgefm-tflite-") as tmp:
+        work = Path(tmp)
+        example = {s.name: np.asarray(job.calib.inputs[s.name][:1]).astype(s.dtype) for s in job.spec.inputs}
+        np.savez(work / "example.npz", **example)
+        t0 = time.time()
+        tflite_convert.export_program(job.model, job.spec.input_names, job.spec.output_names, example,
+                                      work / "model.pt2")
+        request: dict[str, Any] = {"program": str(work / "model.pt2"), "example": str(work / "example.npz"),
+                                   "fp32_out": str(work / "fp32.tflite"), "out": str(work / "quant.tflite")}
+        if mode:
+            request["quantize"] = {"mode": mode, "granularity": gran, "io": opts.io}
+        if mode == "full":
+            np.savez(work / "calib.npz", **{k: v[:opts.max_calib_samples] for k, v in job.calib.inputs.items()})
+            request["calib"] = str(work / "calib.npz")
+        say(f"{job.target.name}: converting with litert-torch" + (f", then {mode} quantization" if mode else ""))
+        result = tflite_convert.convert(python, request, work)
+        fp32, final = work / "fp32.tflite", work / ("quant.tflite" if mode else "fp32.tflite")
+        _check_builtin(final, job.target.name)
+        stages = [_verify_stage(job, "convert", fp32, work / "model.pt2", result, time.time() - t0,
+                                _limits(job, None))]
+        if mode:
+            stage = _verify_stage(job, "quantize", final, fp32, result, result["seconds"].get("quantize", 0.0),
+                                  _limits(job, mode))
+            stage.metrics["fp32_bytes"] = fp32.stat().st_size
+            stage.metrics["size_ratio"] = final.stat().st_size / fp32.stat().st_size
+            stages.append(stage)
+        shutil.copyfile(final, job.out_dir / ARTIFACT)
+    return CompileResult(entry=_entry(job, mode, gran, opts, result, stages[-1].metrics), stages=stages)
+
+
+def _limits(job: CompileJob, mode: Optional[str]) -> fidelity.Limits:
+    from edgefm.config import Tolerances
+
+    tol = job.config.tolerances if job.config is not None else Tolerances()
+    if mode is None:
+        return tol.compile
+    if mode == "fp16":
+        return tol.fp16
+    if job.limits is not None:
+        return job.limits
+    return job.config.quant_limits() if job.config is not None else tol.quantize
+
+
+def _verify_stage(job: CompileJob, name: str, model: Path, source: Path, result: dict, seconds: float,
+                  limits: fidelity.Limits) -> StageRecord:
+    runner = _runner(model, 1)  # one thread: the check is about values, and build machines are shared
+    got = runner.run({s.name: np.asarray(job.eval.inputs[s.name]).astype(s.dtype) for s in job.spec.inputs})
+    metrics = fidelity.evaluate(job.spec, job.reference, got, job.eval.labels)
+    fidelity.check(f"{name} ({job.target.name}, tflite)", metrics, limits)
+    metrics["bytes"] = model.stat().st_size
+    v = result["versions"]
+    if name == "convert":
+        settings = {"converter": tflite_convert.CONVERTER, "converter_version": v.get("litert-torch"),
+                    "torch": v.get("torch"), "input_shapes": runner.input_shapes()}
+        notes = ["converted from the torch model with litert-torch (not from the ONNX file)",
+                 f"fixed batch {runner.batch}: the Predictor runs larger batches in chunks"]
+    else:
+        settings = {**result["quantize"], "quantizer_version": v.get("ai-edge-quantizer")}
+        notes = []
+    return StageRecord(name=name, target=job.target.name, settings=settings, input_sha256=sha256_file(source),
+                       output_sha256=sha256_file(model), seconds=round(seconds, 3), metrics=metrics, notes=notes)
+
+
+def _check_builtin(model: Path, target: str) -> None:
+    """LiteRT without TensorFlow cannot run Flex (TF Select) or custom ops: refuse them by name."""
+    from edgefm.backends.tflite_run import model_ops
+
+    try:
+        ops = model_ops(str(model))
+    except (RuntimeError, ValueError) as e:
+        raise UnsupportedOpError(f"{target}: the converted model does not load in LiteRT: {str(e).splitlines()[0]}") from None
+    bad = [o for o in ops if o["op"].startswith("Flex") or o["op"] == "CUSTOM"]
+    if bad:
+        raise UnsupportedOpError(f"{target}: op {bad[0]['op']} (node '{bad[0]['node']}') is not a LiteRT builtin "
+                                 f"and cannot run without TensorFlow")
+
+
+def _entry(job: CompileJob, mode, gran, opts: TFLiteOptions, result: dict, metrics: dict) -> TargetEntry:
+    artifact = (job.out_dir / ARTIFACT).resolve().relative_to(Path(job.bundle_dir).resolve()).as_posix()
+    runner = _runner(job.out_dir / ARTIFACT, 1)
+    v = result["versions"]
+    return TargetEntry(
+        backend="tflite", precision=job.precision, device="cpu", artifact=artifact, files=[artifact],
+        runtime_versions={"ai-edge-litert": versions()["ai-edge-litert"],
+                          "litert-torch": v.get("litert-torch", "?"),
+                          **({"ai-edge-quantizer": v.get("ai-edge-quantizer", "?")} if mode else {})},
+        options={"threads": job.target.threads, "converter": f"litert-torch {v.get('litert-torch', '?')}",
+                 "quantization": mode or "none", "weight_granularity": gran if mode else None,
+                 "io": opts.io if mode == "full" else "float", "input_shapes": runner.input_shapes(),
+                 "batch": runner.batch, "pool": opts.pool},
+        metrics=metrics,
+        hardware={"arch": job.target.arch, "cpu_core": job.target.cpu_core, **job.target.hardware})
+
+
+# --- load / run --------------------------------------------------------------------------------------
+
+def _runner(model: Path, threads: Optional[int]):
+    from edgefm.backends.tflite_run import Runner
+
+    return Runner(str(model), threads)
+
+
+class TFLitePredictor(BasePredictor):
+    """LiteRT Predictor. Interpreters are not thread-safe, so each call borrows one from a small pool
+    (up to ``pool`` run at once; further callers wait)."""
+
+    def __init__(self, model: Path, spec: ModelSpec, target: str, threads: Optional[int], pool: int = 4):
+        super().__init__(spec, target, "tflite")
+        self.model, self.threads, self._max = Path(model), threads, pool
+        self._idle: queue.LifoQueue = queue.LifoQueue()
+        self._made = 0
+        self._lock = threading.Lock()
+        first = _runner(self.model, threads)  # fail at load time, not on the first call
+        self.input_shapes = first.input_shapes()
+        self._idle.put(first)
+        self._made = 1
+
+    def _borrow(self):
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            with self._lock:
+                grow = self._made < self._max
+                self._made += grow
+            return _runner(self.model, self.threads) if grow else self._idle.get()
+
+    def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for name, arr in feed.items():
+            want = self.input_shapes[name][1:]
+            if list(arr.shape[1:]) != want:
+                raise CalibrationError(
+                    f"{self.target} predictor: input '{name}' has shape {list(arr.shape)}, but this LiteRT model "
+                    f"was compiled for [batch, {', '.join(map(str, want))}] (LiteRT shapes are static: pad or "
+                    f"truncate to that size)")
+        runner = self._borrow()
+        try:
+            out = runner.run(feed)
+        finally:
+            self._idle.put(runner)
+        return {name: out[name] for name in self.spec.output_names}
+
+
+def load(bundle: Path, target_name: str, entry: TargetEntry, spec: ModelSpec, opts: LoadOptions) -> TFLitePredictor:
+    """A Predictor for the target's ``.tflite`` (XNNPACK on CPU)."""
+    if opts.device not in (None, "cpu", entry.device):
+        msg = f"tflite target '{target_name}': device '{opts.device}' is not available here; LiteRT runs on the CPU"
+        if opts.strict:
+            raise BackendUnavailableError(msg)
+        log.warning("%s (using the CPU)", msg)
+    threads = opts.threads or entry.options.get("threads")
+    return TFLitePredictor(Path(bundle) / entry.artifact, spec, target_name, threads,
+                           int(entry.options.get("pool", 4)))
+
+
+def verify_emulated(bundle: Path, target: str, arch: str = "arm64", cpu: Optional[str] = None) -> tuple[bool, str]:
+    """``edgefm verify --emulate``: (ok, one-line summary) of the target's ``.tflite`` run by the arm64 build of
+    LiteRT under qemu against this machine's run (see ``edgefm.emulate``). Problems with the emulator itself
+    (qemu missing, no mount namespace) come back as a failed check, so the other checks still show."""
+    from edgefm.emulate import verify_emulated as run
+    from edgefm.errors import EdgefmError
+
+    try:
+        report = run(bundle, target, arch=arch, cpu=cpu)
+    except EdgefmError as e:
+        return False, str(e)
+    return report.ok, report.summary()

@@ -1,0 +1,337 @@
+"""PyTorch -> LiteRT through litert-torch (Google's successor of ai-edge-torch), run in an environment edgefm
+manages itself.
+
+Why a separate environment: litert-torch 0.10 pins litert-converter 0.5, which pins xdsl 0.28, which caps
+typing-extensions below 4.13 and so forces pydantic down to 2.11 (and adds jax, ~700 MB). Installed into
+the main environment that would downgrade packages other tools rely on. So edgefm creates a venv under
+its cache folder that sees the main environment's packages (torch is reused, not downloaded again) but
+keeps its own pins, and runs the conversion there in a subprocess:
+
+  main process: torch.export the model (names from the ModelSpec) -> model.pt2
+  converter env: litert_torch.convert -> fp32 .tflite -> ai-edge-quantizer (edgefm.quantize.litert)
+
+The converter's own error for an op it cannot lower comes back as ``UnsupportedOpError`` naming the op and
+the node; any other failure as ``ExportError``."""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from edgefm.errors import BackendUnavailableError, ExportError, UnsupportedOpError
+
+#: What the converter environment installs; the main environment's torch is pinned on top.
+LITERT_TORCH_SPEC = "litert-torch>=0.10,<0.11"
+CONVERTER = "litert-torch"
+_VERSIONED = ("litert-torch", "ai-edge-quantizer", "litert-converter", "ai-edge-litert", "torch", "jax")
+
+
+def tools_dir() -> Path:
+    """Where edgefm installs the tools it manages (converter environments, the arm64 root):
+    ``$EDGEFM_TOOLS_DIR`` or ``~/.cache/edgefm/tools``. Kept apart from the export cache
+    (``EDGEFM_CACHE_DIR``), which tests point at a fresh folder per session: tools are installations,
+    not results, and rebuilding them each session would cost minutes and ~1 GB of downloads."""
+    return Path(os.environ.get("EDGEFM_TOOLS_DIR") or Path.home() / ".cache" / "edgefm" / "tools")
+
+
+def env_dir() -> Path:
+    return tools_dir() / f"litert-torch-py{sys.version_info[0]}{sys.version_info[1]}"
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive file lock, so two processes never build the same environment at once."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _torch_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        raise BackendUnavailableError("the tflite target converts the torch model and needs torch: "
+                                      "pip install 'edgefm[torch]'") from None
+
+
+def ensure_env(progress=None) -> Path:
+    """The converter environment's Python, built on first use (about 30 s and ~750 MB from PyPI)."""
+    d = env_dir()
+    py = d / "bin" / "python"
+    marker = d / "edgefm-env.json"
+    want = {"spec": LITERT_TORCH_SPEC, "parent": sys.prefix, "torch": _torch_version()}
+    with _locked(d.parent / f".{d.name}.lock"):
+        if py.exists() and marker.exists() and json.loads(marker.read_text()).get("want") == want:
+            return py
+        if progress:
+            progress(f"creating the litert-torch converter environment in {d} (once)")
+        import shutil
+
+        shutil.rmtree(d, ignore_errors=True)
+        _run([sys.executable, "-m", "venv", str(d)], "create the converter venv")
+        site = Path(_run([str(py), "-c", "import sysconfig;print(sysconfig.get_paths()['purelib'])"],
+                         "locate the venv").strip())
+        # After the venv's own site-packages, so its pins win; the main environment supplies torch & co.
+        parent = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+        (site / "_edgefm_parent_env.pth").write_text("\n".join(parent) + "\n")
+        constraints = d / "constraints.txt"
+        constraints.write_text(f"torch=={want['torch']}\n")  # never let pip fetch a second torch
+        _run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-c", str(constraints),
+              LITERT_TORCH_SPEC], f"pip install '{LITERT_TORCH_SPEC}' into {d}")
+        marker.write_text(json.dumps({"want": want, "created": time.time()}))
+    return py
+
+
+def _run(cmd: list[str], what: str) -> str:
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
+        raise BackendUnavailableError(f"tflite converter environment: could not {what}: {' | '.join(tail)}")
+    return r.stdout
+
+
+def converter_python(explicit: Optional[str] = None, progress=None) -> Path:
+    """The Python that runs litert-torch: ``explicit`` or ``$EDGEFM_LITERT_PYTHON`` if given, this one
+    if litert-torch is importable here, else the managed environment."""
+    explicit = explicit or os.environ.get("EDGEFM_LITERT_PYTHON")
+    if explicit:
+        return Path(explicit)
+    import importlib.util
+
+    if importlib.util.find_spec("litert_torch") and importlib.util.find_spec("ai_edge_quantizer"):
+        return Path(sys.executable)
+    return ensure_env(progress)
+
+
+# --- main-process side ---------------------------------------------------------------------------
+
+def export_program(model, input_names: list[str], output_names: list[str], example: Mapping[str, np.ndarray],
+                   path: Path) -> None:
+    """``torch.export`` ``model`` (called positionally in ``input_names`` order) into ``path`` (.pt2) with
+    keyword inputs and a dict of outputs, so the LiteRT signature carries the ModelSpec's names."""
+    import torch
+
+    class Named(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, **kw):
+            return _name_outputs(self.inner(*[kw[n] for n in input_names]), output_names)
+
+    kwargs = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in example.items()}
+    try:
+        with torch.no_grad():
+            ep = torch.export.export(Named(model).eval(), (), kwargs, strict=False)
+        torch.export.save(ep, str(path))
+    except ExportError:
+        raise
+    except Exception as e:  # noqa: BLE001 - torch.export raises many kinds; the user gets one line
+        raise ExportError(f"tflite: torch.export of the model failed ({type(e).__name__}: "
+                          f"{_first_line(e)})") from None
+
+
+def _name_outputs(out, names: list[str]) -> dict:
+    if isinstance(out, Mapping):
+        vals = [out[n] for n in names] if all(n in out for n in names) else list(out.values())
+    elif isinstance(out, (tuple, list)):
+        vals = list(out)
+    else:
+        vals = [out]
+    if len(vals) < len(names):
+        raise ExportError(f"tflite: the model returns {len(vals)} output(s), but the spec names {len(names)}: {names}")
+    return dict(zip(names, vals))
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:300]
+
+
+class _Worker:
+    """A converter process kept for the life of this one: importing litert-torch (jax, transformers) takes
+    5-10 s, so later compiles reuse it. It reads request paths on stdin and writes ``result.json`` beside
+    each request (atomically); its output goes to a log file, so no pipe can fill up and stall it."""
+
+    def __init__(self, python: Path):
+        import tempfile
+
+        root = str(Path(__file__).resolve().parents[2])  # the folder that holds the edgefm package
+        env = {**os.environ, "TQDM_DISABLE": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
+               "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+        self.cwd = Path(tempfile.mkdtemp(prefix="edgefm-litert-"))
+        self.log = open(self.cwd / "worker.log", "w")
+        self.proc = subprocess.Popen([str(python), "-m", "edgefm.backends.tflite_convert", "--serve"],
+                                     stdin=subprocess.PIPE, stdout=self.log, stderr=subprocess.STDOUT, text=True,
+                                     cwd=self.cwd, env=env)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def ask(self, req: Path, res: Path, timeout: float) -> None:
+        self.proc.stdin.write(f"{req}\n")
+        self.proc.stdin.flush()
+        deadline = time.time() + timeout
+        while not res.exists():
+            if not self.alive():
+                raise ExportError(f"tflite: the litert-torch converter process died (exit {self.proc.returncode}): "
+                                  f"{self.tail()}")
+            if time.time() > deadline:
+                self.close()
+                raise ExportError(f"tflite: litert-torch conversion took longer than {timeout:.0f} s")
+            time.sleep(0.05)
+
+    def tail(self) -> str:
+        lines = (self.cwd / "worker.log").read_text(errors="replace").strip().splitlines()
+        return " | ".join(lines[-3:])
+
+    def close(self) -> None:
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+        import shutil
+
+        shutil.rmtree(self.cwd, ignore_errors=True)
+
+
+_WORKERS: dict[str, _Worker] = {}
+_WORKERS_LOCK = threading.Lock()
+
+
+@atexit.register
+def _close_workers() -> None:
+    for w in _WORKERS.values():
+        w.close()
+
+
+def convert(python: Path, request: dict[str, Any], workdir: Path, timeout: float = 3600) -> dict[str, Any]:
+    """Run ``request`` (see ``_handle``) in the converter worker for ``python``; raise typed errors on failure."""
+    req = workdir / "request.json"
+    res = workdir / "result.json"
+    req.write_text(json.dumps(request))
+    with _WORKERS_LOCK:  # one conversion at a time per worker; they are CPU-bound anyway
+        w = _WORKERS.get(str(python))
+        if w is None or not w.alive():
+            w = _WORKERS[str(python)] = _Worker(python)
+        w.ask(req, res, timeout)
+    result = json.loads(res.read_text())
+    if result.get("ok"):
+        return result
+    where = f"litert-torch {result.get('versions', {}).get('litert-torch', '?')}"
+    if result.get("op"):
+        src = f", from {result['source']}" if result.get("source") else ""
+        raise UnsupportedOpError(
+            f"tflite: {where} cannot convert op {result['op']} (node '{result.get('node', '?')}'{src}): "
+            f"{result.get('reason', '')}. Replace that op in the model or choose another target.")
+    raise ExportError(f"tflite: {where} conversion failed at {result.get('step', 'convert')}: {result.get('message')}")
+
+
+# --- converter-environment side --------------------------------------------------------------------
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in _VERSIONED:
+        with contextlib.suppress(PackageNotFoundError):
+            out[name] = version(name)
+    return out
+
+
+_LOWERING = re.compile(r"Lowering not found: (\S+)")
+_NODE = re.compile(r"While executing %(\S+) : .*?call_function\[target=([^\]]+)\]")
+_SOURCE = re.compile(r'File "([^"]+)", line (\d+), in (\w+)')
+
+
+def classify_error(e: BaseException) -> dict[str, str]:
+    """Pull the op and node out of a litert-torch failure (its messages name the FX node being lowered)."""
+    msg = str(e)
+    out = {"message": f"{type(e).__name__}: {_first_line(e)}"}
+    node = _NODE.search(msg)
+    low = _LOWERING.search(msg)
+    if node or low:
+        out["op"] = low.group(1) if low else node.group(2).replace("torch.ops.", "")
+        out["node"] = node.group(1) if node else "?"
+        out["reason"] = "no LiteRT lowering exists for it" if low else out["message"]
+        # The innermost frame of the node's original stack is the user's line (the outer ones are ours).
+        frames = _SOURCE.findall(msg.split("Original traceback:", 1)[1]) if "Original traceback:" in msg else []
+        if frames:
+            file, line, func = frames[-1]
+            out["source"] = f"{Path(file).name}:{line} in {func}"
+    return out
+
+
+def _serve() -> int:
+    """The worker loop: one request path per line on stdin, until stdin closes."""
+    for line in sys.stdin:
+        if line.strip():
+            _handle(line.strip())
+    return 0
+
+
+def _handle(request_path: str) -> None:
+    req = json.loads(Path(request_path).read_text())
+    result: dict[str, Any] = {"ok": False, "versions": _versions(), "seconds": {}}
+    step = "convert"
+    try:
+        import torch
+        import litert_torch
+
+        example = np.load(req["example"])
+        kwargs = {k: torch.from_numpy(example[k]) for k in example.files}
+        t = time.time()
+        program = torch.export.load(req["program"]).module()
+        litert_torch.convert(program, sample_kwargs=kwargs).export(req["fp32_out"])
+        result["seconds"]["convert"] = time.time() - t
+        if req.get("quantize"):
+            step = "quantize"
+            from edgefm.quantize import litert
+
+            t = time.time()
+            calib = _calib_feeds(req["fp32_out"], req.get("calib"))
+            result["quantize"] = litert.quantize(Path(req["fp32_out"]), Path(req["out"]), calib=calib,
+                                                 **req["quantize"])
+            result["seconds"]["quantize"] = time.time() - t
+        result["ok"] = True
+    except Exception as e:  # noqa: BLE001 - reported to the main process as data, typed there
+        result.update(classify_error(e), step=step)
+    tmp = Path(request_path).with_name("result.json.part")
+    tmp.write_text(json.dumps(result))
+    tmp.rename(tmp.with_name("result.json"))  # the main process polls for this name
+
+
+def _calib_feeds(model_path: str, calib_npz: Optional[str]) -> list[dict[str, np.ndarray]]:
+    """Calibration feeds in the converted model's batch and dtypes (litert-torch turns int64 into int32)."""
+    if not calib_npz:
+        return []
+    from ai_edge_litert.interpreter import Interpreter
+
+    details = Interpreter(model_path=model_path).get_signature_runner().get_input_details()
+    data = np.load(calib_npz)
+    n = min(data[k].shape[0] for k in data.files)
+    b = int(next(iter(details.values()))["shape"][0])
+    return [{k: data[k][s:s + b].astype(details[k]["dtype"]) for k in data.files} for s in range(0, n - b + 1, b)]
+
+
+if __name__ == "__main__":
+    sys.exit(_serve() if sys.argv[1:] == ["--serve"] else _handle(sys.argv[1]))

@@ -1,0 +1,57 @@
+"""fp16, bad options, unsupported ops, ONNX-only sources: typed errors and nothing half-written."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgefm.backends import tflite
+from edgefm.backends.tflite_run import Runner, model_ops
+from edgefm.errors import ConfigError, UnsupportedOpError
+
+from .conftest import digits_job, tflite_target
+
+
+def test_fp16_weights(tmp_path, cnn):
+    job = digits_job(tmp_path, cnn[0], False, tflite_target("fp16"))
+    res = tflite.compile(job)
+    model = job.out_dir / "model.tflite"
+    quant = res.stages[-1]
+    assert quant.settings["mode"] == "fp16" and quant.metrics["logits"]["top1_agreement"] == 1.0
+    assert 0.45 < quant.metrics["size_ratio"] < 0.6  # fp16 weights: about half the fp32 file
+    assert "DEQUANTIZE" in {o["op"] for o in model_ops(model)}  # fp16 -> fp32 weights, folded by XNNPACK
+    got = Runner(model).run({"x": job.eval.inputs["x"][:20]})["logits"]
+    np.testing.assert_allclose(got, job.reference["logits"][:20], atol=5e-2)
+    assert res.entry.precision == "fp16" and res.entry.artifact == f"{job.target.name}/model.tflite"
+
+
+def test_unsupported_op_names_op_and_node(tmp_path):
+    import torch
+
+    class Binned(torch.nn.Module):  # exports to ONNX (Bucketize-free Less/Sum), but has no LiteRT lowering
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(8, 8)
+            self.register_buffer("edges", torch.tensor([-0.5, 0.0, 0.5]))
+
+        def forward(self, x):
+            return torch.bucketize(self.fc(x), self.edges).float().flatten(1)
+
+    job = digits_job(tmp_path, Binned().eval(), True, tflite_target("fp32"))
+    with pytest.raises(UnsupportedOpError) as e:
+        tflite.compile(job)
+    msg = str(e.value)
+    assert "aten.bucketize" in msg and "node 'bucketize'" in msg and "Traceback" not in msg, msg
+    assert not (job.out_dir / "model.tflite").exists()
+
+
+def test_bad_target_options_and_inputs(tmp_path, cnn):
+    with pytest.raises(ConfigError, match="int8"):
+        tflite.compile(digits_job(tmp_path, cnn[0], False, tflite_target("int8", int8="fulll")))
+    with pytest.raises(ConfigError, match="bf16"):
+        tflite.compile(digits_job(tmp_path, cnn[0], False, tflite_target("bf16")))
+    job = digits_job(tmp_path, cnn[0], False, tflite_target("int8"))
+    job.model = None
+    with pytest.raises(ConfigError, match="torch model"):
+        tflite.compile(job)
+    assert not job.out_dir.exists() or not any(job.out_dir.iterdir())
