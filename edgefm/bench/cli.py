@@ -57,7 +57,8 @@ def report(cfg: ReportConfig, echo: Callable[[str], None] = print) -> list[Path]
                          f"{r.machine.os}; {r.created}" for r in results)
     md = f"# edgefm benchmark report\n\n{machines}\n\n{rep.markdown(table)}"
     if cfg.plots:
-        for p in (rep.plot_pareto(table, out / "pareto.png", cfg.batch), rep.plot_latency(results, out / "latency.png")):
+        plots = (rep.plot_pareto(table, out / "pareto.png", cfg.batch), rep.plot_latency(results, out / "latency.png"))
+        for p in plots:
             if p is not None:
                 written.append(p)
                 md += f"\n![{p.stem}]({p.name})\n"

@@ -20,7 +20,8 @@ class BenchConfig(BaseModel):
     eval: Optional[Path] = Field(None, description="Eval data (.npz with one array per input, optional 'labels'); "
                                                    "default: the bundle's eval.npz")
     batches: list[int] = Field(default_factory=lambda: [1], description="Batch sizes, e.g. 1,8")
-    threads: Optional[int] = Field(None, ge=1, description="Intra-op threads for every runtime; None: each runtime's default")
+    threads: Optional[int] = Field(None, ge=1,
+                                   description="Intra-op threads for every runtime; None: each runtime's default")
     warmup: int = Field(10, ge=0, description="Untimed runs before timing")
     runs: Optional[int] = Field(None, ge=1, description="Fixed number of timed runs (overrides seconds)")
     seconds: float = Field(2.0, gt=0, description="Timed runs last this long (at least min_runs) unless runs is set")
@@ -28,7 +29,7 @@ class BenchConfig(BaseModel):
     max_eval_samples: Optional[int] = Field(None, ge=1, description="Use at most this many eval samples")
     eval_batch: int = Field(32, ge=1, description="Batch size of the accuracy pass over the eval data")
     baselines: bool = Field(True, description="Also measure the fp32 ONNX (ONNX Runtime) and torch eager baselines")
-    torch_baseline: bool = Field(True, description="Measure the source model in torch eager mode where it can be loaded")
+    torch_baseline: bool = Field(True, description="Measure the source model in torch eager mode where it loads")
     json_out: Optional[Path] = Field(None, description="Write the result JSON here (--json)")
     md_out: Optional[Path] = Field(None, description="Write the Markdown table here (--md)")
     plots: Optional[Path] = Field(None, description="Write latency/accuracy plots (PNG) into this folder")

@@ -72,7 +72,8 @@ def _acc_cell(r: dict[str, Any]) -> str:
     if r["accuracy"] is None:
         return "–"
     if r["accuracy_metric"] == "top1":
-        ref = f" (fp32 {100 * r['fp32_top1']:.1f})" if r["fp32_top1"] is not None and r["role"] != "fp32-reference" else ""
+        show = r["fp32_top1"] is not None and r["role"] != "fp32-reference"
+        ref = f" (fp32 {100 * r['fp32_top1']:.1f})" if show else ""
         return f"top1 {100 * r['accuracy']:.1f}{ref}"
     return f"cos {r['accuracy']:.4f}"
 
@@ -88,7 +89,8 @@ def markdown(table: Sequence[dict[str, Any]], with_machine: Optional[bool] = Non
     many_m = len({r["machine"] for r in table}) > 1 if with_machine is None else with_machine
     many_models = len({r["model"] for r in table}) > 1
     head = (["machine"] if many_m else []) + (["model"] if many_models else []) + [
-        "measured", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms", "CPU ms", "samples/s", "× fp32",
+        "measured", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms", "CPU ms", "samples/s",
+        "× fp32",
         "× torch", "cold ms", "load s", "peak RSS MiB", "size MB", "accuracy"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in table:
@@ -181,7 +183,8 @@ def plot_latency(results: Sequence[BenchResult], path: Path) -> Optional[Path]:
     if not data:
         return None
     fig, ax = plt.subplots(figsize=(9, 0.32 * len(data) + 1.2))
-    ax.boxplot(data, orientation="horizontal", showfliers=True, whis=(1, 99), flierprops={"markersize": 2, "alpha": 0.4})
+    ax.boxplot(data, orientation="horizontal", showfliers=True, whis=(1, 99),
+               flierprops={"markersize": 2, "alpha": 0.4})
     ax.set_yticks(range(1, len(labels) + 1), labels, fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("latency per call, ms (box: p25–p75, line: p50, whiskers: p1–p99)")

@@ -87,11 +87,11 @@ class Accuracy(_Model):
 
 
 class Energy(_Model):
-    """Energy from the board's power monitor (Jetson tegrastats), sampled during the timed runs."""
+    """Energy from the board's power monitor (Jetson tegrastats), sampled during warm-up and timed runs."""
 
-    source: str = Field(description="tegrastats rail(s) summed, e.g. VDD_IN")
-    mean_power_w: float = Field(description="Mean board input power during the timed runs, W")
-    energy_per_inference_mj: float = Field(description="mean power x mean latency, mJ per call (one batch)")
+    source: str = Field(description="tegrastats rail: VDD_IN / POM_5V_IN (module input), or 'sum of rails'")
+    mean_power_w: float = Field(description="Time-weighted mean board power during the runs, W")
+    energy_per_inference_mj: float = Field(description="mean power x run time / calls, mJ per call (one batch)")
     energy_per_sample_mj: float = Field(description="energy_per_inference_mj / batch")
     samples: int = Field(description="Power readings taken")
 
@@ -141,7 +141,9 @@ class JetsonInfo(_Model):
     model: Optional[str] = Field(None, description="/proc/device-tree/model")
     l4t: Optional[str] = Field(None, description="/etc/nv_tegra_release first line")
     power_mode: Optional[str] = Field(None, description="nvpmodel -q")
-    clocks_mhz: dict[str, float] = Field(default_factory=dict, description="Current CPU/GPU/EMC clocks")
+    clocks_mhz: dict[str, float] = Field(default_factory=dict, description="Current CPU and GPU clocks, MHz")
+    clocks_locked: Optional[bool] = Field(None, description="Every clock at its maximum (jetson_clocks): only then "
+                                                            "are results comparable across runs")
 
 
 class MachineInfo(_Model):

@@ -36,7 +36,7 @@ class Subject(BaseModel):
     size_from: Optional[str] = Field(None, description="Path whose size on disk is reported (default: path)")
     arch: Optional[str] = Field(None, description="torch: --arch of the checkpoint")
     inputs: list[str] = Field(default_factory=list, description="torch: --input declarations of the checkpoint")
-    torch_dynamic_int8: bool = Field(False, description="torch: apply torch.ao dynamic quantization (Linear, LSTM, GRU)")
+    torch_dynamic_int8: bool = Field(False, description="torch: torch.ao dynamic quantization of Linear/LSTM/GRU")
     options: dict[str, Any] = Field(default_factory=dict, description="Runtime settings (e.g. OpenVINO hints)")
 
 
@@ -142,7 +142,8 @@ def _open_openvino(s: Subject, threads: Optional[int]) -> Opened:
         res = request.infer(feed, share_inputs=True)  # the caller keeps feed alive; no copy timed
         return {n: np.array(res[o]) for n, o in zip(names, compiled.outputs)}
 
-    return Opened(predict=_checked(s, "openvino", run), backend="openvino", device=s.options.get("device", "CPU").lower(),
+    return Opened(predict=_checked(s, "openvino", run), backend="openvino",
+                  device=s.options.get("device", "CPU").lower(),
                   artifact=s.path, size_bytes=size_on_disk(Path(s.size_from or s.path)),
                   runtime_versions={"openvino": ov.get_version()},
                   settings={**config, "execution_precision": precision})

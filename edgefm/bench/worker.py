@@ -1,7 +1,7 @@
 """One measurement in its own process: ``python -m edgefm.bench.worker JOB.json``.
 
 ``mode: measure`` — note the idle RSS → load (timed) → first call at the asked batch (cold, timed) →
-warm-up and timed runs (power sampled meanwhile on a Jetson) → read the kernel's RSS high-water mark.
+warm-up and timed runs (board power sampled meanwhile on a Jetson) → read the kernel's RSS high-water mark.
 Nothing else runs in that process, so its peak is loading and running this model at this batch, and
 ``/usr/bin/time -v`` on the same command reports the same figure.
 ``mode: accuracy`` — load, run the whole eval set (in ``eval_batch`` chunks), score it against labels and
@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from edgefm.bench import memory
-from edgefm.bench.jetson import PowerSampler
+from edgefm.bench.jetson import power_window
 from edgefm.bench.latency import TimingPlan, summarize, thin, time_calls
 from edgefm.bench.schema import Accuracy, Measurement, MemoryStats
 from edgefm.bench.subjects import Feed, Opened, Subject, open_subject
@@ -115,8 +115,9 @@ def measure(job: WorkerJob) -> Measurement:
     loaded = memory.rss_mb()
     load_peak = memory.peak_rss_mb()
     plan = TimingPlan(warmup=job.warmup, runs=job.runs, seconds=job.seconds, min_runs=job.min_runs)
-    with PowerSampler() as power:
+    with power_window() as power:
         timed = time_calls(lambda: opened.predict(feed), plan)
+        power.calls, power.batch = plan.warmup + len(timed.samples_ms), job.batch
     peak, after = memory.peak_rss_mb(), memory.rss_mb()
     stats = summarize(timed.samples_ms, job.batch, job.warmup, timed.cpu_s)
     return Measurement(
@@ -125,8 +126,8 @@ def measure(job: WorkerJob) -> Measurement:
         load_s=load_s, cold_ms=cold_ms, latency=stats,
         memory=MemoryStats(peak_rss_mb=peak, idle_rss_mb=idle, load_peak_rss_mb=load_peak, loaded_rss_mb=loaded,
                            run_rss_mb=after),
-        energy=power.energy(stats.mean, job.batch), runtime_versions=opened.runtime_versions,
-        settings=opened.settings, latencies_ms=thin(timed.samples_ms), notes=list(opened.notes))
+        energy=power.energy, runtime_versions=opened.runtime_versions, settings=opened.settings,
+        latencies_ms=thin(timed.samples_ms), notes=list(opened.notes) + ([power.note] if power.note else []))
 
 
 def main(argv: list[str]) -> int:

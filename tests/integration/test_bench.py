@@ -27,7 +27,8 @@ from edgefm.models.spec import InputSpec, ModelSpec, OutputSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ModelSpec(family="cnn", task="image-classification", num_classes=10,
-                 inputs=[InputSpec(name="x", shape=["batch", 1, 8, 8])], outputs=[OutputSpec(name="logits", kind="logits")])
+                 inputs=[InputSpec(name="x", shape=["batch", 1, 8, 8])],
+                 outputs=[OutputSpec(name="logits", kind="logits")])
 FAST = dict(warmup=3, runs=30, min_runs=5, threads=1)  # one thread: the CI machine is shared
 
 
@@ -53,9 +54,11 @@ def build_digits_bundle(out: Path, ckpt: Path) -> Path:
         ref_path = tmp / "fp32" / "model.onnx"
         ref_path.parent.mkdir()
         torch.onnx.export(model, (torch.from_numpy(calib["x"][:2]),), str(ref_path), dynamo=False, opset_version=17,
-                          input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
+                          input_names=["x"], output_names=["logits"],
+                          dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
         reference = batched_outputs(lambda f: onnx_outputs(ref_path, f), eval_s, 64)
-        np.savez(tmp / "eval.npz", **{"in/x": eval_s.inputs["x"], "labels": eval_s.labels, "ref/logits": reference["logits"]})
+        np.savez(tmp / "eval.npz", **{"in/x": eval_s.inputs["x"], "labels": eval_s.labels,
+                                      "ref/logits": reference["logits"]})
         base = get_target("onnxruntime-cpu")
         entries = {}
         for name, precision in (("onnxruntime-cpu", "int8"), ("onnxruntime-fp32", "fp32")):
@@ -256,7 +259,8 @@ def test_cli_bench_then_report(bundle, tmp_path):
     r = read_result(tmp_path / "r.json")
     assert [(m.name, m.batch) for m in r.measurements] == [("onnxruntime-cpu", 1), ("onnxruntime-cpu", 4)]
     assert r.settings.threads == 1 and all(m.threads == 1 for m in r.measurements)
-    res = runner.invoke(app, ["report", str(tmp_path / "r.json"), str(tmp_path / "r.json"), "-o", str(tmp_path / "rep")])
+    res = runner.invoke(app, ["report", str(tmp_path / "r.json"), str(tmp_path / "r.json"), "-o",
+                              str(tmp_path / "rep")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "rep/report.md").is_file() and (tmp_path / "rep/pareto.png").is_file()
     for args, words in ((["bench", str(bundle), "--target", "nope"], "has no target 'nope'"),

@@ -44,38 +44,27 @@ def test_machine_id_is_a_short_slug(monkeypatch):
     assert machine.machine_id("x86_64", "whatever", 4) == "lab-nuc-3"
 
 
-@pytest.mark.parametrize("line, want", [
-    # Orin (JetPack 5/6)
-    ("11-22-2026 10:00:00 RAM 2100/7620MB (lfb 2x4MB) CPU [3%@729,1%@729] EMC_FREQ 0% GR3D_FREQ 0% "
-     "cpu@47.5C VDD_IN 4811mW/4811mW VDD_CPU_GPU_CV 480mW/480mW VDD_SOC 1441mW/1441mW", ("VDD_IN", 4811.0)),
-    # Xavier NX / Nano (JetPack 4)
-    ("RAM 1500/3964MB (lfb 1x4MB) CPU [5%@102,off,off,off] EMC_FREQ 0% GR3D_FREQ 0% PLL@29C "
-     "POM_5V_IN 2154/2154 POM_5V_GPU 0/0 POM_5V_CPU 166/166", ("POM_5V_IN", 2154.0)),
-    ("RAM 1500/3964MB CPU [5%@102] GR3D_FREQ 0%", None),
-])
-def test_tegrastats_power_lines(line, want):
-    assert jetson.parse_power_mw(line) == want
+def test_energy_from_tegrastats_samples():
+    from edgefm.bench.tegrastats import parse_line
 
-
-def test_nvpmodel_and_energy_arithmetic():
-    assert jetson.parse_nvpmodel("NV Power Mode: MAXN\n0\n") == "MAXN"
-    assert jetson.parse_nvpmodel("NV Power Mode: 15W\n2\n") == "15W"
-    assert jetson.parse_nvpmodel("garbage") is None
-    s = jetson.PowerSampler()
-    s.readings, s.rail = [5000.0, 7000.0], "VDD_IN"
-    e = s.energy(mean_latency_ms=10.0, batch=4)
-    assert e.mean_power_w == 6.0 and e.energy_per_inference_mj == pytest.approx(60.0)
-    assert e.energy_per_sample_mj == pytest.approx(15.0) and e.samples == 2
-    assert jetson.PowerSampler().energy(1.0, 1) is None
+    line = "RAM 2236/7620MB CPU [1%@729] VDD_IN {}mW/4800mW VDD_SOC 1500mW/1500mW"
+    samples = [parse_line(line.format(p), t=t) for t, p in ((0.0, 5000), (1.0, 7000), (2.0, 7000))]
+    e, note = jetson.energy_from(samples, 0.0, 2.0, calls=100, batch=4)
+    assert note is None and e.source == "VDD_IN" and e.samples == 3
+    assert e.mean_power_w == pytest.approx(6.5)  # time-weighted: (6 W for 1 s + 7 W for 1 s) / 2 s
+    assert e.energy_per_inference_mj == pytest.approx(6.5 * 2.0 / 100 * 1000)
+    assert e.energy_per_sample_mj == pytest.approx(e.energy_per_inference_mj / 4)
+    e, note = jetson.energy_from(samples[:1], 0.0, 2.0, calls=100, batch=1)
+    assert e is None and "sample" in note
 
 
 def test_off_a_jetson_nothing_is_claimed():
     if jetson.is_jetson():
         pytest.skip("this is a Jetson")
     assert jetson.info() is None and machine.machine_info().jetson is None
-    with jetson.PowerSampler() as s:  # no tegrastats here: a no-op, not an error
-        pass
-    assert s.readings == []
+    with jetson.power_window() as w:  # no tegrastats here: a no-op, not an error
+        w.calls = 10
+    assert w.energy is None and w.note is None
 
 
 def test_a_busy_machine_is_called_out():

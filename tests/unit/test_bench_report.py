@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import csv
 
-import pytest
-
 from edgefm.bench import report
 from edgefm.bench.cli import report as report_cmd
 from edgefm.bench.config import ReportConfig
