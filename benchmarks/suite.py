@@ -110,24 +110,37 @@ def case(name: str) -> Case:
 # ---------------------------------------------------------------- bundles
 
 def suite_targets(asked: Optional[list[str]] = None) -> list[str]:
-    """Targets to measure: those asked, else every target whose backend is installed here, that runs on
-    this CPU architecture, on a device this machine has (cpu; gpu where the backend is TensorRT on a GPU)."""
+    """Targets to measure: those asked, else every target whose backend is installed here, on a device this
+    machine has (cpu; TensorRT's gpu only where TensorRT is installed). Profiles for another CPU architecture
+    still run here when their runtime does (a .tflite runs on x86 too): one per backend, the generic one
+    (no ``hardware`` block) first, so the runtime is in the table without repeating it per board."""
     from edgefm.backends import get_backend
     from edgefm.targets import list_targets
 
     arch = platform.machine()
-    out = []
-    for name, t in sorted(list_targets().items()):
-        if asked and name not in asked:
+    order = sorted(list_targets().values(), key=lambda t: (t.arch not in ("any", arch), bool(t.hardware), t.name))
+    out: list[str] = []
+    backends: set[str] = set()
+    for t in order:
+        if asked and t.name not in asked:
             continue
-        if not asked and (t.arch not in ("any", arch) or (t.device != "cpu" and t.backend != "tensorrt")):
+        if not asked and (t.device != "cpu" and not (t.backend == "tensorrt" and _tensorrt_here())
+                          or t.arch not in ("any", arch) and t.backend in backends):
             continue
         try:
             get_backend(t.backend)
         except EdgefmError:
             continue
-        out.append(name)
+        out.append(t.name)
+        backends.add(t.backend)
     return out
+
+
+def _tensorrt_here() -> bool:
+    # the tensorrt backend also "runs" without TensorRT (its Q/DQ ONNX in ONNX Runtime): not a TensorRT figure
+    import importlib.util
+
+    return importlib.util.find_spec("tensorrt") is not None
 
 
 def bundle(c: Case, target: str, precision: str, rebuild: bool = False) -> Path:
