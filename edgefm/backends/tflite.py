@@ -123,8 +123,9 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
         if mode:
             stage = _verify_stage(job, "quantize", final, fp32, result, result["seconds"].get("quantize", 0.0),
                                   _limits(job, mode))
-            stage.metrics["fp32_bytes"] = fp32.stat().st_size
-            stage.metrics["size_ratio"] = final.stat().st_size / fp32.stat().st_size
+            # Sizes live in settings: metrics hold only per-output figures and _accuracy (the CLI reads them so).
+            stage.settings["fp32_bytes"] = fp32.stat().st_size
+            stage.settings["size_ratio"] = round(final.stat().st_size / fp32.stat().st_size, 4)
             stages.append(stage)
         shutil.copyfile(final, job.out_dir / ARTIFACT)
     return CompileResult(entry=_entry(job, mode, gran, opts, result, stages[-1].metrics), stages=stages)
@@ -149,7 +150,6 @@ def _verify_stage(job: CompileJob, name: str, model: Path, source: Path, result:
     got = runner.run({s.name: np.asarray(job.eval.inputs[s.name]).astype(s.dtype) for s in job.spec.inputs})
     metrics = fidelity.evaluate(job.spec, job.reference, got, job.eval.labels)
     fidelity.check(f"{name} ({job.target.name}, tflite)", metrics, limits)
-    metrics["bytes"] = model.stat().st_size
     v = result["versions"]
     if name == "convert":
         settings = {"converter": tflite_convert.CONVERTER, "converter_version": v.get("litert-torch"),
@@ -159,6 +159,7 @@ def _verify_stage(job: CompileJob, name: str, model: Path, source: Path, result:
     else:
         settings = {**result["quantize"], "quantizer_version": v.get("ai-edge-quantizer")}
         notes = []
+    settings["output_bytes"] = model.stat().st_size
     return StageRecord(name=name, target=job.target.name, settings=settings, input_sha256=sha256_file(source),
                        output_sha256=sha256_file(model), seconds=round(seconds, 3), metrics=metrics, notes=notes)
 

@@ -18,7 +18,7 @@ def test_fp16_weights(tmp_path, cnn):
     model = job.out_dir / "model.tflite"
     quant = res.stages[-1]
     assert quant.settings["mode"] == "fp16" and quant.metrics["logits"]["top1_agreement"] == 1.0
-    assert 0.45 < quant.metrics["size_ratio"] < 0.6  # fp16 weights: about half the fp32 file
+    assert 0.45 < quant.settings["size_ratio"] < 0.6  # fp16 weights: about half the fp32 file
     assert "DEQUANTIZE" in {o["op"] for o in model_ops(model)}  # fp16 -> fp32 weights, folded by XNNPACK
     got = Runner(model).run({"x": job.eval.inputs["x"][:20]})["logits"]
     np.testing.assert_allclose(got, job.reference["logits"][:20], atol=5e-2)
