@@ -126,6 +126,11 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
             # Sizes live in settings: metrics hold only per-output figures and _accuracy (the CLI reads them so).
             stage.settings["fp32_bytes"] = fp32.stat().st_size
             stage.settings["size_ratio"] = round(final.stat().st_size / fp32.stat().st_size, 4)
+            keep = list(getattr(job.config, "keep_fp32", None) or [])
+            if keep and mode != "fp16":
+                # ONNX node names do not exist in the LiteRT graph; say so rather than pretend.
+                stage.notes.append(f"keep_fp32 {keep} is not applied by the tflite backend: every supported op is int8")
+                log.warning("%s: %s", job.target.name, stage.notes[-1])
             stages.append(stage)
         shutil.copyfile(final, job.out_dir / ARTIFACT)
     return CompileResult(entry=_entry(job, mode, gran, opts, result, stages[-1].metrics), stages=stages)
