@@ -99,7 +99,6 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
         gran = "tensor" if job.spec.family == "rnn" else "channel"
     say = job.progress or (lambda msg: log.info(msg))
     python = tflite_convert.converter_python(opts.converter_python, say)
-    job.out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edgefm-tflite-") as tmp:
         work = Path(tmp)
         example = {s.name: np.asarray(job.calib.inputs[s.name][:1]).astype(s.dtype) for s in job.spec.inputs}
@@ -107,6 +106,7 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
         t0 = time.time()
         tflite_convert.export_program(job.model, job.spec.input_names, job.spec.output_names, example,
                                       work / "model.pt2")
+        export_s = time.time() - t0
         request: dict[str, Any] = {"program": str(work / "model.pt2"), "example": str(work / "example.npz"),
                                    "fp32_out": str(work / "fp32.tflite"), "out": str(work / "quant.tflite")}
         if mode:
@@ -118,8 +118,8 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
         result = tflite_convert.convert(python, request, work)
         fp32, final = work / "fp32.tflite", work / ("quant.tflite" if mode else "fp32.tflite")
         _check_builtin(final, job.target.name)
-        stages = [_verify_stage(job, "convert", fp32, work / "model.pt2", result, time.time() - t0,
-                                _limits(job, None))]
+        stages = [_verify_stage(job, "convert", fp32, work / "model.pt2", result,
+                                export_s + result["seconds"].get("convert", 0.0), _limits(job, None))]
         if mode:
             stage = _verify_stage(job, "quantize", final, fp32, result, result["seconds"].get("quantize", 0.0),
                                   _limits(job, mode))
@@ -132,6 +132,7 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
                 stage.notes.append(f"keep_fp32 {keep} is not applied by the tflite backend: every supported op is int8")
                 log.warning("%s: %s", job.target.name, stage.notes[-1])
             stages.append(stage)
+        job.out_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed compile leaves nothing behind
         shutil.copyfile(final, job.out_dir / ARTIFACT)
     return CompileResult(entry=_entry(job, mode, gran, opts, result, stages[-1].metrics), stages=stages)
 

@@ -92,6 +92,7 @@ def test_predictor_batches_and_threads(cnn_bundle):
     one = np.concatenate([pred({"x": x[i:i + 1]})["logits"] for i in range(len(x))])
     np.testing.assert_array_equal(pred({"x": x})["logits"], one)
     assert pred({"x": x[:7]})["logits"].shape == (7, 10) and one.dtype == np.float32
+    assert pred({"x": x[:0]})["logits"].shape == (0, 10)
     with ThreadPoolExecutor(8) as ex:  # more callers than the pool: they must queue, not share interpreters
         results = list(ex.map(lambda i: pred({"x": x[i:i + 5]})["logits"], range(0, 40, 5)))
     np.testing.assert_array_equal(np.concatenate(results), one)
