@@ -42,7 +42,9 @@ class DistillConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     epochs: int = Field(20, ge=1, description="Passes over the training data at most")
-    max_steps: Optional[int] = Field(None, ge=1, description="Optimizer steps at most (stops earlier than epochs)")
+    max_steps: Optional[int] = Field(None, ge=1, description=(
+        "Stop after this many optimizer steps in all (a time budget); the learning-rate schedule still spans "
+        "epochs, so a run cut short resumes from its checkpoint exactly where it stopped"))
     batch_size: int = Field(64, ge=1, description="Samples per step")
     lr: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW, warm-up then cosine decay)")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
@@ -358,9 +360,9 @@ def distill_model(teacher, student, spec: ModelSpec, cfg: DistillConfig, train: 
         train = train.take(slice(0, cfg.max_train_samples))
     eval = eval.take(slice(0, min(len(eval), cfg.max_eval_samples)))
     student = copy.deepcopy(student)
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    for p in student.parameters():  # the copy trains in full, whatever the source had frozen
+        p.requires_grad_(p.is_floating_point())
+    teacher.eval()  # the teacher only ever runs under no_grad; its flags are left alone
     n_params = sum(p.numel() for p in student.parameters())
     old_threads = torch.get_num_threads()
     threads = cfg.threads or (1 if n_params < 1_000_000 else old_threads)
@@ -394,10 +396,11 @@ def distill_model(teacher, student, spec: ModelSpec, cfg: DistillConfig, train: 
             params = [p for p in student.parameters() if p.requires_grad] + list(projs.parameters())
             opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
             steps_per_epoch = -(-len(train) // cfg.batch_size)
-            total = min(cfg.epochs * steps_per_epoch, cfg.max_steps or 1 << 62)
-            warm = max(1, int(cfg.warmup * total))
+            span = cfg.epochs * steps_per_epoch
+            total = min(span, cfg.max_steps or span)
+            warm = max(1, int(cfg.warmup * span))
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (
-                1 + np.cos(np.pi * min(1.0, max(0, s - warm) / max(1, total - warm)))))
+                1 + np.cos(np.pi * min(1.0, max(0, s - warm) / max(1, span - warm)))))
             before = _eval_score(student, spec, eval, ref_eval)
             state = {"step": 0, "epoch": 0, "best": before["score"], "best_step": 0, "bad": 0,
                      "best_state": copy.deepcopy(student.state_dict())}
