@@ -9,6 +9,7 @@ import contextlib
 import datetime as _dt
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -156,6 +157,9 @@ def staging(out: Path, force: bool = False) -> Iterator[Path]:
         yield tmp
         if not (tmp / MANIFEST).is_file():
             raise BundleError(f"internal: bundle for {out} was not finalized")
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a bundle gets the user's usual permissions
         old = None
         if out.exists():
             old = out.parent / f".{out.name}.old-{tmp.name[-8:]}"

@@ -61,7 +61,7 @@ class CompressConfig(BaseModel):
     tolerances: Tolerances = Field(default_factory=Tolerances)
     opset: Optional[int] = Field(None, description="ONNX opset; None picks the exporter's default")
     seed: int = Field(0, description="Seed for sampling and splits")
-    cache_dir: Optional[Path] = Field(None, description="Cache of exported/quantized artifacts by content hash")
+    cache_dir: Optional[Path] = Field(None, description="Cache of verified ONNX exports by content hash (default ~/.cache/edgefm; EDGEFM_CACHE_DIR=0 turns it off)")
     force: bool = Field(False, description="Replace OUT if it exists")
     dry_run: bool = Field(False, description="Print the resolved configuration and stop")
     verbose: bool = Field(False, description="Show tracebacks and debug logs")

@@ -75,6 +75,17 @@ def train_digits(model: nn.Module, sequence: bool = False, epochs: int = 30, see
                  lr: float = 3e-3) -> float:
     """Train on the digits training split (a few seconds on a CPU); returns test top-1 in [0, 1].
     ``sequence`` feeds (N, 8, 8) rows instead of (N, 1, 8, 8) images."""
+    # Tiny models gain nothing from intra-op threads, and spinning OpenMP threads slow to a crawl when
+    # the CPU is shared (seen: 2 s → 290 s for the LSTM under load), so train single-threaded.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(model, sequence, epochs, seed, lr)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(model: nn.Module, sequence: bool, epochs: int, seed: int, lr: float) -> float:
     torch.manual_seed(seed)
     xtr, ytr, xte, yte = digits_data(seed)
     if sequence:

@@ -1,0 +1,251 @@
+"""ONNX Runtime backend: the default target. fp32 uses the verified fp32 ONNX as it is; int8 tries the
+family's recipes (edgefm.quantize.onnxruntime) and keeps the fastest within the limits; fp16 uses ORT's
+float16 converter."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgefm.backends.base import CompileJob, CompileResult, LoadOptions
+from edgefm.bundle import StageRecord, TargetEntry, sha256_file
+from edgefm.errors import AccuracyError, ConfigError, TargetError
+from edgefm.fidelity import check, evaluate
+from edgefm.models.spec import ModelSpec
+from edgefm.runtime import BasePredictor
+
+log = logging.getLogger(__name__)
+EXTRA = "onnxruntime"  # part of the core install
+EVAL_BATCH = 32
+
+
+class Options(BaseModel):
+    """``options:`` of an onnxruntime target YAML."""
+
+    model_config = ConfigDict(extra="forbid")
+    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"],
+                                 description="Execution providers in order of preference")
+    graph_optimization: str = Field("all", description="disable, basic, extended or all")
+    recipes: Optional[list[str]] = Field(None, description="int8 recipe names to try (default: the family's)")
+
+
+def is_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__}
+
+
+def parse_options(raw: dict[str, Any], where: str) -> Options:
+    try:
+        return Options(**raw)
+    except ValidationError as e:
+        errs = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        raise TargetError(f"{where}: options: {errs}") from None
+
+
+def _session(path: Path, opts: Options, threads: Optional[int]):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    so.graph_optimization_level = levels[opts.graph_optimization]
+    if threads:
+        so.intra_op_num_threads = threads
+    available = set(ort.get_available_providers())
+    providers = [p for p in opts.providers if p in available] or ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), so, providers=providers)
+
+
+class OrtPredictor(BasePredictor):
+    """``InferenceSession.run`` is thread-safe, so one session serves every thread."""
+
+    def __init__(self, path: Path, spec: ModelSpec, target: str, opts: Options, threads: Optional[int]):
+        super().__init__(spec, target, "onnxruntime")
+        self.session = _session(path, opts, threads)
+        self._outputs = [o.name for o in self.session.get_outputs()]
+
+    def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self._outputs, self.session.run(self._outputs, feed)))
+
+
+def _eval_outputs(path: Path, job: CompileJob, opts: Options) -> dict[str, np.ndarray]:
+    pred = OrtPredictor(path, job.spec, job.target.name, opts, job.target.threads)
+    parts: dict[str, list[np.ndarray]] = {}
+    for b in job.eval.batches(EVAL_BATCH):
+        for k, v in pred._run(b.inputs).items():
+            parts.setdefault(k, []).append(v)
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def _int8(job: CompileJob, opts: Options, out: Path) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """Try the family's recipes; keep the fastest within limits. Returns (settings, metrics, notes)."""
+    from edgefm.quantize.onnxruntime import RECIPES, quantize, quick_latency_ms
+
+    recipes = RECIPES[job.spec.family]
+    if opts.recipes:
+        known = {r.name: r for rs in RECIPES.values() for r in rs}
+        bad = [r for r in opts.recipes if r not in known]
+        if bad:
+            raise ConfigError(f"target {job.target.name}: unknown int8 recipes {bad}; known: {sorted(known)}")
+        recipes = tuple(known[r] for r in opts.recipes)
+    one = job.eval.take(slice(0, 1)).inputs
+    base_ms = quick_latency_ms(job.onnx_path, one, threads=job.target.threads or 0)
+    candidates, notes = [], []
+    for i, recipe in enumerate(recipes):
+        path = out.with_name(f".candidate{i}.onnx")
+        if job.progress:
+            job.progress(f"{job.target.name}: int8 recipe {recipe.name}")
+        try:
+            settings = quantize(job.onnx_path, path, recipe, job.calib, job.spec.input_names, job.config.keep_fp32)
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a recipe ORT cannot apply is recorded and skipped
+            notes.append(f"recipe {recipe.name} failed: {type(e).__name__}: {str(e)[:200]}")
+            continue
+        metrics = evaluate(job.spec, job.reference, _eval_outputs(path, job, opts), job.eval.labels)
+        ms = quick_latency_ms(path, one, threads=job.target.threads or 0)
+        try:
+            check(f"quantize int8 ({recipe.name})", metrics, job.limits)
+            error = None
+        except AccuracyError as e:
+            error = e
+        summary = {k: {m: round(v, 5) for m, v in d.items()} for k, d in metrics.items()}
+        notes.append(f"recipe {recipe.name}: {ms:.3f} ms at batch 1 (fp32 {base_ms:.3f}), "
+                     f"{'within limits' if error is None else 'rejected: ' + str(error)}; {summary}")
+        candidates.append((recipe, settings, metrics, ms, path, error))
+    ok = [c for c in candidates if c[5] is None]
+    if not ok and job.config.max_accuracy_drop is not None:
+        # The user stated a bound: keep the most damaged nodes in float until it holds (recorded).
+        ok = _fallback(job, opts, out, [c for c in candidates if c[0].mode == "static"], notes)
+    if not ok:
+        for c in candidates:
+            c[4].unlink(missing_ok=True)
+        if not candidates:
+            raise AccuracyError("quantize int8", "-", "recipes_applied", 0, 1, hint="; ".join(notes))
+        best = max(candidates, key=lambda c: _worst_cosine(c[2]))
+        raise AccuracyError(best[5].step, best[5].output, best[5].metric, best[5].value, best[5].limit,
+                            hint="no int8 recipe met the limits; relax them in a recipe's tolerances, allow a "
+                                 "bounded drop with --max-accuracy-drop (which also lets the most sensitive nodes "
+                                 "fall back to float), keep ops in float with --keep-fp32 OP_TYPE, or use --quantize "
+                                 "fp16/fp32. Tried: "
+                                 + " | ".join(notes))
+    # Quick timings are noisy: within 5 % of the fastest, the family's preferred (earlier) recipe wins.
+    fastest = min(c[3] for c in ok)
+    recipe, settings, metrics, ms, path, _ = next(c for c in ok if c[3] <= 1.05 * fastest)
+    for c in candidates:
+        if c[4] != path:
+            c[4].unlink(missing_ok=True)
+    path.rename(out)
+    notes.append(f"chose {recipe.name}: fastest within limits (5 % margin) ({ms:.3f} ms vs fp32 {base_ms:.3f} ms, quick "
+                 f"median at batch 1)")
+    settings.update(latency_ms_batch1=round(ms, 4), fp32_latency_ms_batch1=round(base_ms, 4))
+    return settings, metrics, notes
+
+
+FALLBACK_ROUNDS = 8
+
+
+def _fallback(job: CompileJob, opts: Options, out: Path, static: list, notes: list[str]) -> list:
+    """Greedy accuracy fallback for the static candidate closest to the limits: each round asks ORT's QDQ
+    debugger which quantized activation is most damaged (lowest SQNR) in the current model and keeps it in
+    float (its producer and consumers are excluded), until the limits hold or FALLBACK_ROUNDS pass.
+    Re-ranking each round matters: freeing one tensor can move the damage to its neighbour (a Conv whose
+    Relu was excluded now quantizes its own output). Returns [candidate] or []."""
+    from edgefm.quantize.onnxruntime import quantize, quick_latency_ms, sensitive_tensors
+
+    if not static:
+        notes.append("fallback: no static (QDQ) recipe to refine; dynamic recipes have no per-node fallback")
+        return []
+    recipe, _, _, _, current, _ = max(static, key=lambda c: _worst_cosine(c[2]))
+    excluded: list[str] = []
+    freed: dict[str, float] = {}
+    for round_ in range(1, FALLBACK_ROUNDS + 1):
+        ranked = [r for r in sensitive_tensors(job.onnx_path, current, job.calib, job.spec.input_names)
+                  if r[2] and not set(r[2]) <= set(excluded)]
+        if not ranked:
+            break
+        tensor, sqnr, nodes = ranked[0]
+        freed[tensor] = round(sqnr, 2)
+        excluded += [n for n in nodes if n not in excluded]
+        trial = out.with_name(f".fallback{round_}.onnx")
+        settings = quantize(job.onnx_path, trial, recipe, job.calib, job.spec.input_names, job.config.keep_fp32,
+                            fallback_nodes=excluded)
+        metrics = evaluate(job.spec, job.reference, _eval_outputs(trial, job, opts), job.eval.labels)
+        if current not in [c[4] for c in static]:
+            current.unlink(missing_ok=True)
+        current = trial
+        try:
+            check(f"quantize int8 ({recipe.name}, {len(excluded)} nodes in float)", metrics, job.limits)
+        except AccuracyError as e:
+            notes.append(f"fallback round {round_}: kept '{tensor}' (int8 SQNR {sqnr:.1f} dB) in float: still {e}")
+            continue
+        ms = quick_latency_ms(trial, job.eval.take(slice(0, 1)).inputs, threads=job.target.threads or 0)
+        settings["fallback_nodes_fp32"] = list(excluded)
+        notes.append(f"fallback: kept {len(excluded)} node(s) in float {excluded} so that the most damaged "
+                     f"activations stay float (their int8 SQNR in dB: {freed}); now within the limits")
+        return [(recipe, settings, metrics, ms, trial, None)]
+    if current not in [c[4] for c in static]:
+        current.unlink(missing_ok=True)
+    notes.append(f"fallback: gave up after {len(freed)} rounds ({len(excluded)} nodes in float)")
+    return []
+
+
+def _worst_cosine(metrics: dict) -> float:
+    return min((m.get("cosine", 1.0) for k, m in metrics.items() if not k.startswith("_")), default=1.0)
+
+
+def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contract's name
+    """Build the ORT artifact for ``job.precision`` into ``job.out_dir`` and verify it on the eval data."""
+    opts = parse_options(job.target.options, f"target {job.target.name}")
+    t0 = time.perf_counter()
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    if job.precision == "fp32":
+        artifact, settings = job.onnx_path, {"artifact": "the verified fp32 ONNX, unchanged"}
+        metrics = evaluate(job.spec, job.reference, _eval_outputs(artifact, job, opts), job.eval.labels)
+    elif job.precision == "int8":
+        artifact = job.out_dir / "model.int8.onnx"
+        settings, metrics, notes = _int8(job, opts, artifact)
+    elif job.precision == "fp16":
+        from edgefm.quantize.onnxruntime import to_fp16
+
+        artifact = job.out_dir / "model.fp16.onnx"
+        settings = to_fp16(job.onnx_path, artifact)
+        metrics = evaluate(job.spec, job.reference, _eval_outputs(artifact, job, opts), job.eval.labels)
+        check("convert fp16", metrics, job.limits)
+    else:
+        raise ConfigError(f"target {job.target.name}: onnxruntime does not support precision '{job.precision}' "
+                          f"(use int8, fp16 or fp32)")
+    rel = str(Path(artifact).relative_to(job.bundle_dir))
+    entry = TargetEntry(backend="onnxruntime", precision=job.precision, device=job.target.device, artifact=rel,
+                        files=[rel], runtime_versions=versions(), options=opts.model_dump(), metrics=metrics,
+                        hardware={"arch": job.target.arch})
+    stage = StageRecord(name="quantize" if job.precision != "fp32" else "compile", target=job.target.name,
+                        settings=settings, input_sha256=sha256_file(job.onnx_path),
+                        output_sha256=sha256_file(artifact), seconds=round(time.perf_counter() - t0, 3),
+                        metrics=metrics, notes=notes)
+    return CompileResult(entry=entry, stages=[stage])
+
+
+def load(bundle: Path, target_name: str, entry: TargetEntry, spec: ModelSpec, opts: LoadOptions) -> OrtPredictor:
+    """A Predictor over the target's ONNX file."""
+    options = parse_options(entry.options, f"bundle {bundle} target {target_name}")
+    return OrtPredictor(Path(bundle) / entry.artifact, spec, target_name, options, opts.threads)

@@ -1,0 +1,207 @@
+"""The ``edgefm`` command. Each verb only fills a config and calls the API; errors print as one line
+(``--verbose`` shows the traceback). Heavy modules are imported inside the commands."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from edgefm.errors import EdgefmError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Compress pretrained PyTorch models into verified int8 bundles for edge runtimes.")
+console = Console(stderr=True)
+out = Console()
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # libraries' import-time chatter (torchao's missing CUDA kernels, torch's pytree notices)
+        for name in ("torchao", "torch", "nncf", "transformers"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def handles_errors(fn):
+    """Turn EdgefmError into a one-line message and exit code 2 (traceback with --verbose)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        verbose = bool(kwargs.get("verbose"))
+        try:
+            return fn(*args, **kwargs)
+        except EdgefmError as e:
+            if verbose:
+                console.print_exception()
+            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("[red]interrupted[/] (nothing was written)")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.command()
+@handles_errors
+def compress(
+    source: Path = typer.Argument(..., help="Checkpoint: HF folder, .pt/.pth/.safetensors (+--arch), TorchScript, "
+                                            ".pt2, or .onnx"),
+    output: Path = typer.Option(..., "-o", "--output", help="Bundle folder to write"),
+    target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Target name or YAML (repeatable); "
+                                                                            "default onnxruntime-cpu"),
+    arch: Optional[str] = typer.Option(None, help="module.path:factory, file.py:factory or timm:NAME"),
+    input: Optional[List[str]] = typer.Option(None, "--input", help="NAME:DIMS[:DTYPE], e.g. x:1,1,8,8:float32"),
+    calib: Optional[Path] = typer.Option(None, help="Calibration data: .npz, .txt or image folder"),
+    eval: Optional[Path] = typer.Option(None, "--eval", help="Evaluation data (same formats; .npz may hold labels)"),
+    quantize: Optional[str] = typer.Option(None, help="int8, fp16 or fp32 for every target (default: the target's)"),
+    keep_fp32: Optional[List[str]] = typer.Option(None, "--keep-fp32", help="Node name or op type kept in float"),
+    max_accuracy_drop: Optional[float] = typer.Option(None, help="Allowed top-1 drop in points on labeled eval data"),
+    max_length: Optional[int] = typer.Option(None, help="Sequence length for text (default 128)"),
+    recipe: Optional[Path] = typer.Option(None, help="Recipe YAML with CompressConfig fields; flags override it"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved configuration and stop"),
+    force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it exists"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs and tracebacks"),
+):
+    """Compress SOURCE into a verified bundle for one or more targets."""
+    from edgefm.config import build_config
+    from edgefm.pipeline import compress as run, plan
+
+    _setup_logging(verbose)
+    cfg = build_config(recipe, source=source, output=output, targets=target, arch=arch, inputs=input, calib=calib,
+                       eval=eval, quantize=quantize, keep_fp32=keep_fp32, max_accuracy_drop=max_accuracy_drop,
+                       max_length=max_length, force=force or None, dry_run=dry_run or None, verbose=verbose or None)
+    if cfg.dry_run:
+        out.print_json(json.dumps(plan(cfg).describe()))
+        return
+    with console.status("starting") as status:
+        manifest = run(cfg, progress=lambda msg: (status.update(msg), console.log(msg)))
+    _print_targets(manifest)
+
+
+def _print_targets(manifest) -> None:
+    from rich.table import Table
+
+    t = Table(title="targets")
+    for col in ("target", "backend", "precision"):
+        t.add_column(col, no_wrap=True)
+    t.add_column("artifact")
+    t.add_column("fidelity to fp32")
+    for name, e in manifest.targets.items():
+        t.add_row(name, e.backend, e.precision, e.artifact, _fidelity_text(e.metrics))
+    out.print(t)
+
+
+def _fidelity_text(metrics: dict) -> str:
+    parts = []
+    for k, m in metrics.items():
+        if k == "_accuracy":
+            parts.append(f"top-1 {100 * m['top1']:.2f}% (fp32 {100 * m['fp32_top1']:.2f}%)")
+        else:
+            s = f"{k}: cos {m['cosine']:.4f}"
+            if "top1_agreement" in m:
+                s += f", top-1 agree {100 * m['top1_agreement']:.1f}%"
+            parts.append(s)
+    return "; ".join(parts)
+
+
+@app.command()
+@handles_errors
+def inspect(bundle: Path = typer.Argument(..., help="Bundle folder"),
+            json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON"),
+            verbose: bool = typer.Option(False, "--verbose", "-v")):
+    """Show a bundle's manifest as tables."""
+    from rich.table import Table
+
+    from edgefm.bundle import read_manifest, verify_files
+
+    m = read_manifest(bundle)
+    if json_out:
+        out.print_json(m.model_dump_json())
+        return
+    try:
+        verify_files(bundle, m)
+        integrity = "[green]all files match their sha256[/]"
+    except EdgefmError as e:
+        integrity = f"[red]{e}[/]"
+    out.print(f"[bold]{bundle}[/]  edgefm {m.edgefm_version}, created {m.created}")
+    out.print(f"source: {m.source.path} ({m.source.kind}, sha256 {str(m.source.sha256)[:12]}…)")
+    out.print(f"model: {m.spec.family} / {m.spec.task}; integrity: {integrity}")
+    io = Table(title="inputs / outputs")
+    for c in ("name", "shape", "dtype / kind"):
+        io.add_column(c)
+    for i in m.spec.inputs:
+        io.add_row(f"in: {i.name}", str(i.shape), i.dtype)
+    for o in m.spec.outputs:
+        io.add_row(f"out: {o.name}", "", o.kind)
+    out.print(io)
+    _print_targets(m)
+    st = Table(title="stages")
+    for c in ("stage", "target", "seconds", "settings", "metrics"):
+        st.add_column(c, overflow="fold")
+    for s in m.stages:
+        settings = ", ".join(f"{k}={v}" for k, v in s.settings.items() if k not in ("op_types", "limits"))
+        st.add_row(s.name, s.target or "", f"{s.seconds:.1f}", settings[:160], _fidelity_text(s.metrics) or "")
+    out.print(st)
+
+
+@app.command()
+@handles_errors
+def targets(verbose: bool = typer.Option(False, "--verbose", "-v")):
+    """List the device profiles (targets/*.yaml) and whether their runtime is installed here."""
+    from rich.table import Table
+
+    from edgefm.backends import get_backend
+    from edgefm.targets import list_targets
+
+    t = Table(title="targets")
+    for c in ("name", "backend", "device", "precision", "runtime here"):
+        t.add_column(c, no_wrap=True)
+    t.add_column("description")
+    for name, spec in sorted(list_targets().items()):
+        try:
+            here = "yes" if get_backend(spec.backend, need_runtime=False).is_available() else "no"
+        except EdgefmError:
+            here = "no"
+        t.add_row(name, spec.backend, spec.device, spec.precision, here, spec.description)
+    out.print(t)
+
+
+@app.command()
+@handles_errors
+def verify(bundle: Path = typer.Argument(..., help="Bundle folder"),
+           target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Target(s) to check (default all)"),
+           emulate: Optional[str] = typer.Option(None, help="Also run under emulation of this CPU arch (arm64)"),
+           cpu: Optional[str] = typer.Option(None, help="CPU core to emulate (default: the target's cpu_core)"),
+           verbose: bool = typer.Option(False, "--verbose", "-v")):
+    """Check a bundle where it will run: integrity, fidelity on its eval data, the target's rules, emulation."""
+    from rich.table import Table
+
+    from edgefm.verify import verify_bundle
+
+    _setup_logging(verbose)
+    reports = verify_bundle(bundle, target, emulate=emulate, cpu=cpu)
+    t = Table(title=f"verify {bundle}")
+    for c in ("target", "check", "result"):
+        t.add_column(c, no_wrap=c != "result")
+    for r in reports:
+        for c in r.checks:
+            t.add_row(r.target, c.name, f"[green]ok[/] {c.detail}" if c.ok else f"[red]FAIL[/] {c.detail}")
+    out.print(t)
+    if not all(r.ok for r in reports):
+        raise typer.Exit(1)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""``compress(config)``: checkpoint → verified fp32 ONNX → one compiled, verified artifact per target →
+bundle. Plans first (targets, backends, output folder, data) so bad input fails before minutes of work."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+import edgefm
+from edgefm.backends import get_backend
+from edgefm.backends.base import CompileJob, Samples
+from edgefm.bundle import Manifest, SourceInfo, StageRecord, finalize, sha256_file, staging
+from edgefm.config import CompressConfig
+from edgefm.errors import BundleError, CalibrationError, ConfigError
+from edgefm.fidelity import Limits
+from edgefm.targets import TargetSpec, get_target
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Plan:
+    """What ``compress`` will do, resolved from the config before any heavy work."""
+
+    config: CompressConfig
+    targets: list[TargetSpec]
+    precisions: dict[str, str]
+
+    def describe(self) -> dict[str, Any]:
+        return {"config": self.config.model_dump(mode="json"),
+                "targets": {t.name: {"backend": t.backend, "precision": self.precisions[t.name],
+                                     "device": t.device} for t in self.targets}}
+
+
+def plan(config: CompressConfig) -> Plan:
+    """Resolve targets and precisions and check what can be checked cheaply (paths, backends)."""
+    if not config.source.exists():
+        raise ConfigError(f"checkpoint {config.source}: no such file or folder")
+    for name in ("calib", "eval"):
+        p = getattr(config, name)
+        if p is not None and not p.exists():
+            raise CalibrationError(f"--{name} {p}: no such file or folder")
+    if config.output.exists() and not config.force:
+        raise BundleError(f"{config.output} exists already; pass --force to replace it")
+    targets = [get_target(t) for t in config.targets]
+    names = [t.name for t in targets]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--target given twice: {names}")
+    for t in targets:
+        get_backend(t.backend)  # BackendUnavailableError names the extra to install
+    precisions = {t.name: config.quantize or t.precision for t in targets}
+    if config.calib is None and any(p == "int8" for p in precisions.values()):
+        raise CalibrationError("int8 needs calibration data: pass --calib FILE (.npz, .txt or an image folder), "
+                               "or --quantize fp32")
+    return Plan(config, targets, precisions)
+
+
+def _limits(config: CompressConfig, precision: str) -> Limits:
+    if precision == "int8":
+        return config.quant_limits()
+    if precision in ("fp16", "bf16"):
+        return config.tolerances.fp16
+    return config.tolerances.compile
+
+
+def _data(config: CompressConfig, loaded) -> tuple[Samples, Samples, list[str]]:
+    """Calibration and evaluation samples; eval is held back from calib when --eval is absent."""
+    from edgefm.datasets import load_samples, split
+    from edgefm.models.load import example_inputs
+
+    kw = dict(tokenizer_dir=loaded.tokenizer_dir, max_length=config.max_length, seed=config.seed)
+    notes = []
+    if config.calib is None:
+        feed = example_inputs(loaded.spec, batch=16, seed=config.seed)
+        notes.append("no --calib: export verified on 16 random inputs; accuracy figures are not meaningful")
+        calib = Samples(feed)
+        return calib, calib, notes
+    if config.eval is not None:
+        calib = load_samples(config.calib, loaded.spec, limit=config.max_calib_samples, **kw)
+        ev = load_samples(config.eval, loaded.spec, limit=config.max_eval_samples, **kw)
+    else:
+        everything = load_samples(config.calib, loaded.spec, **kw)
+        if len(everything) < 4:
+            raise CalibrationError(f"--calib {config.calib}: {len(everything)} samples; at least 4 are needed "
+                                   f"(or pass --eval)")
+        calib, ev = split(everything, config.eval_fraction, seed=config.seed)
+        notes.append(f"no --eval: {len(ev)} of {len(everything)} --calib samples held back for evaluation")
+        calib = calib.take(slice(0, config.max_calib_samples))
+        ev = ev.take(slice(0, config.max_eval_samples))
+    return calib, ev, notes
+
+
+def _save_eval(path: Path, ev: Samples, reference: dict[str, np.ndarray]) -> None:
+    arrays = {f"in/{k}": v for k, v in ev.inputs.items()}
+    arrays.update({f"ref/{k}": v for k, v in reference.items()})
+    if ev.labels is not None:
+        arrays["labels"] = ev.labels
+    np.savez_compressed(path, **arrays)
+
+
+def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Manifest:
+    """Run the whole pipeline and write the bundle at ``config.output``; returns its manifest."""
+    from edgefm.models.load import load_checkpoint
+    from edgefm.stages.export import batched_outputs, onnx_outputs
+
+    say = progress or (lambda msg: log.info(msg))
+    p = plan(config)
+    t0 = time.perf_counter()
+    say(f"loading {config.source}")
+    loaded = load_checkpoint(config.source, config.arch, config.inputs)
+    spec = loaded.spec
+    stages = [StageRecord(name="load", settings={"kind": loaded.kind, "family": spec.family, "task": spec.task},
+                          output_sha256=loaded.sha256, seconds=round(time.perf_counter() - t0, 3),
+                          notes=list(loaded.notes))]
+    calib, ev, data_notes = _data(config, loaded)
+    stages[0].notes += data_notes
+    if spec.preprocessing.kind == "text" and calib.inputs:
+        # what the text was really padded to (--max-length, or a fixed length the model declares)
+        spec.preprocessing.max_length = int(next(iter(calib.inputs.values())).shape[1])
+    model, extra_stages = _torch_stages(config, loaded, calib, ev, say)
+    stages += extra_stages
+
+    with staging(config.output, force=config.force) as tmp:
+        ref_path = tmp / "fp32" / "model.onnx"
+        ref_path.parent.mkdir()
+        if loaded.kind == "onnx":
+            shutil.copyfile(loaded.onnx_path, ref_path)
+            stages.append(StageRecord(name="export", settings={"exporter": "none (source is ONNX)"},
+                                      output_sha256=loaded.sha256))
+        else:
+            stages.append(_export_cached(config, loaded, model, calib, ref_path, cacheable=not extra_stages,
+                                         say=say))
+        reference = batched_outputs(lambda f: onnx_outputs(ref_path, f), ev, 32)
+        _save_eval(tmp / "eval.npz", ev, reference)
+        if loaded.tokenizer_dir is not None:
+            _copy_tokenizer(loaded.tokenizer_dir, tmp / "tokenizer")
+            spec = spec.model_copy(deep=True)
+            spec.preprocessing.tokenizer = "tokenizer"
+
+        entries = {}
+        for target in p.targets:
+            precision = p.precisions[target.name]
+            say(f"compiling {target.name} ({target.backend}, {precision})")
+            job = CompileJob(onnx_path=ref_path, spec=spec, target=target, precision=precision, calib=calib,
+                             eval=ev, reference=reference, out_dir=tmp / target.name, bundle_dir=tmp,
+                             config=config, model=model, limits=_limits(config, precision), progress=say)
+            result = get_backend(target.backend).compile(job)
+            entries[target.name] = result.entry
+            stages += result.stages
+        manifest = Manifest(edgefm_version=edgefm.__version__,
+                            source=SourceInfo(path=str(config.source.resolve()), kind=loaded.kind,
+                                              sha256=loaded.sha256),
+                            spec=spec, config=config.model_dump(mode="json"), reference="fp32/model.onnx",
+                            eval_data="eval.npz", targets=entries, stages=stages)
+        finalize(tmp, manifest)
+    say(f"wrote {config.output} in {time.perf_counter() - t0:.1f} s")
+    return manifest
+
+
+def _cache_dir(config: CompressConfig) -> Optional[Path]:
+    if config.cache_dir is not None:
+        return config.cache_dir
+    env = os.environ.get("EDGEFM_CACHE_DIR")
+    if env == "0":
+        return None
+    return Path(env) if env else Path.home() / ".cache" / "edgefm"
+
+
+def _export_cached(config: CompressConfig, loaded, model, calib: Samples, out: Path, cacheable: bool,
+                   say: Progress) -> StageRecord:
+    """Export (and verify) once per content: the key covers the checkpoint's sha256, the spec, the samples the
+    export is verified on, the limits and the torch/edgefm versions. A hit copies the verified file back."""
+    from edgefm.stages.export import export_onnx
+
+    cache = _cache_dir(config) if cacheable else None
+    key = None
+    if cache is not None:
+        import torch
+
+        h = hashlib.sha256()
+        for part in (loaded.sha256, loaded.spec.model_dump_json(), config.tolerances.export.model_dump_json(),
+                     str(config.opset), torch.__version__, edgefm.__version__):
+            h.update(part.encode())
+        for name in sorted(calib.inputs):
+            h.update(np.ascontiguousarray(calib.inputs[name][:64]).tobytes())
+        key = h.hexdigest()[:32]
+        hit_onnx, hit_rec = cache / "exports" / f"{key}.onnx", cache / "exports" / f"{key}.json"
+        if hit_onnx.is_file() and hit_rec.is_file():
+            record = StageRecord.model_validate_json(hit_rec.read_text())
+            if sha256_file(hit_onnx) == record.output_sha256:
+                shutil.copyfile(hit_onnx, out)
+                record.notes.append(f"reused the verified export from the cache ({hit_onnx})")
+                say("reusing the verified ONNX export from the cache")
+                return record
+    say("exporting to ONNX and verifying against torch")
+    record = export_onnx(model, loaded.spec, calib, out, config.tolerances.export, opset=config.opset)
+    if key is not None:
+        try:
+            (cache / "exports").mkdir(parents=True, exist_ok=True)
+            tmp = cache / "exports" / f".{key}.{os.getpid()}.onnx"
+            shutil.copyfile(out, tmp)
+            tmp.replace(cache / "exports" / f"{key}.onnx")
+            (cache / "exports" / f"{key}.json").write_text(record.model_dump_json())
+        except OSError as e:  # a read-only or full cache must not fail the run
+            log.warning("could not write the export cache %s: %s", cache, e)
+    return record
+
+
+def _torch_stages(config: CompressConfig, loaded, calib: Samples, ev: Samples, say: Progress):
+    """Torch-side transformations before export (prune, distill). Returns (model, stage records)."""
+    return loaded.module, []
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
+                    "merges.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model", "added_tokens.json")
+
+
+def _copy_tokenizer(src: Path, dst: Path) -> None:
+    """The tokenizer travels with the bundle so a device can turn text into input_ids the same way."""
+    dst.mkdir()
+    for name in _TOKENIZER_FILES:
+        if (Path(src) / name).is_file():
+            shutil.copyfile(Path(src) / name, dst / name)

@@ -1,0 +1,142 @@
+"""torch → ONNX, verified.
+
+The export is always followed by a check against torch on real calibration samples, at batch 1 and at a
+larger batch (a dynamic batch axis that silently froze shows up here), like Optimum's exporter."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from edgefm.backends.base import Samples
+from edgefm.bundle import StageRecord, sha256_file
+from edgefm.errors import AccuracyError, ExportError
+from edgefm.fidelity import Limits, check, compare
+from edgefm.models.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+#: Exporters in the order tried. The TorchScript-based one (opset 17) gave faster ORT models for MiniLM
+#: (TOOLCHAIN.md: 15.6 vs 20.5 ms fp32); the dynamo one handles what it cannot (ExportedPrograms).
+EXPORTERS = ("torchscript", "dynamo")
+DEFAULT_OPSET = {"torchscript": 17, "dynamo": 20}
+VERIFY_BATCH = 8
+
+
+def _torch_outputs(module, spec: ModelSpec, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    import torch
+
+    args = tuple(torch.from_numpy(np.ascontiguousarray(feed[n])) for n in spec.input_names)
+    with torch.no_grad():
+        out = module(*args)
+    if not isinstance(out, (tuple, list)):
+        out = (out,)
+    return {name: t.detach().cpu().numpy() for name, t in zip(spec.output_names, out)}
+
+
+def onnx_outputs(path: Path, feed: dict[str, np.ndarray], threads: int = 0) -> dict[str, np.ndarray]:
+    """Run an ONNX file in ONNX Runtime (CPU) and return outputs by name."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    wanted = {i.name for i in sess.get_inputs()}
+    res = sess.run(names, {k: v for k, v in feed.items() if k in wanted})
+    return dict(zip(names, res))
+
+
+def batched_outputs(run, samples: Samples, batch: int) -> dict[str, np.ndarray]:
+    """Call ``run(feed) -> dict`` batch by batch and concatenate."""
+    parts: dict[str, list[np.ndarray]] = {}
+    for b in samples.batches(batch):
+        for k, v in run(b.inputs).items():
+            parts.setdefault(k, []).append(v)
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def _export_once(module, spec: ModelSpec, example: dict[str, np.ndarray], out: Path, exporter: str,
+                 opset: Optional[int]) -> None:
+    import torch
+
+    args = tuple(torch.from_numpy(np.ascontiguousarray(example[n])) for n in spec.input_names)
+    axes = {s.name: s.dynamic_axes for s in spec.inputs}
+    # Outputs share the batch axis (and the sequence axis for token-level outputs); named by position.
+    out_axes = {o.name: {0: "batch"} for o in spec.outputs}
+    opset = opset or DEFAULT_OPSET[exporter]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "torchscript":
+            torch.onnx.export(module, args, str(out), dynamo=False, opset_version=opset,
+                              input_names=spec.input_names, output_names=spec.output_names,
+                              dynamic_axes={**axes, **out_axes}, do_constant_folding=True)
+        else:
+            batch = torch.export.Dim("batch", min=1)
+            shapes = tuple({i: (batch if i == 0 else torch.export.Dim.AUTO) for i in s.dynamic_axes}
+                           for s in spec.inputs)
+            prog = torch.onnx.export(module, args, dynamo=True, opset_version=opset, dynamic_shapes=shapes,
+                                     input_names=spec.input_names, output_names=spec.output_names,
+                                     external_data=False, report=False)
+            prog.save(str(out), external_data=False)
+
+
+def export_onnx(module, spec: ModelSpec, calib: Samples, out: Path, limits: Limits,
+                opset: Optional[int] = None, exporters: tuple[str, ...] = EXPORTERS) -> StageRecord:
+    """Export ``module`` to ``out`` and verify it against torch; returns the stage record.
+
+    Tries each exporter in turn; one whose file fails to run, or runs with the wrong results, is
+    recorded and the next is tried. Raises ``ExportError`` when none exports, ``AccuracyError`` when the
+    best export is past ``limits``."""
+    import onnx
+
+    t0 = time.perf_counter()
+    if len(calib) < 2:
+        raise ExportError("export needs at least 2 calibration samples (a batch of 2 keeps the batch axis dynamic)")
+    example = calib.take(slice(0, 2)).inputs
+    verify_set = calib.take(slice(0, min(len(calib), 4 * VERIFY_BATCH)))
+    ref = batched_outputs(lambda f: _torch_outputs(module, spec, f), verify_set, VERIFY_BATCH)
+    attempts: list[str] = []
+    last_err: Optional[Exception] = None
+    for exporter in exporters:
+        try:
+            _export_once(module, spec, example, out, exporter, opset)
+            onnx.checker.check_model(str(out))
+            got_b1 = batched_outputs(lambda f: onnx_outputs(out, f), verify_set.take(slice(0, 4)), 1)
+            got_bn = batched_outputs(lambda f: onnx_outputs(out, f), verify_set, VERIFY_BATCH)
+        except Exception as e:  # noqa: BLE001 - any exporter failure means: try the next one
+            attempts.append(f"{exporter}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+            last_err = e
+            log.debug("exporter %s failed", exporter, exc_info=True)
+            out.unlink(missing_ok=True)
+            continue
+        ref_b1 = {k: v[:4] for k, v in ref.items()}
+        metrics = {f"{k}": m for k, m in compare(ref, got_bn, spec).items()}
+        metrics_b1 = compare(ref_b1, got_b1, spec)
+        merged = {k: {**m, **{f"batch1_{mk}": mv for mk, mv in metrics_b1.get(k, {}).items()}}
+                  for k, m in metrics.items()}
+        try:
+            check("export (torch vs ONNX, batch %d)" % VERIFY_BATCH, metrics, limits)
+            check("export (torch vs ONNX, batch 1)", metrics_b1, limits)
+        except AccuracyError as e:
+            attempts.append(f"{exporter}: {e}")
+            last_err = e
+            out.unlink(missing_ok=True)
+            continue
+        model = onnx.load(str(out), load_external_data=False)
+        settings: dict[str, Any] = {"exporter": exporter, "opset": model.opset_import[0].version,
+                                    "verify_samples": len(verify_set), "verify_batches": [1, VERIFY_BATCH],
+                                    "limits": limits.model_dump(exclude_none=True)}
+        return StageRecord(name="export", settings=settings, output_sha256=sha256_file(out),
+                           seconds=round(time.perf_counter() - t0, 3), metrics=merged,
+                           notes=[f"tried {a}" for a in attempts])
+    if isinstance(last_err, AccuracyError):
+        raise last_err
+    raise ExportError("ONNX export failed with every exporter: " + " | ".join(attempts))

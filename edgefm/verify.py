@@ -1,0 +1,128 @@
+"""``edgefm verify``: check a bundle where it will run.
+
+For each target: the files match their sha256; the artifact runs in its runtime on the bundle's eval data
+and stays within the manifest's limits of the fp32 reference; the backend's own rules hold (e.g. TensorRT's
+Q/DQ rules), and — when asked — the artifact runs under emulation of another CPU architecture with the same
+results. A backend module opts into the last two by defining ``check_rules`` and ``verify_emulated``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from edgefm.backends import get_backend
+from edgefm.bundle import Manifest, read_manifest, target_files, verify_files
+from edgefm.errors import BundleError, EdgefmError
+from edgefm.fidelity import Limits, check, evaluate
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class TargetReport:
+    target: str
+    backend: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+
+def read_eval(bundle: Path, manifest: Manifest) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], Any]:
+    """(inputs, fp32 reference outputs, labels or None) from the bundle's eval.npz."""
+    if not manifest.eval_data:
+        raise BundleError(f"bundle {bundle} has no eval data to verify with")
+    with np.load(Path(bundle) / manifest.eval_data) as z:
+        inputs = {k[3:]: z[k] for k in z.files if k.startswith("in/")}
+        ref = {k[4:]: z[k] for k in z.files if k.startswith("ref/")}
+        labels = z["labels"] if "labels" in z.files else None
+    return inputs, ref, labels
+
+
+def limits_for(manifest: Manifest, precision: str) -> Limits:
+    """The limits the bundle was built with (its recorded config), for ``precision``."""
+    from edgefm.config import CompressConfig
+    from edgefm.pipeline import _limits
+
+    cfg = CompressConfig.model_validate(manifest.config) if manifest.config else None
+    if cfg is None:
+        return Limits()
+    return _limits(cfg, precision)
+
+
+def _run_all(predictor, inputs: dict[str, np.ndarray], batch: int = 32) -> dict[str, np.ndarray]:
+    n = len(next(iter(inputs.values())))
+    parts: dict[str, list[np.ndarray]] = {}
+    for s in range(0, n, batch):
+        for k, v in predictor({k: a[s:s + batch] for k, a in inputs.items()}).items():
+            parts.setdefault(k, []).append(v)
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def verify_target(bundle: Path, manifest: Manifest, name: str, emulate: Optional[str] = None,
+                  cpu: Optional[str] = None) -> TargetReport:
+    from edgefm.runtime import load
+
+    entry = manifest.targets[name]
+    report = TargetReport(name, entry.backend)
+    try:
+        verify_files(bundle, manifest, only=target_files(manifest, name))
+        report.checks.append(Check("integrity", True, "every file matches its sha256"))
+    except BundleError as e:
+        report.checks.append(Check("integrity", False, str(e)))
+        return report
+    backend = get_backend(entry.backend, need_runtime=False)
+    inputs, ref, labels = read_eval(bundle, manifest)
+    if backend.is_available():
+        try:
+            got = _run_all(load(bundle, name, verify=False), inputs)
+            metrics = evaluate(manifest.spec, ref, got, labels)
+            check(f"{name} on this machine", metrics, limits_for(manifest, entry.precision))
+            report.checks.append(Check("fidelity", True, _summary(metrics)))
+        except EdgefmError as e:
+            report.checks.append(Check("fidelity", False, str(e)))
+    else:
+        report.checks.append(Check("fidelity", True, f"skipped: the {entry.backend} runtime is not installed here"))
+    if hasattr(backend, "check_rules"):
+        violations = backend.check_rules(bundle, name, entry, manifest)
+        report.checks.append(Check("rules", not violations, "; ".join(violations) or "all rules hold"))
+    if emulate:
+        if not hasattr(backend, "verify_emulated"):
+            report.checks.append(Check(f"emulate {emulate}", False,
+                                       f"the {entry.backend} backend has no emulated run"))
+        else:
+            ok, detail = backend.verify_emulated(bundle, name, arch=emulate, cpu=cpu)
+            report.checks.append(Check(f"emulate {emulate}", ok, detail))
+    return report
+
+
+def _summary(metrics: dict) -> str:
+    parts = []
+    for k, m in metrics.items():
+        if k == "_accuracy":
+            parts.append(f"top-1 {100 * m['top1']:.2f}% (fp32 {100 * m['fp32_top1']:.2f}%)")
+        else:
+            parts.append(f"{k}: cos {m['cosine']:.5f}, max abs {m['max_abs']:.3g}"
+                         + (f", top-1 agree {100 * m['top1_agreement']:.1f}%" if "top1_agreement" in m else ""))
+    return "; ".join(parts)
+
+
+def verify_bundle(bundle: Path, targets: Optional[list[str]] = None, emulate: Optional[str] = None,
+                  cpu: Optional[str] = None) -> list[TargetReport]:
+    """Verify the named targets (default: all) of ``bundle``."""
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    names = targets or list(manifest.targets)
+    missing = [t for t in names if t not in manifest.targets]
+    if missing:
+        raise BundleError(f"bundle {bundle} has no target {missing[0]!r}; it has: {', '.join(manifest.targets)}")
+    return [verify_target(bundle, manifest, t, emulate, cpu) for t in names]
