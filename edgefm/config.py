@@ -89,7 +89,11 @@ def load_recipe(path: Path) -> dict[str, Any]:
 def build_config(recipe: Optional[Path] = None, **fields: Any) -> CompressConfig:
     """Merge a recipe (lowest priority) with explicitly given fields (None = not given)."""
     data = load_recipe(recipe) if recipe else {}
-    data.update({k: v for k, v in fields.items() if v is not None and v != [] })
+    for k, v in fields.items():
+        if v is None or v == []:
+            continue
+        # a flag refines a section of the recipe (--prune 0.5 keeps the recipe's other prune settings)
+        data[k] = {**data[k], **v} if isinstance(v, dict) and isinstance(data.get(k), dict) else v
     try:
         return CompressConfig(**data)
     except ValidationError as e:

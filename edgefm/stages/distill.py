@@ -24,7 +24,7 @@ import copy
 import logging
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -339,11 +339,13 @@ def _progress(enabled: bool):
 
 
 def distill_model(teacher, student, spec: ModelSpec, cfg: DistillConfig, train: Samples,
-                  eval: Optional[Samples] = None):
+                  eval: Optional[Samples] = None, report: Optional[Callable[[str], None]] = None):
     """Distill ``teacher`` into a copy of ``student``; returns ``(distilled student, StageRecord)``.
 
     ``train``: inputs (labels optional: without them the teacher's outputs are the only targets).
-    ``eval``: held-out samples for early stopping and the before/after figures (default: ``train``)."""
+    ``eval``: held-out samples for early stopping and the before/after figures (default: ``train``).
+    ``report``: called with a line of text after each evaluation; when given (e.g. by the CLI, which
+    shows its own status line) it replaces the progress bar."""
     import contextlib
 
     import torch
@@ -381,7 +383,7 @@ def distill_model(teacher, student, spec: ModelSpec, cfg: DistillConfig, train: 
     if len(t_mods) != len(s_mods):
         raise ConfigError(f"distill: {len(t_mods)} teacher features vs {len(s_mods)} student features")
     ref_eval = outputs(teacher, spec, eval)
-    progress = _progress(cfg.progress)
+    progress = _progress(cfg.progress and report is None)
     history: list[dict[str, Any]] = []
     with (progress or contextlib.nullcontext()), sparsity.keep_masks(student), _no_dropout(student, cfg.dropout):
         s_tap = _Tap(s_mods)
@@ -439,8 +441,11 @@ def distill_model(teacher, student, spec: ModelSpec, cfg: DistillConfig, train: 
                     if state["step"] % eval_every == 0 or state["step"] >= total:
                         stop = _evaluate(student, spec, eval, ref_eval, cfg, state, history)
                         _save(cfg.checkpoint, student, projs, opt, sched, state, history, gen)
+                        last = f"{history[-1]['metric']} {history[-1]['score']:.2f}"
                         if task is not None:
-                            progress.update(task, status=f"{history[-1]['metric']} {history[-1]['score']:.2f}")
+                            progress.update(task, status=last)
+                        if report is not None:
+                            report(f"distilling: step {state['step']}/{total}, {last} (best {state['best']:.2f})")
                     if stop or state["step"] >= total:
                         stop = True
                         break
