@@ -65,6 +65,15 @@ def compress(
     keep_fp32: Optional[List[str]] = typer.Option(None, "--keep-fp32", help="Node name or op type kept in float"),
     max_accuracy_drop: Optional[float] = typer.Option(None, help="Allowed top-1 drop in points on labeled eval data"),
     max_length: Optional[int] = typer.Option(None, help="Sequence length for text (default 128)"),
+    prune: Optional[float] = typer.Option(None, "--prune", help="Share of channels / RNN hidden units / FFN neurons "
+                                                                "to remove, e.g. 0.5 (recipe: prune section)"),
+    prune_macs: Optional[float] = typer.Option(None, "--prune-macs", help="Prune until at most this share of the "
+                                                                          "MACs is left, e.g. 0.5 (CNN/RNN)"),
+    prune_layers: Optional[int] = typer.Option(None, "--prune-layers", help="Transformers: keep this many layers"),
+    distill: bool = typer.Option(False, "--distill", help="Distill the pruned model from the original"),
+    distill_epochs: Optional[int] = typer.Option(None, "--distill-epochs", help="Distillation epochs at most (default 20)"),
+    train_data: Optional[Path] = typer.Option(None, "--train-data", help="Distillation data (.npz, .txt; labels "
+                                                                         "optional); default --calib"),
     recipe: Optional[Path] = typer.Option(None, help="Recipe YAML with CompressConfig fields; flags override it"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved configuration and stop"),
     force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it exists"),
@@ -77,13 +86,22 @@ def compress(
     _setup_logging(verbose)
     cfg = build_config(recipe, source=source, output=output, targets=target, arch=arch, inputs=input, calib=calib,
                        eval=eval, quantize=quantize, keep_fp32=keep_fp32, max_accuracy_drop=max_accuracy_drop,
-                       max_length=max_length, force=force or None, dry_run=dry_run or None, verbose=verbose or None)
+                       max_length=max_length, force=force or None, dry_run=dry_run or None, verbose=verbose or None,
+                       prune=_section(ratio=prune, macs_target=prune_macs, num_layers=prune_layers),
+                       distill=(_section(epochs=distill_epochs) or {}) if distill or distill_epochs else None,
+                       train_data=train_data)
     if cfg.dry_run:
         out.print_json(json.dumps(plan(cfg).describe()))
         return
     with console.status("starting") as status:
         manifest = run(cfg, progress=lambda msg: (status.update(msg), console.log(msg)))
     _print_targets(manifest)
+
+
+def _section(**fields) -> Optional[dict]:
+    """The given (non-None) fields of a config section, {} for a bare switch, None when nothing was given."""
+    given = {k: v for k, v in fields.items() if v is not None}
+    return given or None
 
 
 def _print_targets(manifest) -> None:
