@@ -263,6 +263,24 @@ def report(
     run(build(ReportConfig, results=results, out=output, batch=batch, plots=False if no_plots else None), echo=print)
 
 
+@app.command("compile")
+@handles_errors
+def compile_(bundle: Path = typer.Argument(..., help="Bundle folder (copied to the device)"),
+             target: Optional[str] = typer.Option(None, "--target", "-t", help="TensorRT target (default: all)"),
+             workspace_mib: Optional[int] = typer.Option(None, help="Builder workspace limit in MiB"),
+             dla_core: Optional[int] = typer.Option(None, help="Build for this DLA core, GPU fallback on"),
+             allow_other_device: bool = typer.Option(False, help="Build even if the GPU differs from the target's"),
+             verbose: bool = typer.Option(False, "--verbose", "-v")):
+    """On the device: build what can only be built there (TensorRT engines), verify it, record it in the bundle."""
+    from edgefm.backends.tensorrt import compile_engine
+
+    _setup_logging(verbose)
+    with console.status("building TensorRT engine(s)"):
+        manifest = compile_engine(bundle, target, allow_other_device=allow_other_device,
+                                  workspace_mib=workspace_mib, dla_core=dla_core)
+    _print_targets(manifest)
+
+
 def main() -> None:  # pragma: no cover
     app()
 
