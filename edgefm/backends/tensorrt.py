@@ -153,7 +153,7 @@ def _ort_outputs(path: Path, job: CompileJob) -> dict[str, np.ndarray]:
     """The ONNX at ``path`` in ONNX Runtime on ``job.eval`` (the onnxruntime backend's session and batching)."""
     from edgefm.backends import onnxruntime as ort_backend
 
-    return ort_backend._eval_outputs(path, job, ort_backend.Options())
+    return ort_backend.eval_outputs(path, job, ort_backend.Options())
 
 
 def _limits(job: CompileJob, precision: str) -> fidelity.Limits:
