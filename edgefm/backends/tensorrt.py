@@ -366,6 +366,14 @@ def check_rules(bundle: Path, target_name: str, entry: TargetEntry, manifest) ->
     return [str(v) for v in rules.verify_bundle(bundle, target_name, target) if v.severity == "error"]
 
 
+def check_rules_for(bundle: Path, built_for: str, other: TargetSpec) -> list[str]:
+    """``edgefm verify --target OTHER`` hook: the bundle's TensorRT target ``built_for`` checked against the
+    rules of another TensorRT target file (errors only, one line each)."""
+    from edgefm.backends import tensorrt_rules as rules
+
+    return [str(v) for v in rules.verify_bundle(bundle, other.name, other) if v.severity == "error"]
+
+
 def compile_engine(bundle: Path, target: Optional[str] = None, **overrides):
     """Device side (``edgefm compile BUNDLE``): build the TensorRT engine(s); see ``tensorrt_engine``."""
     from edgefm.backends import tensorrt_engine as te

@@ -30,6 +30,9 @@ def test_compress_verify_load_for_jetson(cnn, tmp_path):
     code, text = cli("verify", out, "--target", "jetson-orin-nano")
     assert code == 0, text
     assert "rules" in text and "all rules hold" in text
+    # the same bundle checked against an older Jetson's TensorRT (8.5): int8 weight initializers are rejected
+    code, text = cli("verify", out, "--target", "jetson-xavier-nx")
+    assert code == 1 and "FAIL" in text and "int8" in text and "jetson-xavier-nx" in text, text
     ev = np.load(CALIB / "digits_eval.npz")
     p = edgefm.load(out, "jetson-orin-nano")
     top1 = float((p({"x": ev["x"]})["logits"].argmax(1) == ev["labels"]).mean())
