@@ -142,6 +142,7 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
         else:
             stages.append(_export_cached(config, loaded, model, calib, ref_path, cacheable=not extra_stages,
                                          say=say))
+        _write_sensitivity(tmp, stages)
         reference = batched_outputs(lambda f: onnx_outputs(ref_path, f), ev, 32)
         _save_eval(tmp / "eval.npz", ev, reference)
         if loaded.tokenizer_dir is not None:
@@ -248,6 +249,19 @@ def _torch_stages(config: CompressConfig, loaded, calib: Samples, ev: Samples, s
                                          outputs(model, loaded.spec, ev), ev.labels)
         stages.append(record)
     return model, stages
+
+
+def _write_sensitivity(bundle: Path, stages: list[StageRecord]) -> None:
+    """With prune.auto, the sensitivity analysis goes into the bundle as a table and a plot."""
+    for st in stages:
+        if st.name == "prune" and "sensitivity" in st.metrics:
+            from edgefm.stages.sensitivity import SensitivityTable
+
+            table = SensitivityTable.from_dict(st.metrics["sensitivity"])
+            (bundle / "prune").mkdir(exist_ok=True)
+            (bundle / "prune" / "sensitivity.md").write_text(table.markdown() + "\n")
+            table.plot(bundle / "prune" / "sensitivity.png")
+            st.notes.append("sensitivity table and plot: prune/sensitivity.md, prune/sensitivity.png")
 
 
 def _train_data(config: CompressConfig, loaded, calib: Samples, ev: Samples) -> tuple[Samples, Samples]:

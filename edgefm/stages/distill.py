@@ -425,7 +425,8 @@ def distill_model(teacher, student, spec: ModelSpec, cfg: DistillConfig, train: 
             total = min(span, cfg.max_steps or span)
             opt, sched = _optimizer(student, projs, cfg, span)
             before = _eval_score(student, spec, eval, ref_eval)
-            state = {"step": 0, "epoch": 0, "best": before["score"], "best_step": 0, "bad": 0,
+            state = {"step": 0, "epoch": 0, "best": before["score"], "best_cosine": before["cosine"],
+                     "best_step": 0, "bad": 0,
                      "best_state": copy.deepcopy(student.state_dict())}
             resumed = _resume(cfg.checkpoint, student, projs, opt, sched, state, history)
             if resumed is not None:
@@ -492,9 +493,14 @@ def _evaluate(student, spec, eval_set, ref, cfg: DistillConfig, state: dict, his
     """Score the student, keep the best weights; True when early stopping says stop."""
     q = _eval_score(student, spec, eval_set, ref)
     metric = "top1" if "top1" in q else "top1_agreement" if "top1_agreement" in q else "cosine"
-    history.append({"step": state["step"], "metric": metric, "score": round(q["score"], 4)})
-    if q["score"] > state["best"] + cfg.min_delta:
-        state.update(best=q["score"], best_step=state["step"], bad=0,
+    history.append({"step": state["step"], "metric": metric, "score": round(q["score"], 4),
+                    "cosine": round(q["cosine"], 5)})
+    # On a small or easy eval set top-1 saturates (100 % on a few hundred samples) long before the student
+    # matches the teacher; then fidelity (cosine to the teacher) decides, so training goes on while it helps.
+    better = q["score"] > state["best"] + cfg.min_delta or (
+        q["score"] >= state["best"] and q["cosine"] > state.get("best_cosine", -1.0) + 1e-4)
+    if better:
+        state.update(best=q["score"], best_cosine=q["cosine"], best_step=state["step"], bad=0,
                      best_state=copy.deepcopy(student.state_dict()))
     else:
         state["bad"] += 1

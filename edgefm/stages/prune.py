@@ -145,11 +145,19 @@ def output_layers(model, args: tuple) -> list:
     return found or ([order[-1][0]] if order else [])
 
 
+def named_modules(model):
+    """``model.named_modules()`` with names as the user wrote the model: the wrapper edgefm's loader puts
+    around it (``SpecModule.inner``) does not appear in them."""
+    from edgefm.models.wrap import SpecModule
+
+    return (model.inner if isinstance(model, SpecModule) else model).named_modules()
+
+
 def _named(model, names: list[str], what: str) -> list:
-    mods = dict(model.named_modules())
+    mods = dict(named_modules(model))
     missing = [n for n in names if n not in mods]
     if missing:
-        known = [n for n, m in model.named_modules() if n and not list(m.children())][:12]
+        known = [n for n, m in named_modules(model) if n and not list(m.children())][:12]
         raise ConfigError(f"{what}: no module named {missing}; layers are e.g. {known}")
     return [mods[n] for n in names]
 
@@ -187,7 +195,7 @@ def prunable_layers(model, args: tuple, cfg: PruneConfig) -> list[str]:
     outs = set(output_layers(model, args)) | set(_named(model, cfg.keep, "prune.keep"))
     kinds = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.LSTM, nn.GRU, nn.RNN)
     names = []
-    for name, m in model.named_modules():
+    for name, m in named_modules(model):
         if isinstance(m, kinds) and m not in outs and not (isinstance(m, nn.Conv2d) and m.groups > 1
                                                            and m.groups == m.in_channels):
             names.append(name)

@@ -31,6 +31,13 @@ class SensitivityTable:
         return {"metric": self.metric, "base": round(self.base, 3), "ratios": self.ratios,
                 "score": {k: {str(r): round(v, 3) for r, v in row.items()} for k, row in self.score.items()}}
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "SensitivityTable":
+        """The inverse of ``as_dict`` (the form kept in the manifest)."""
+        ratios = [float(r) for r in d["ratios"]]
+        return cls(base=float(d["base"]), ratios=ratios, metric=d.get("metric", "score"),
+                   score={k: {float(r): float(v) for r, v in row.items()} for k, row in d["score"].items()})
+
     def markdown(self) -> str:
         """The table: one row per layer, the score at each ratio."""
         head = f"| layer ({self.metric}, unpruned {self.base:.2f}) | " + " | ".join(f"{r:g}" for r in self.ratios) + " |"
@@ -107,4 +114,14 @@ def choose_ratios(table: SensitivityTable, cfg, macs_of: Optional[Callable[[dict
             hi = mid
         else:
             lo = mid + 1
-    return ratios_within(table, candidates[lo])
+    chosen = ratios_within(table, candidates[lo])
+    # The tried ratios are a coarse grid, so the chosen ones usually undershoot the budget: scale them
+    # all back (same proportions) to the smallest factor that still meets it.
+    lo_f, hi_f = 0.0, 1.0
+    for _ in range(5):
+        mid = (lo_f + hi_f) / 2
+        if macs_of({k: v * mid for k, v in chosen.items()}) <= cfg.macs_target:
+            hi_f = mid
+        else:
+            lo_f = mid
+    return {k: round(v * hi_f, 4) for k, v in chosen.items()}

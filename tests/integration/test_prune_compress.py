@@ -53,18 +53,23 @@ def _stages(out):
 def test_cnn_prune_distill_int8_bundle(small_ckpts, tmp_path):
     d, acc, _ = small_ckpts
     out = tmp_path / "b"
+    recipe = tmp_path / "auto.yaml"  # per-layer ratios chosen by the sensitivity analysis to meet the MACs budget
+    recipe.write_text("prune: {auto: true}\n")
     code, text = cli("compress", d / "cnn.pt", "-o", out, "--arch", "edgefm.zoo:digits_cnn", "--input", "x:1,1,8,8",
-                     "--calib", CALIB / "digits_calib.npz", "--eval", CALIB / "digits_eval.npz",
+                     "--calib", CALIB / "digits_calib.npz", "--eval", CALIB / "digits_eval.npz", "--recipe", recipe,
                      "--prune-macs", "0.5", "--distill", "--distill-epochs", "10", "--train-data", d / "train.npz")
     assert code == 0, text
     m, st = _stages(out)
+    assert set(st["prune"]["metrics"]["sensitivity"]["score"]) == {"features.0", "features.3", "features.7"}
+    assert (out / "prune/sensitivity.png").stat().st_size > 5000 and "prune/sensitivity.md" in m["files"]
     assert [s["name"] for s in m["stages"]][:4] == ["load", "prune", "distill", "export"]
     p, dd = st["prune"]["metrics"], st["distill"]["metrics"]
     assert p["macs_after"] <= 0.5 * p["macs_before"] and p["params_after"] < p["params_before"]
     assert dd["macs"] == p["macs_after"] and dd["params"] == p["params_after"]
     assert p["after"]["top1"] < p["before"]["top1"] - 0.1  # pruning alone costs accuracy …
     assert dd["eval"]["top1"] >= p["before"]["top1"] - 0.02  # … distillation wins it back (eval set)
-    assert m["config"]["prune"]["macs_target"] == 0.5 and m["config"]["distill"]["epochs"] == 10
+    assert m["config"]["prune"]["macs_target"] == 0.5 and m["config"]["prune"]["auto"] is True
+    assert m["config"]["distill"]["epochs"] == 10
     ev = np.load(CALIB / "digits_eval.npz")
     model = edgefm.load(out)
     top1 = float((model({"x": ev["x"]})["logits"].argmax(1) == ev["labels"]).mean())
