@@ -180,7 +180,7 @@ def targets(verbose: bool = typer.Option(False, "--verbose", "-v")):
     from edgefm.targets import list_targets
 
     t = Table(title="targets")
-    for c in ("name", "backend", "device", "precision", "runtime here"):
+    for c in ("name", "backend", "precision", "here"):
         t.add_column(c, no_wrap=True)
     t.add_column("description")
     for name, spec in sorted(list_targets().items()):
@@ -188,7 +188,7 @@ def targets(verbose: bool = typer.Option(False, "--verbose", "-v")):
             here = "yes" if get_backend(spec.backend, need_runtime=False).is_available() else "no"
         except EdgefmError:
             here = "no"
-        t.add_row(name, spec.backend, spec.device, spec.precision, here, spec.description)
+        t.add_row(name, spec.backend, spec.precision, here, spec.description)
     out.print(t)
 
 
