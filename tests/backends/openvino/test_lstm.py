@@ -1,0 +1,36 @@
+"""Digits LSTM (2-layer) through the OpenVINO backend: int8 top-1 within half a point, the recurrent cells
+kept in float (and why), and the model loads and runs any batch size."""
+
+import numpy as np
+import pytest
+
+import edgefm
+from edgefm.errors import AccuracyError
+
+from .conftest import build_bundle, stage, target, top1
+
+
+def test_int8_top1_within_half_a_point(digits_lstm, tmp_path):
+    manifest, result = build_bundle(digits_lstm, target("openvino-cpu"), tmp_path / "lstm")
+    pred = edgefm.load(tmp_path / "lstm")
+    x, labels = digits_lstm.eval.inputs["x"], digits_lstm.eval.labels
+    got = pred({"x": x})["logits"]
+    fp32 = top1(digits_lstm.reference["logits"], labels)
+    assert fp32 > 0.85
+    assert top1(got, labels) >= fp32 - 0.005
+    q = stage(result, "quantize")
+    assert "LSTMSequence" in str(q.notes) and q.metrics["_int8_layers"]["by_type"].get("MatMul") == 1
+    assert "LSTMSequence" not in q.metrics["_int8_layers"]["by_type"]
+    for n in (1, 2, 9):
+        np.testing.assert_allclose(pred({"x": x[:n]})["logits"], got[:n], rtol=1e-3, atol=1e-3)
+
+
+def test_quantized_lstm_cells_are_refused_by_the_check(digits_lstm, tmp_path):
+    """Why the recipe keeps LSTM cells in float: quantized, OpenVINO's CPU int8 LSTM loses most of the
+    accuracy, and the default tolerances catch it with a typed error that suggests the way out. (If this
+    test starts failing, OpenVINO/NNCF have fixed it and quantize_rnn can become the default.)"""
+    with pytest.raises(AccuracyError, match="openvino int8.*--max-accuracy-drop") as err:
+        build_bundle(digits_lstm, target("openvino-cpu", quantize_rnn=True, compare_precisions=False),
+                     tmp_path / "lstm8")
+    assert err.value.value < 0.9 * (err.value.limit if err.value.metric != "accuracy_drop_points" else 1e9)
+    assert not (tmp_path / "lstm8").exists()  # nothing half-written
