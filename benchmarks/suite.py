@@ -225,13 +225,16 @@ def write(suite: str, results: list[BenchResult], plots: bool = True) -> Path:
     report.write_csv(table, out / f"{suite}.csv")
     md = report.markdown(table)
     skipped = [f"- {r.bundle.model if r.bundle else ''} {s.name}: {s.reason}" for r in results for s in r.skipped]
+    skipped += list(dict.fromkeys(f"- {r.bundle.model if r.bundle else ''} {m.name}: {n}" for r in results
+                                  for m in r.measurements for n in m.notes))
     m = results[0].machine
     loads = ", ".join(f"{r.bundle.model} {r.machine.load_avg_1m}" for r in results if r.bundle)
     threads = results[0].settings.threads or "runtime default"
     head = (f"# {suite} suite on `{m.id}`\n\n{m.cpu_model}, {m.logical_cores} logical cores, flags "
             f"{' '.join(m.cpu_flags)}; {m.os}; {', '.join(f'{k} {v}' for k, v in m.runtime_versions.items())}.\n"
             f"Threads: {threads}. Load average (1 min) when each model started: {loads}.\n\n")
-    (out / f"{suite}.md").write_text(head + md + ("\nNot measured:\n" + "\n".join(skipped) + "\n" if skipped else ""))
+    notes = "\nNot measured, and notes:\n" + "\n".join(skipped) + "\n" if skipped else ""
+    (out / f"{suite}.md").write_text(head + md + notes)
     for r in results:
         (out / f"{suite}-{r.bundle.model}.json").write_text(r.to_json())
     if plots:
@@ -239,7 +242,7 @@ def write(suite: str, results: list[BenchResult], plots: bool = True) -> Path:
         report.plot_latency(results, out / f"{suite}-latency.png")
     print(md)
     if skipped:
-        print("Not measured:\n" + "\n".join(skipped))
+        print("Not measured, and notes:\n" + "\n".join(skipped))
     print(f"wrote {out}/{suite}.*")
     return out
 

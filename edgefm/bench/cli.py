@@ -32,6 +32,8 @@ def bench(cfg: BenchConfig, echo: Callable[[str], None] = print, progress: Optio
     busy = busy_warning(m)
     if busy:
         echo(busy)
+    for name, note in dict.fromkeys((m.name, n) for m in result.measurements for n in m.notes):
+        echo(f"note {name}: {note}")
     for s in result.skipped:
         echo(f"skipped {s.name}: {s.reason}")
     if cfg.json_out:

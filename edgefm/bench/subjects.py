@@ -85,8 +85,15 @@ def _open_bundle(s: Subject, threads: Optional[int]) -> Opened:
     predictor = edgefm.load(bundle, s.target, threads=threads)
     entry = read_manifest(bundle).targets[s.target or predictor.target]
     size = sum((bundle / f).stat().st_size for f in sorted(set(entry.files) | {entry.artifact}))
-    return Opened(predict=predictor, backend=entry.backend, device=entry.device, artifact=entry.artifact,
-                  size_bytes=size, runtime_versions=dict(entry.runtime_versions), settings=dict(entry.options))
+    # a backend may hand back another runtime's Predictor (TensorRT without TensorRT: its Q/DQ ONNX in ORT),
+    # which it says in ``executes``
+    ran_on = getattr(predictor, "executes", None) or getattr(predictor, "backend", entry.backend)
+    notes = [] if ran_on == entry.backend else [
+        f"target backend {entry.backend}, but it ran on {ran_on} here (the backend's fallback): not a "
+        f"{entry.backend} figure"]
+    return Opened(predict=predictor, backend=ran_on, device=entry.device, artifact=entry.artifact,
+                  size_bytes=size, runtime_versions=dict(entry.runtime_versions), settings=dict(entry.options),
+                  notes=notes)
 
 
 def _checked(s: Subject, backend: str, run: Callable[[Feed], dict[str, np.ndarray]]):
