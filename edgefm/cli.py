@@ -65,6 +65,15 @@ def compress(
     keep_fp32: Optional[List[str]] = typer.Option(None, "--keep-fp32", help="Node name or op type kept in float"),
     max_accuracy_drop: Optional[float] = typer.Option(None, help="Allowed top-1 drop in points on labeled eval data"),
     max_length: Optional[int] = typer.Option(None, help="Sequence length for text (default 128)"),
+    prune: Optional[float] = typer.Option(None, "--prune", help="Share of channels / RNN hidden units / FFN neurons "
+                                                                "to remove, e.g. 0.5 (recipe: prune section)"),
+    prune_macs: Optional[float] = typer.Option(None, "--prune-macs", help="Prune until at most this share of the "
+                                                                          "MACs is left, e.g. 0.5 (CNN/RNN)"),
+    prune_layers: Optional[int] = typer.Option(None, "--prune-layers", help="Transformers: keep this many layers"),
+    distill: bool = typer.Option(False, "--distill", help="Distill the pruned model from the original"),
+    distill_epochs: Optional[int] = typer.Option(None, "--distill-epochs", help="Distillation epochs at most (default 20)"),
+    train_data: Optional[Path] = typer.Option(None, "--train-data", help="Distillation data (.npz, .txt; labels "
+                                                                         "optional); default --calib"),
     recipe: Optional[Path] = typer.Option(None, help="Recipe YAML with CompressConfig fields; flags override it"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved configuration and stop"),
     force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it exists"),
@@ -77,13 +86,22 @@ def compress(
     _setup_logging(verbose)
     cfg = build_config(recipe, source=source, output=output, targets=target, arch=arch, inputs=input, calib=calib,
                        eval=eval, quantize=quantize, keep_fp32=keep_fp32, max_accuracy_drop=max_accuracy_drop,
-                       max_length=max_length, force=force or None, dry_run=dry_run or None, verbose=verbose or None)
+                       max_length=max_length, force=force or None, dry_run=dry_run or None, verbose=verbose or None,
+                       prune=_section(ratio=prune, macs_target=prune_macs, num_layers=prune_layers),
+                       distill=(_section(epochs=distill_epochs) or {}) if distill or distill_epochs else None,
+                       train_data=train_data)
     if cfg.dry_run:
         out.print_json(json.dumps(plan(cfg).describe()))
         return
     with console.status("starting") as status:
         manifest = run(cfg, progress=lambda msg: (status.update(msg), console.log(msg)))
     _print_targets(manifest)
+
+
+def _section(**fields) -> Optional[dict]:
+    """The given (non-None) fields of a config section, {} for a bare switch, None when nothing was given."""
+    given = {k: v for k, v in fields.items() if v is not None}
+    return given or None
 
 
 def _print_targets(manifest) -> None:
@@ -104,9 +122,7 @@ def _fidelity_text(metrics: dict) -> str:
     for k, m in metrics.items():
         if k == "_accuracy":
             parts.append(f"top-1 {100 * m['top1']:.2f}% (fp32 {100 * m['fp32_top1']:.2f}%)")
-        elif k.startswith("_") or not isinstance(m, dict) or "cosine" not in m:
-            continue  # a backend's extra record (e.g. _execution, _fallback), not an output's fidelity
-        else:
+        elif not k.startswith("_") and isinstance(m, dict) and "cosine" in m:
             s = f"{k}: cos {m['cosine']:.4f}"
             if "top1_agreement" in m:
                 s += f", top-1 agree {100 * m['top1_agreement']:.1f}%"
@@ -164,7 +180,7 @@ def targets(verbose: bool = typer.Option(False, "--verbose", "-v")):
     from edgefm.targets import list_targets
 
     t = Table(title="targets")
-    for c in ("name", "backend", "device", "precision", "runtime here"):
+    for c in ("name", "backend", "precision", "here"):
         t.add_column(c, no_wrap=True)
     t.add_column("description")
     for name, spec in sorted(list_targets().items()):
@@ -172,7 +188,7 @@ def targets(verbose: bool = typer.Option(False, "--verbose", "-v")):
             here = "yes" if get_backend(spec.backend, need_runtime=False).is_available() else "no"
         except EdgefmError:
             here = "no"
-        t.add_row(name, spec.backend, spec.device, spec.precision, here, spec.description)
+        t.add_row(name, spec.backend, spec.precision, here, spec.description)
     out.print(t)
 
 
@@ -199,6 +215,70 @@ def verify(bundle: Path = typer.Argument(..., help="Bundle folder"),
     out.print(t)
     if not all(r.ok for r in reports):
         raise typer.Exit(1)
+
+
+@app.command()
+@handles_errors
+def bench(
+    bundle: Path = typer.Argument(..., help="Bundle folder"),
+    target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Target to measure (repeatable); "
+                                                                            "default: every one installed here"),
+    eval: Optional[Path] = typer.Option(None, "--eval", help="Eval data .npz (default: the bundle's eval.npz)"),
+    batch: Optional[List[str]] = typer.Option(None, "--batch", help="Batch sizes, e.g. 1,8 (default 1)"),
+    threads: Optional[int] = typer.Option(None, help="Intra-op threads for every runtime (default: runtime's)"),
+    warmup: Optional[int] = typer.Option(None, help="Untimed warm-up runs (default 10)"),
+    runs: Optional[int] = typer.Option(None, help="Fixed number of timed runs (instead of --seconds)"),
+    seconds: Optional[float] = typer.Option(None, help="Time budget of the timed runs per measurement (default 2)"),
+    no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip the fp32 ONNX and torch eager baselines"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result JSON (edgefm.bench schema)"),
+    md: Optional[Path] = typer.Option(None, "--md", help="Write the Markdown table"),
+    plots: Optional[Path] = typer.Option(None, "--plots", help="Write pareto.png and latency.png into this folder"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs and tracebacks"),
+):
+    """Measure a bundle's targets on this machine: latency, memory, size, accuracy, against fp32 baselines."""
+    from edgefm.bench.cli import bench as run
+    from edgefm.bench.config import BenchConfig, build
+
+    _setup_logging(verbose)
+    cfg = build(BenchConfig, bundle=bundle, targets=target or None, eval=eval, batches=batch or None,
+                threads=threads, warmup=warmup, runs=runs, seconds=seconds, baselines=False if no_baselines else None,
+                json_out=json_out, md_out=md, plots=plots, verbose=verbose or None)
+    run(cfg, echo=print, progress=lambda msg: console.log(msg))
+
+
+@app.command()
+@handles_errors
+def report(
+    results: List[Path] = typer.Argument(..., help="Result JSON files from edgefm bench or benchmarks/"),
+    output: Path = typer.Option(..., "-o", "--output", help="Folder for report.md, results.csv and plots"),
+    batch: Optional[int] = typer.Option(None, help="Batch size the Pareto plot uses (default: smallest)"),
+    no_plots: bool = typer.Option(False, "--no-plots", help="Tables only (no matplotlib needed)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+):
+    """Merge benchmark results from several machines or devices into one table, CSV and plots."""
+    from edgefm.bench.cli import report as run
+    from edgefm.bench.config import ReportConfig, build
+
+    _setup_logging(verbose)
+    run(build(ReportConfig, results=results, out=output, batch=batch, plots=False if no_plots else None), echo=print)
+
+
+@app.command("compile")
+@handles_errors
+def compile_(bundle: Path = typer.Argument(..., help="Bundle folder (copied to the device)"),
+             target: Optional[str] = typer.Option(None, "--target", "-t", help="TensorRT target (default: all)"),
+             workspace_mib: Optional[int] = typer.Option(None, help="Builder workspace limit in MiB"),
+             dla_core: Optional[int] = typer.Option(None, help="Build for this DLA core, GPU fallback on"),
+             allow_other_device: bool = typer.Option(False, help="Build even if the GPU differs from the target's"),
+             verbose: bool = typer.Option(False, "--verbose", "-v")):
+    """On the device: build what can only be built there (TensorRT engines), verify it, record it in the bundle."""
+    from edgefm.backends.tensorrt import compile_engine
+
+    _setup_logging(verbose)
+    with console.status("building TensorRT engine(s)"):
+        manifest = compile_engine(bundle, target, allow_other_device=allow_other_device,
+                                  workspace_mib=workspace_mib, dla_core=dla_core)
+    _print_targets(manifest)
 
 
 def main() -> None:  # pragma: no cover

@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgefm.errors import ConfigError
 from edgefm.fidelity import Limits
+from edgefm.stages.distill import DistillConfig
+from edgefm.stages.prune import PruneConfig
 
 
 class Tolerances(BaseModel):
@@ -44,6 +46,12 @@ class CompressConfig(BaseModel):
     max_calib_samples: int = Field(256, ge=1, description="Calibration samples used at most")
     max_eval_samples: int = Field(512, ge=1, description="Evaluation samples used at most")
     max_length: int = Field(128, ge=1, description="Sequence length text is padded/truncated to")
+    prune: Optional[PruneConfig] = Field(None, description="Structured pruning / sparsity before export; None: no pruning")
+    distill: Optional[DistillConfig] = Field(
+        None, description="Distill the pruned model from the original (needs prune); None: no distillation")
+    train_data: Optional[Path] = Field(
+        None, description="Training data for distillation: .npz (inputs, optional 'labels') or .txt (one sentence a "
+                          "line); unlabeled data works. Default: --calib")
     quantize: Optional[Literal["int8", "fp16", "fp32"]] = Field(
         None, description="Precision for every target; None uses each target's default")
     keep_fp32: list[str] = Field(default_factory=list,
@@ -81,7 +89,11 @@ def load_recipe(path: Path) -> dict[str, Any]:
 def build_config(recipe: Optional[Path] = None, **fields: Any) -> CompressConfig:
     """Merge a recipe (lowest priority) with explicitly given fields (None = not given)."""
     data = load_recipe(recipe) if recipe else {}
-    data.update({k: v for k, v in fields.items() if v is not None and v != [] })
+    for k, v in fields.items():
+        if v is None or v == []:
+            continue
+        # a flag refines a section of the recipe (--prune 0.5 keeps the recipe's other prune settings)
+        data[k] = {**data[k], **v} if isinstance(v, dict) and isinstance(data.get(k), dict) else v
     try:
         return CompressConfig(**data)
     except ValidationError as e:

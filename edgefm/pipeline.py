@@ -45,10 +45,13 @@ def plan(config: CompressConfig) -> Plan:
     """Resolve targets and precisions and check what can be checked cheaply (paths, backends)."""
     if not config.source.exists():
         raise ConfigError(f"checkpoint {config.source}: no such file or folder")
-    for name in ("calib", "eval"):
+    for name in ("calib", "eval", "train_data"):
         p = getattr(config, name)
         if p is not None and not p.exists():
-            raise CalibrationError(f"--{name} {p}: no such file or folder")
+            raise CalibrationError(f"--{name.replace('_', '-')} {p}: no such file or folder")
+    if config.distill is not None and config.prune is None:
+        raise ConfigError("--distill needs --prune (or a prune section in the recipe): distillation trains the "
+                          "pruned student from the original model")
     if config.output.exists() and not config.force:
         raise BundleError(f"{config.output} exists already; pass --force to replace it")
     targets = [get_target(t) for t in config.targets]
@@ -139,6 +142,7 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
         else:
             stages.append(_export_cached(config, loaded, model, calib, ref_path, cacheable=not extra_stages,
                                          say=say))
+        _write_sensitivity(tmp, stages)
         reference = batched_outputs(lambda f: onnx_outputs(ref_path, f), ev, 32)
         _save_eval(tmp / "eval.npz", ev, reference)
         if loaded.tokenizer_dir is not None:
@@ -216,8 +220,63 @@ def _export_cached(config: CompressConfig, loaded, model, calib: Samples, out: P
 
 
 def _torch_stages(config: CompressConfig, loaded, calib: Samples, ev: Samples, say: Progress):
-    """Torch-side transformations before export (prune, distill). Returns (model, stage records)."""
-    return loaded.module, []
+    """Torch-side transformations before export (prune, distill). Returns (model, stage records).
+
+    Each record carries params, MACs and accuracy (or fidelity to the original model) after its stage."""
+    if config.prune is None and config.distill is None:
+        return loaded.module, []
+    if config.prune is None:
+        raise ConfigError("--distill needs --prune (or a prune section in the recipe): distillation trains the "
+                          "pruned student from the original model")
+    if loaded.kind not in ("hf", "state_dict"):
+        raise ConfigError(f"pruning needs an eager torch module (a Hugging Face folder, or a state_dict with --arch); "
+                          f"{config.source} is a {loaded.kind} checkpoint")
+    from edgefm.stages.prune import prune_model
+
+    say("pruning")
+    model, record = prune_model(loaded.module, loaded.spec, config.prune, ev)
+    stages = [record]
+    if config.distill is not None:
+        from edgefm.stages.distill import distill_model
+
+        train, val = _train_data(config, loaded, calib, ev)
+        say(f"distilling on {len(train)} samples" + (" (no labels: the teacher labels them)" if train.labels is None else ""))
+        model, record = distill_model(loaded.module, model, loaded.spec, config.distill, train, val, report=say)
+        # early stopping looked at `val`; the figures comparable with the other stages are on the eval set
+        from edgefm.stages.prune import outputs, quality
+
+        record.metrics["eval"] = quality(loaded.spec, outputs(loaded.module, loaded.spec, ev),
+                                         outputs(model, loaded.spec, ev), ev.labels)
+        stages.append(record)
+    return model, stages
+
+
+def _write_sensitivity(bundle: Path, stages: list[StageRecord]) -> None:
+    """With prune.auto, the sensitivity analysis goes into the bundle as a table and a plot."""
+    for st in stages:
+        if st.name == "prune" and "sensitivity" in st.metrics:
+            from edgefm.stages.sensitivity import SensitivityTable
+
+            table = SensitivityTable.from_dict(st.metrics["sensitivity"])
+            (bundle / "prune").mkdir(exist_ok=True)
+            (bundle / "prune" / "sensitivity.md").write_text(table.markdown() + "\n")
+            table.plot(bundle / "prune" / "sensitivity.png")
+            st.notes.append("sensitivity table and plot: prune/sensitivity.md, prune/sensitivity.png")
+
+
+def _train_data(config: CompressConfig, loaded, calib: Samples, ev: Samples) -> tuple[Samples, Samples]:
+    """(train, validation) for distillation: --train-data (default --calib), a tenth held back for early
+    stopping when there is enough of it, so the eval figures in the manifest stay unbiased."""
+    from edgefm.datasets import load_samples, split
+
+    if config.train_data is not None:
+        train = load_samples(config.train_data, loaded.spec, tokenizer_dir=loaded.tokenizer_dir,
+                             max_length=config.max_length, seed=config.seed)
+    else:
+        train = calib
+    if len(train) >= 50:
+        return split(train, 0.1, seed=config.seed)
+    return train, ev
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",

@@ -25,6 +25,9 @@ class BasePredictor:
 
     def __init__(self, spec: ModelSpec, target: str, backend: str):
         self.spec, self.target, self.backend = spec, target, backend
+        # The runtime that really executes the model; differs from ``backend`` where a target runs on a
+        # stand-in until it is compiled on its device (a TensorRT target in ONNX Runtime).
+        self.executes = backend
 
     @property
     def input_names(self) -> list[str]:

@@ -110,7 +110,7 @@ def _summary(metrics: dict) -> str:
     for k, m in metrics.items():
         if k == "_accuracy":
             parts.append(f"top-1 {100 * m['top1']:.2f}% (fp32 {100 * m['fp32_top1']:.2f}%)")
-        else:
+        elif not k.startswith("_") and isinstance(m, dict) and "cosine" in m:
             parts.append(f"{k}: cos {m['cosine']:.5f}, max abs {m['max_abs']:.3g}"
                          + (f", top-1 agree {100 * m['top1_agreement']:.1f}%" if "top1_agreement" in m else ""))
     return "; ".join(parts)
@@ -122,7 +122,25 @@ def verify_bundle(bundle: Path, targets: Optional[list[str]] = None, emulate: Op
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
     names = targets or list(manifest.targets)
-    missing = [t for t in names if t not in manifest.targets]
-    if missing:
-        raise BundleError(f"bundle {bundle} has no target {missing[0]!r}; it has: {', '.join(manifest.targets)}")
-    return [verify_target(bundle, manifest, t, emulate, cpu) for t in names]
+    reports = []
+    for t in names:
+        if t in manifest.targets:
+            reports.append(verify_target(bundle, manifest, t, emulate, cpu))
+        else:
+            reports.append(_rules_for_other_device(bundle, manifest, t))
+    return reports
+
+
+def _rules_for_other_device(bundle: Path, manifest: Manifest, name: str) -> TargetReport:
+    """A target the bundle was not built for: only its rules can be checked (e.g. a bundle made for Orin,
+    checked against what Xavier's TensorRT accepts). Backends opt in with ``check_rules_for``."""
+    from edgefm.targets import get_target
+
+    spec = get_target(name)
+    same = [n for n, e in manifest.targets.items() if e.backend == spec.backend]
+    backend = get_backend(spec.backend, need_runtime=False)
+    if not same or not hasattr(backend, "check_rules_for"):
+        raise BundleError(f"bundle {bundle} has no target {name!r}; it has: {', '.join(manifest.targets)}")
+    violations = backend.check_rules_for(bundle, same[0], spec)
+    detail = (f"{same[0]} checked against {name}'s rules: " + ("; ".join(violations) or "all rules hold"))
+    return TargetReport(name, spec.backend, [Check("rules", not violations, detail)])

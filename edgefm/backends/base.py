@@ -78,6 +78,7 @@ class Predictor(Protocol):
     spec: ModelSpec
     target: str
     backend: str
+    executes: str  # the runtime that really runs it (a TensorRT target runs in ORT until compiled on device)
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 

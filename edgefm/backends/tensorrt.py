@@ -153,7 +153,7 @@ def _ort_outputs(path: Path, job: CompileJob) -> dict[str, np.ndarray]:
     """The ONNX at ``path`` in ONNX Runtime on ``job.eval`` (the onnxruntime backend's session and batching)."""
     from edgefm.backends import onnxruntime as ort_backend
 
-    return ort_backend._eval_outputs(path, job, ort_backend.Options())
+    return ort_backend.eval_outputs(path, job, ort_backend.Options())
 
 
 def _limits(job: CompileJob, precision: str) -> fidelity.Limits:
@@ -183,7 +183,7 @@ def _int8_with_fallback(job: CompileJob, src: Path, artifact: Path, opts: Tensor
 
     result = q.quantize_qdq(src, artifact, job.calib.inputs, job.spec.family, opts.quantization,
                             job.spec.input_names)
-    notes += result.notes + [f"calibration: {q.calibration_method(opts.quantization, job.spec.family)}"]
+    notes += result.notes
     limits = _limits(job, "int8")
     metrics = fidelity.evaluate(job.spec, job.reference, _ort_outputs(artifact, job), job.eval.labels)
     allowed_fallback = job.config is not None and job.config.max_accuracy_drop is not None
@@ -364,6 +364,14 @@ def check_rules(bundle: Path, target_name: str, entry: TargetEntry, manifest) ->
 
     target = TargetSpec(name=target_name, backend="tensorrt", hardware=entry.hardware.get("target", {}))
     return [str(v) for v in rules.verify_bundle(bundle, target_name, target) if v.severity == "error"]
+
+
+def check_rules_for(bundle: Path, built_for: str, other: TargetSpec) -> list[str]:
+    """``edgefm verify --target OTHER`` hook: the bundle's TensorRT target ``built_for`` checked against the
+    rules of another TensorRT target file (errors only, one line each)."""
+    from edgefm.backends import tensorrt_rules as rules
+
+    return [str(v) for v in rules.verify_bundle(bundle, other.name, other) if v.severity == "error"]
 
 
 def compile_engine(bundle: Path, target: Optional[str] = None, **overrides):

@@ -99,7 +99,6 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
         gran = "tensor" if job.spec.family == "rnn" else "channel"
     say = job.progress or (lambda msg: log.info(msg))
     python = tflite_convert.converter_python(opts.converter_python, say)
-    job.out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edgefm-tflite-") as tmp:
         work = Path(tmp)
         example = {s.name: np.asarray(job.calib.inputs[s.name][:1]).astype(s.dtype) for s in job.spec.inputs}
@@ -107,6 +106,7 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
         t0 = time.time()
         tflite_convert.export_program(job.model, job.spec.input_names, job.spec.output_names, example,
                                       work / "model.pt2")
+        export_s = time.time() - t0
         request: dict[str, Any] = {"program": str(work / "model.pt2"), "example": str(work / "example.npz"),
                                    "fp32_out": str(work / "fp32.tflite"), "out": str(work / "quant.tflite")}
         if mode:
@@ -118,14 +118,21 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
         result = tflite_convert.convert(python, request, work)
         fp32, final = work / "fp32.tflite", work / ("quant.tflite" if mode else "fp32.tflite")
         _check_builtin(final, job.target.name)
-        stages = [_verify_stage(job, "convert", fp32, work / "model.pt2", result, time.time() - t0,
-                                _limits(job, None))]
+        stages = [_verify_stage(job, "convert", fp32, work / "model.pt2", result,
+                                export_s + result["seconds"].get("convert", 0.0), _limits(job, None))]
         if mode:
             stage = _verify_stage(job, "quantize", final, fp32, result, result["seconds"].get("quantize", 0.0),
                                   _limits(job, mode))
-            stage.metrics["fp32_bytes"] = fp32.stat().st_size
-            stage.metrics["size_ratio"] = final.stat().st_size / fp32.stat().st_size
+            # Sizes live in settings: metrics hold only per-output figures and _accuracy (the CLI reads them so).
+            stage.settings["fp32_bytes"] = fp32.stat().st_size
+            stage.settings["size_ratio"] = round(final.stat().st_size / fp32.stat().st_size, 4)
+            keep = list(getattr(job.config, "keep_fp32", None) or [])
+            if keep and mode != "fp16":
+                # ONNX node names do not exist in the LiteRT graph; say so rather than pretend.
+                stage.notes.append(f"keep_fp32 {keep} is not applied by the tflite backend: every supported op is int8")
+                log.warning("%s: %s", job.target.name, stage.notes[-1])
             stages.append(stage)
+        job.out_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed compile leaves nothing behind
         shutil.copyfile(final, job.out_dir / ARTIFACT)
     return CompileResult(entry=_entry(job, mode, gran, opts, result, stages[-1].metrics), stages=stages)
 
@@ -149,7 +156,6 @@ def _verify_stage(job: CompileJob, name: str, model: Path, source: Path, result:
     got = runner.run({s.name: np.asarray(job.eval.inputs[s.name]).astype(s.dtype) for s in job.spec.inputs})
     metrics = fidelity.evaluate(job.spec, job.reference, got, job.eval.labels)
     fidelity.check(f"{name} ({job.target.name}, tflite)", metrics, limits)
-    metrics["bytes"] = model.stat().st_size
     v = result["versions"]
     if name == "convert":
         settings = {"converter": tflite_convert.CONVERTER, "converter_version": v.get("litert-torch"),
@@ -159,6 +165,7 @@ def _verify_stage(job: CompileJob, name: str, model: Path, source: Path, result:
     else:
         settings = {**result["quantize"], "quantizer_version": v.get("ai-edge-quantizer")}
         notes = []
+    settings["output_bytes"] = model.stat().st_size
     return StageRecord(name=name, target=job.target.name, settings=settings, input_sha256=sha256_file(source),
                        output_sha256=sha256_file(model), seconds=round(seconds, 3), metrics=metrics, notes=notes)
 

@@ -78,7 +78,9 @@ class Runner:
             out = self.runner(**{k: self._to_model(k, v) for k, v in chunk.items()})
             for k in parts:
                 parts[k].append(self._from_model(k, np.asarray(out[k]))[:got])
-        return {k: np.concatenate(v) if v else np.empty((0,)) for k, v in parts.items()}
+        if n == 0:  # no samples: empty outputs of the right trailing shape
+            return {k: np.empty((0, *d["shape"][1:]), np.float32) for k, d in self.outputs.items()}
+        return {k: np.concatenate(v) for k, v in parts.items()}
 
 
 def model_ops(model_path: str) -> list[dict]:

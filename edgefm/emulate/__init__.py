@@ -82,7 +82,7 @@ def verify_emulated(bundle: str | Path, target: Optional[str] = None, arch: str 
     t0 = time.time()
     if arch not in ARCHES:
         raise ConfigError(f"--emulate '{arch}': only arm64 can be emulated")
-    bundle = Path(bundle)
+    bundle = Path(bundle).resolve()  # the emulated process runs in a temporary folder
     manifest = read_manifest(bundle)
     name = _tflite_target(manifest, target, bundle)
     entry = manifest.targets[name]

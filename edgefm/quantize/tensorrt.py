@@ -161,10 +161,15 @@ def plan_qdq(model, family: str, cfg: TrtQuantConfig) -> QdqPlan:
 
 
 class _Reader:
-    """ONNX Runtime CalibrationDataReader over dicts of arrays, ``batch`` samples at a time."""
+    """ONNX Runtime CalibrationDataReader over dicts of arrays, ``batch`` samples at a time. With
+    ``equal_batches`` a last, smaller batch is dropped: ONNX Runtime's histogram calibrators (percentile)
+    stack the per-batch outputs with ``np.asarray`` and fail on batches of different sizes."""
 
-    def __init__(self, feeds: dict[str, np.ndarray], batch: int, input_names: list[str]):
+    def __init__(self, feeds: dict[str, np.ndarray], batch: int, input_names: list[str], equal_batches: bool):
         n = len(next(iter(feeds.values())))
+        if equal_batches and n > batch:
+            n -= n % batch
+        self.samples = n
         self._it: Iterator = iter([{k: feeds[k][s:s + batch] for k in input_names} for s in range(0, n, batch)])
 
     def get_next(self) -> Optional[dict]:
@@ -310,8 +315,10 @@ def quantize_qdq(fp32_onnx: Path, out_path: Path, calib: dict[str, np.ndarray], 
     with tempfile.TemporaryDirectory(prefix="edgefm-trtq-") as tmp:
         raw, named = Path(tmp) / "qdq.onnx", Path(tmp) / "named.onnx"
         onnx.save(model, str(named))
+        reader = _Reader(calib, cfg.calib_batch, input_names, equal_batches=method != "MinMax")
+        notes.append(f"calibrated on {reader.samples} samples ({method})")
         try:
-            quantize_static(str(named), str(raw), _Reader(calib, cfg.calib_batch, input_names),
+            quantize_static(str(named), str(raw), reader,
                             quant_format=QuantFormat.QDQ, op_types_to_quantize=plan.op_types,
                             nodes_to_quantize=plan.nodes, per_channel=True, activation_type=QuantType.QInt8,
                             weight_type=QuantType.QInt8, calibrate_method=getattr(CalibrationMethod, method),

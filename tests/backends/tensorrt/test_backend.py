@@ -167,6 +167,16 @@ def test_sparsity_prunes_large_layers_and_warns_on_small(cnn, work, caplog):
     assert {v.rule for v in rules.verify_bundle(b, "jetson-xavier-nx")} == {"target", "qdq-weights"}
 
 
+def test_percentile_calibration_with_an_uneven_last_batch(cnn, tmp_path):
+    # ONNX Runtime's histogram calibrators cannot stack batches of different sizes: the remainder is dropped
+    calib = {"x": cnn.calib.inputs["x"][:37]}
+    cfg = q.TrtQuantConfig(calibration="percentile")
+    res = q.quantize_qdq(cnn.onnx_path, tmp_path / "p.onnx", calib, "cnn", cfg, ["x"])
+    assert "calibrated on 32 samples (Percentile)" in res.notes and res.qdq_pairs > 0
+    res = q.quantize_qdq(cnn.onnx_path, tmp_path / "m.onnx", calib, "cnn", q.TrtQuantConfig(), ["x"])
+    assert "calibrated on 37 samples (MinMax)" in res.notes
+
+
 def test_2_4_on_gemm_and_matmul_weights():
     rng = np.random.default_rng(1)
     rows = rng.normal(size=(64, 128)).astype(np.float32)

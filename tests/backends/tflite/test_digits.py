@@ -29,12 +29,13 @@ def test_full_int8_accuracy_and_size(which, request):
     assert 100 * (fp32_torch_top1 - top1) <= 1.0, (top1, fp32_torch_top1)
     quant = res.stages[-1]
     assert quant.name == "quantize" and quant.settings["mode"] == "full"
-    ratio = quant.metrics["size_ratio"]
+    ratio = quant.settings["size_ratio"]
     print(f"{which}: fp32 torch top-1 {fp32_torch_top1:.4f}, full-int8 tflite {top1:.4f}, "
-          f"size {quant.metrics['bytes']} / {quant.metrics['fp32_bytes']} = {ratio:.3f}")
-    # The CNN meets the 0.3. The LSTM cannot: litert-torch unrolls its 8 steps x 2 layers into ~270
-    # builtin ops whose graph structure (~50 KB) is the same in both files and outweighs its 53 k weights.
-    assert ratio <= (0.30 if which == "cnn" else 0.55)
+          f"size {quant.settings['output_bytes']} / {quant.settings['fp32_bytes']} = {ratio:.3f}")
+    # The CNN meets the 0.3 (0.285 measured). The LSTM cannot (0.465): litert-torch unrolls its 8 steps
+    # x 2 layers into ~270 builtin ops whose graph structure (~40 KB, more with int8 scales on every step's
+    # tensors) outweighs what int8 saves on its 53 k weights.
+    assert ratio <= (0.30 if which == "cnn" else 0.50)
 
 
 @pytest.mark.parametrize("which", ["cnn", "lstm"])
@@ -91,6 +92,7 @@ def test_predictor_batches_and_threads(cnn_bundle):
     one = np.concatenate([pred({"x": x[i:i + 1]})["logits"] for i in range(len(x))])
     np.testing.assert_array_equal(pred({"x": x})["logits"], one)
     assert pred({"x": x[:7]})["logits"].shape == (7, 10) and one.dtype == np.float32
+    assert pred({"x": x[:0]})["logits"].shape == (0, 10)
     with ThreadPoolExecutor(8) as ex:  # more callers than the pool: they must queue, not share interpreters
         results = list(ex.map(lambda i: pred({"x": x[i:i + 5]})["logits"], range(0, 40, 5)))
     np.testing.assert_array_equal(np.concatenate(results), one)

@@ -33,3 +33,13 @@ def test_verify_checks_the_tflite_target(pipeline_bundle):
     (report,) = verify_bundle(pipeline_bundle, ["rpi5"])
     assert report.ok, [(c.name, c.detail) for c in report.checks]
     assert [c.name for c in report.checks] == ["integrity", "fidelity"]
+
+
+def test_cli_inspect_shows_the_tflite_target(pipeline_bundle):
+    from typer.testing import CliRunner
+
+    from edgefm.cli import app
+
+    res = CliRunner().invoke(app, ["inspect", str(pipeline_bundle)])
+    assert res.exit_code == 0, res.output
+    assert "rpi5" in res.output and "tflite" in res.output

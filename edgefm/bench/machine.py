@@ -1,0 +1,97 @@
+"""What machine a result came from: CPU model and the flags inference kernels care about, cores, memory,
+OS, installed runtime versions, and on a Jetson its power mode and clocks. Nothing here imports a runtime:
+versions come from the installed distributions' metadata."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from importlib import metadata
+from pathlib import Path
+from typing import Optional
+
+from edgefm.bench import jetson
+from edgefm.bench.schema import MachineInfo
+
+#: CPU flags that change which int8/bf16 kernels a runtime can use (x86 and Arm spellings).
+RELEVANT_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
+                  "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "amx_fp16",
+                  "asimd", "asimdhp", "asimddp", "i8mm", "bf16", "sve", "sve2", "fphp")
+
+#: Distributions whose versions go into every result.
+RUNTIMES = ("edgefm", "numpy", "onnxruntime", "onnxruntime-gpu", "openvino", "ai-edge-litert", "tflite-runtime",
+            "tensorrt", "torch", "nncf", "onnx")
+
+
+def cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[Optional[str], set[str]]:
+    """(model name, flags) from /proc/cpuinfo; (None, set()) where it does not exist."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return None, set()
+    model = None
+    for key in ("model name", "Model", "Hardware", "cpu model"):
+        m = re.search(rf"^{key}\s*:\s*(.+)$", text, re.M)
+        if m:
+            model = m.group(1).strip()
+            break
+    flags: set[str] = set()
+    m = re.search(r"^(?:flags|Features)\s*:\s*(.+)$", text, re.M)
+    if m:
+        flags = set(m.group(1).split())
+    return model, flags
+
+
+def runtime_versions() -> dict[str, str]:
+    out = {}
+    for dist in RUNTIMES:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def slug(text: str) -> str:
+    text = re.sub(r"\((?:R|TM|tm|r)\)|CPU|Processor|@.*$|\d+-Core", " ", text)
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def machine_id(arch: str, cpu_model: str, cores: int, jetson_model: Optional[str] = None) -> str:
+    """Short stable folder name, e.g. ``x86_64-amd-epyc-2c`` or ``aarch64-nvidia-jetson-orin-nano-6c``."""
+    if os.environ.get("EDGEFM_MACHINE_ID"):
+        return slug(os.environ["EDGEFM_MACHINE_ID"])
+    return f"{arch}-{slug(jetson_model or cpu_model)[:40].strip('-')}-{cores}c"
+
+
+def machine_info() -> MachineInfo:
+    """Describe this machine."""
+    import psutil
+
+    model, flags = cpuinfo()
+    arch = platform.machine()
+    model = model or platform.processor() or arch
+    cores = os.cpu_count() or 1
+    jet = jetson.info()
+    return MachineInfo(
+        id=machine_id(arch, model, cores, jet.model if jet else None), arch=arch, cpu_model=model,
+        cpu_flags=[f for f in RELEVANT_FLAGS if f in flags], logical_cores=cores,
+        physical_cores=psutil.cpu_count(logical=False), memory_gb=round(psutil.virtual_memory().total / 2**30, 1),
+        os=platform.platform(), python=platform.python_version(), runtime_versions=runtime_versions(), jetson=jet,
+        load_avg_1m=load_average())
+
+
+def load_average() -> Optional[float]:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def busy_warning(info: MachineInfo) -> Optional[str]:
+    """A line to show when other work was competing for the CPU while we measured."""
+    if info.load_avg_1m is not None and info.load_avg_1m > 0.75 * info.logical_cores:
+        return (f"warning: this machine was busy (load average {info.load_avg_1m:.1f} on {info.logical_cores} cores): "
+                f"latencies are inflated and noisy; measure again when it is quiet, or compare only ratios of one run")
+    return None

@@ -1,0 +1,154 @@
+"""One measurement in its own process: ``python -m edgefm.bench.worker JOB.json``.
+
+``mode: measure`` — note the idle RSS → load (timed) → first call at the asked batch (cold, timed) →
+warm-up and timed runs (board power sampled meanwhile on a Jetson) → read the kernel's RSS high-water mark.
+Nothing else runs in that process, so its peak is loading and running this model at this batch, and
+``/usr/bin/time -v`` on the same command reports the same figure.
+``mode: accuracy`` — load, run the whole eval set (in ``eval_batch`` chunks), score it against labels and
+the fp32 reference, optionally save the outputs. A separate process, because a runtime keeps the memory
+of a big eval batch in its arena, which would otherwise inflate the peak of the timed runs.
+
+The result, or the error, is written as JSON to ``job.out``; the parent never imports the runtime."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from edgefm.bench import memory
+from edgefm.bench.jetson import power_window
+from edgefm.bench.latency import TimingPlan, summarize, thin, time_calls
+from edgefm.bench.schema import Accuracy, Measurement, MemoryStats
+from edgefm.bench.subjects import Feed, Opened, Subject, open_subject
+from edgefm.errors import EdgefmError
+from edgefm.models.spec import ModelSpec
+
+
+class WorkerJob(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["measure", "accuracy"] = "measure"
+    subject: Subject
+    batch: int
+    threads: Optional[int] = None
+    warmup: int = 10
+    runs: Optional[int] = None
+    seconds: Optional[float] = 2.0
+    min_runs: int = 10
+    eval_npz: str
+    eval_batch: int = 32
+    save_outputs: Optional[str] = None
+    out: str
+
+
+def read_eval(path: str, spec: ModelSpec) -> tuple[Feed, Optional[np.ndarray], Feed]:
+    """(inputs cast to the spec's dtypes, labels or None, reference outputs) from a prepared eval .npz."""
+    with np.load(path) as z:
+        inputs = {s.name: np.ascontiguousarray(z[f"in/{s.name}"], dtype=s.dtype) for s in spec.inputs}
+        labels = z["labels"] if "labels" in z.files else None
+        ref = {k[4:]: z[k] for k in z.files if k.startswith("ref/")}
+    return inputs, labels, ref
+
+
+def batch_feed(inputs: Feed, batch: int) -> Feed:
+    """The first ``batch`` eval samples (repeated when there are fewer): real data, not random."""
+    n = len(next(iter(inputs.values())))
+    idx = np.arange(batch) % n
+    return {k: np.ascontiguousarray(v[idx]) for k, v in inputs.items()}
+
+
+def run_all(opened: Opened, inputs: Feed, size: int) -> dict[str, np.ndarray]:
+    n = len(next(iter(inputs.values())))
+    chunks: dict[str, list[np.ndarray]] = {}
+    for s in range(0, n, size):
+        for k, v in opened.predict({k: v[s:s + size] for k, v in inputs.items()}).items():
+            chunks.setdefault(k, []).append(np.asarray(v))
+    return {k: np.concatenate(v) for k, v in chunks.items()}
+
+
+def score(spec: ModelSpec, got: dict[str, np.ndarray], labels: Optional[np.ndarray], ref: Feed) -> Accuracy:
+    """Accuracy with labels and fidelity to the fp32 reference, computed by edgefm.fidelity."""
+    from edgefm import fidelity
+
+    n = len(next(iter(got.values())))
+    if ref:
+        m = fidelity.evaluate(spec, ref, got, labels)
+        acc = m.pop("_accuracy", {})
+        return Accuracy(basis="labels" if labels is not None else "reference", samples=n, top1=acc.get("top1"),
+                        top5=acc.get("top5"), fp32_top1=acc.get("fp32_top1"), fidelity=m)
+    if labels is not None:
+        logits = [o.name for o in spec.outputs if o.kind == "logits"] or list(got)[:1]
+        acc = fidelity.accuracy(got[logits[0]], labels)
+        return Accuracy(basis="labels", samples=n, top1=acc["top1"], top5=acc.get("top5"))
+    return Accuracy(basis="none", samples=n)
+
+
+def accuracy(job: WorkerJob) -> Accuracy:
+    """Outputs on the whole eval set, scored (and saved to ``job.save_outputs`` when asked)."""
+    s = job.subject
+    opened = open_subject(s, job.threads)
+    inputs, labels, ref = read_eval(job.eval_npz, s.spec)
+    got = run_all(opened, inputs, job.eval_batch)
+    if job.save_outputs:
+        np.savez(job.save_outputs, **{f"ref/{k}": v for k, v in got.items()})
+    return score(s.spec, got, labels, ref)
+
+
+def measure(job: WorkerJob) -> Measurement:
+    """Load, first call, then the timed runs at ``job.batch``; memory read around them."""
+    s = job.subject
+    idle = memory.rss_mb()
+    t0 = time.perf_counter()
+    opened = open_subject(s, job.threads)
+    load_s = time.perf_counter() - t0
+    inputs, _, _ = read_eval(job.eval_npz, s.spec)
+    feed = batch_feed(inputs, job.batch)
+    t0 = time.perf_counter()
+    opened.predict(feed)
+    cold_ms = (time.perf_counter() - t0) * 1e3
+    loaded = memory.rss_mb()
+    load_peak = memory.peak_rss_mb()
+    plan = TimingPlan(warmup=job.warmup, runs=job.runs, seconds=job.seconds, min_runs=job.min_runs)
+    with power_window() as power:
+        timed = time_calls(lambda: opened.predict(feed), plan)
+        power.calls, power.batch = plan.warmup + len(timed.samples_ms), job.batch
+    peak, after = memory.peak_rss_mb(), memory.rss_mb()
+    stats = summarize(timed.samples_ms, job.batch, job.warmup, timed.cpu_s)
+    return Measurement(
+        name=s.name, role=s.role, backend=opened.backend, precision=s.precision, device=opened.device,
+        batch=job.batch, threads=job.threads, artifact=opened.artifact, size_bytes=opened.size_bytes,
+        load_s=load_s, cold_ms=cold_ms, latency=stats,
+        memory=MemoryStats(peak_rss_mb=peak, idle_rss_mb=idle, load_peak_rss_mb=load_peak, loaded_rss_mb=loaded,
+                           run_rss_mb=after),
+        energy=power.energy, runtime_versions=opened.runtime_versions, settings=opened.settings,
+        latencies_ms=thin(timed.samples_ms), notes=list(opened.notes) + ([power.note] if power.note else []))
+
+
+def main(argv: list[str]) -> int:
+    job = WorkerJob.model_validate_json(Path(argv[1]).read_text())
+    try:
+        done = measure(job) if job.mode == "measure" else accuracy(job)
+        payload = done.model_dump_json()
+        if isinstance(done, Measurement):
+            # building and serialising the result costs the harness ~2 MiB; read the mark once more after it
+            # so the figure is the whole process's, as /usr/bin/time -v sees it at exit
+            done.memory.peak_rss_mb = max(done.memory.peak_rss_mb, memory.peak_rss_mb())
+            payload = done.model_dump_json()
+        result = {"ok": True, job.mode: json.loads(payload)}
+    except EdgefmError as e:
+        result = {"ok": False, "error_type": type(e).__name__, "message": str(e)}
+    except Exception as e:  # noqa: BLE001 - reported to the parent, which decides
+        result = {"ok": False, "error_type": None, "message": f"{type(e).__name__}: {e}",
+                  "traceback": traceback.format_exc()}
+    Path(job.out).write_text(json.dumps(result))
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
