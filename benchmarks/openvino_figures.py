@@ -204,8 +204,9 @@ def section_minilm(tmp: Path, rounds: int) -> None:
     bundle(case, tmp, "int8_f32", "int8", inference_precision="f32", compare_precisions=False)
     bundle(case, tmp, "fp32", "fp32")
     bundle(case, tmp, "bf16", "bf16")
+    bundle(case, tmp, "w8", "int8", int8_mode="weights", compare_precisions=False)
     variants = {"openvino f32": "fp32", "openvino bf16": "bf16", "openvino int8 (float parts bf16)": "int8",
-                "openvino int8 (float parts f32)": "int8_f32"}
+                "openvino int8 (float parts f32)": "int8_f32", "openvino weight-only int8": "w8"}
     feed = case.eval.take(slice(0, 1)).inputs
     tfeed = tuple(torch.from_numpy(feed[s.name]) for s in case.spec.inputs)
     ref = case.reference["sentence_embedding"]
@@ -225,7 +226,9 @@ def section_minilm(tmp: Path, rounds: int) -> None:
         for k, p in preds.items():
             cos = cosine_per_sample(ref, p(case.eval.inputs)["sentence_embedding"])
             execs[k] = p.execution
-            rows.append({"threads": threads, "variant": k, "mean_cosine": round(float(cos.mean()), 5),
+            rows.append({"threads": threads, "variant": k, "bin_MB": round(
+                (tmp / variants[k] / "openvino-cpu" / "model.bin").stat().st_size / 1e6, 1),
+                         "mean_cosine": round(float(cos.mean()), 5),
                          "min_cosine": round(float(cos.min()), 5), "batch1_seq128_ms": lat[k],
                          "speedup_vs_torch": round(lat["torch eager fp32"] / lat[k], 2),
                          "int8_speedup_vs_this": round(lat[k] / lat["openvino int8 (float parts bf16)"], 2)})

@@ -31,7 +31,7 @@ def test_int8_embeddings_match_fp32_on_held_out_sentences(minilm, tmp_path):
 
 
 def test_weight_only_int8(minilm, tmp_path):
-    tgt = target("openvino-cpu", int8_mode="weights", compare_precisions=False)
+    tgt = target("openvino-cpu-w8", compare_precisions=False)
     _, result = build_bundle(minilm, tgt, tmp_path / "w")
     assert stage(result, "quantize").settings["mode"] == "weights"
     pred = edgefm.load(tmp_path / "w")

@@ -7,7 +7,7 @@ from edgefm.backends.openvino import OpenVINOOptions, options_for
 from edgefm.errors import TargetError
 from edgefm.targets import TargetSpec, list_targets
 
-OPENVINO_TARGETS = ["openvino-cpu", "openvino-cpu-avx2", "openvino-cpu-amx", "openvino-gpu", "openvino-npu"]
+OPENVINO_TARGETS = ["openvino-cpu", "openvino-cpu-avx2", "openvino-cpu-amx", "openvino-cpu-w8", "openvino-gpu", "openvino-npu"]
 
 
 def test_builtin_targets_validate():
@@ -22,6 +22,7 @@ def test_builtin_targets_validate():
     assert recipes["openvino-cpu-avx2"]["overflow_fix"] == "enable"
     assert recipes["openvino-cpu-amx"]["nncf_device"] == "CPU_SPR"
     assert recipes["openvino-npu"]["dynamic_shapes"] is False
+    assert recipes["openvino-cpu-w8"]["int8_mode"] == "weights"
     assert recipes["openvino-gpu"]["inference_precision"] == "f16"
 
 
