@@ -19,6 +19,9 @@ from edgefm.runtime import BasePredictor
 
 log = logging.getLogger(__name__)
 
+#: With static shapes (NPU), one compiled model per input shape: this many are kept.
+STATIC_SHAPES_KEPT = 8
+
 
 @functools.lru_cache(maxsize=1)
 def core() -> Any:
@@ -109,6 +112,8 @@ class OpenVINOPredictor(BasePredictor):
                 if key is not None:
                     model = self._model.clone()
                     model.reshape(dict(key))
+                    if len(self._compiled) >= STATIC_SHAPES_KEPT:  # forget the oldest shape (dicts keep order)
+                        self._compiled.pop(next(iter(self._compiled)))
                 self._compiled[key] = (compile_model(model, self.device, self.config), queue.SimpleQueue())
             return self._compiled[key]
 
