@@ -37,5 +37,5 @@ def test_weight_only_int8(minilm, tmp_path):
     pred = edgefm.load(tmp_path / "w")
     cos = cosine_per_sample(minilm.reference["sentence_embedding"], pred(minilm.eval.inputs)["sentence_embedding"])
     assert cos.mean() >= 0.995
-    size = (tmp_path / "w/openvino-cpu/model.bin").stat().st_size
+    size = (tmp_path / "w/openvino-cpu-w8/model.bin").stat().st_size
     assert size < 0.4 * minilm.onnx.stat().st_size  # int8 weights: about a quarter of fp32
