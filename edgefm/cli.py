@@ -118,16 +118,9 @@ def _print_targets(manifest) -> None:
 
 
 def _fidelity_text(metrics: dict) -> str:
-    parts = []
-    for k, m in metrics.items():
-        if k == "_accuracy":
-            parts.append(f"top-1 {100 * m['top1']:.2f}% (fp32 {100 * m['fp32_top1']:.2f}%)")
-        elif not k.startswith("_") and isinstance(m, dict) and "cosine" in m:
-            s = f"{k}: cos {m['cosine']:.4f}"
-            if "top1_agreement" in m:
-                s += f", top-1 agree {100 * m['top1_agreement']:.1f}%"
-            parts.append(s)
-    return "; ".join(parts)
+    from edgefm.fidelity import summarize
+
+    return summarize(metrics)
 
 
 @app.command()

@@ -9,7 +9,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgefm.errors import ConfigError
+from edgefm.errors import ConfigError, describe_validation
 from edgefm.fidelity import Limits
 from edgefm.stages.distill import DistillConfig
 from edgefm.stages.prune import PruneConfig
@@ -97,6 +97,6 @@ def build_config(recipe: Optional[Path] = None, **fields: Any) -> CompressConfig
     try:
         return CompressConfig(**data)
     except ValidationError as e:
-        errs = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        errs = describe_validation(e)
         where = f"recipe {recipe} / flags" if recipe else "flags"
         raise ConfigError(f"invalid configuration ({where}): {errs}") from None

@@ -59,3 +59,8 @@ class TargetError(EdgefmError):
 
 class DeviceMismatchError(BundleError):
     """A compiled artifact (e.g. a TensorRT engine) was built for other hardware or runtime versions."""
+
+
+def describe_validation(e, prefix: str = "") -> str:
+    """One line from a pydantic ValidationError: ``field.path: message; …`` (``prefix`` before each path)."""
+    return "; ".join(f"{prefix}{'.'.join(map(str, x['loc'])) or 'value'}: {x['msg']}" for x in e.errors())

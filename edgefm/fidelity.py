@@ -100,3 +100,20 @@ def evaluate(spec: ModelSpec, ref: Mapping[str, np.ndarray], got: Mapping[str, n
         a, a_ref = accuracy(got[name], labels), accuracy(ref[name], labels)
         metrics["_accuracy"] = {**a, **{f"fp32_{k}": v for k, v in a_ref.items()}}
     return metrics
+
+
+def summarize(metrics: Mapping[str, Mapping[str, float]]) -> str:
+    """One line for people: per output cosine / max abs / top-1 agreement, and accuracy with labels. Keys
+    starting with ``_`` other than ``_accuracy`` are backend extras and are left out."""
+    parts = []
+    for k, m in metrics.items():
+        if k == "_accuracy":
+            parts.append(f"top-1 {100 * m['top1']:.2f}% (fp32 {100 * m['fp32_top1']:.2f}%)")
+        elif not k.startswith("_") and isinstance(m, Mapping) and "cosine" in m:
+            s = f"{k}: cos {m['cosine']:.5f}"
+            if "max_abs" in m:
+                s += f", max abs {m['max_abs']:.3g}"
+            if "top1_agreement" in m:
+                s += f", top-1 agree {100 * m['top1_agreement']:.1f}%"
+            parts.append(s)
+    return "; ".join(parts)

@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgefm.errors import TargetError
+from edgefm.errors import TargetError, describe_validation
 
 Backend = Literal["onnxruntime", "openvino", "tflite", "tensorrt"]
 Precision = Literal["int8", "fp16", "fp32", "bf16"]
@@ -39,6 +39,15 @@ class TargetSpec(BaseModel):
                                      description="Facts about the device (compute capability, memory, versions …)")
 
 
+def backend_options(model: type[BaseModel], target: TargetSpec):
+    """``target.options`` validated by a backend's own pydantic model (extra="forbid"); a bad key or value is a
+    ``TargetError`` naming the target and the field."""
+    try:
+        return model(**(target.options or {}))
+    except ValidationError as e:
+        raise TargetError(f"target '{target.name}': {describe_validation(e, 'options.')}") from None
+
+
 def search_dirs() -> list[Path]:
     extra = [Path(p) for p in os.environ.get("EDGEFM_TARGETS_PATH", "").split(os.pathsep) if p]
     return extra + [BUILTIN_DIR]
@@ -56,8 +65,7 @@ def load_target_file(path: Path) -> TargetSpec:
     try:
         return TargetSpec(**data)
     except ValidationError as e:
-        errs = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
-        raise TargetError(f"target file {path}: {errs}") from None
+        raise TargetError(f"target file {path}: {describe_validation(e)}") from None
 
 
 def list_targets() -> dict[str, TargetSpec]:

@@ -106,14 +106,9 @@ def verify_target(bundle: Path, manifest: Manifest, name: str, emulate: Optional
 
 
 def _summary(metrics: dict) -> str:
-    parts = []
-    for k, m in metrics.items():
-        if k == "_accuracy":
-            parts.append(f"top-1 {100 * m['top1']:.2f}% (fp32 {100 * m['fp32_top1']:.2f}%)")
-        elif not k.startswith("_") and isinstance(m, dict) and "cosine" in m:
-            parts.append(f"{k}: cos {m['cosine']:.5f}, max abs {m['max_abs']:.3g}"
-                         + (f", top-1 agree {100 * m['top1_agreement']:.1f}%" if "top1_agreement" in m else ""))
-    return "; ".join(parts)
+    from edgefm.fidelity import summarize
+
+    return summarize(metrics)
 
 
 def verify_bundle(bundle: Path, targets: Optional[list[str]] = None, emulate: Optional[str] = None,

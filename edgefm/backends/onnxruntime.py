@@ -10,14 +10,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgefm.backends.base import CompileJob, CompileResult, LoadOptions
 from edgefm.bundle import StageRecord, TargetEntry, sha256_file
-from edgefm.errors import AccuracyError, ConfigError, TargetError
+from edgefm.errors import AccuracyError, ConfigError
 from edgefm.fidelity import check, evaluate
 from edgefm.models.spec import ModelSpec
 from edgefm.runtime import BasePredictor
+from edgefm.targets import TargetSpec, backend_options
 
 log = logging.getLogger(__name__)
 EXTRA = "onnxruntime"  # part of the core install
@@ -51,11 +52,7 @@ def versions() -> dict[str, str]:
 
 
 def parse_options(raw: dict[str, Any], where: str) -> Options:
-    try:
-        return Options(**raw)
-    except ValidationError as e:
-        errs = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
-        raise TargetError(f"{where}: options: {errs}") from None
+    return backend_options(Options, TargetSpec(name=where, backend="onnxruntime", options=raw))
 
 
 def _session(path: Path, opts: Options, threads: Optional[int]):

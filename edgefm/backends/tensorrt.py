@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgefm import fidelity
 from edgefm.backends.base import CompileJob, CompileResult, LoadOptions
@@ -30,7 +30,7 @@ from edgefm.errors import (AccuracyError, BackendUnavailableError, ConfigError, 
                            UnsupportedOpError)
 from edgefm.models.spec import ModelSpec
 from edgefm.quantize.tensorrt import TrtQuantConfig
-from edgefm.targets import TargetSpec
+from edgefm.targets import TargetSpec, backend_options
 
 EXTRA = "tensorrt"
 BUILD_FILE = "build.json"
@@ -91,11 +91,7 @@ def versions() -> dict[str, str]:
 
 def options_of(target: TargetSpec) -> TensorRTOptions:
     """The target's validated options; a bad key or value is a ``TargetError`` naming the target."""
-    try:
-        return TensorRTOptions(**target.options)
-    except ValidationError as e:
-        errs = "; ".join(f"options.{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
-        raise TargetError(f"target '{target.name}': {errs}") from None
+    return backend_options(TensorRTOptions, target)
 
 
 def tensorrt_version(target: TargetSpec) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgefm import fidelity
 from edgefm.backends import tflite_convert
@@ -27,6 +27,7 @@ from edgefm.bundle import StageRecord, TargetEntry, sha256_file
 from edgefm.errors import BackendUnavailableError, CalibrationError, ConfigError, UnsupportedOpError
 from edgefm.models.spec import ModelSpec
 from edgefm.runtime import BasePredictor
+from edgefm.targets import backend_options
 
 EXTRA = "tflite"
 ARTIFACT = "model.tflite"
@@ -53,11 +54,8 @@ class TFLiteOptions(BaseModel):
 
 
 def options(target) -> TFLiteOptions:
-    try:
-        return TFLiteOptions(**(target.options or {}))
-    except ValidationError as e:
-        errs = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
-        raise ConfigError(f"target '{target.name}': invalid tflite options: {errs}") from None
+    """The target's validated options (``TargetError`` naming the target and the field)."""
+    return backend_options(TFLiteOptions, target)
 
 
 def is_available() -> bool:

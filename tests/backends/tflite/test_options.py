@@ -7,7 +7,7 @@ import pytest
 
 from edgefm.backends import tflite
 from edgefm.backends.tflite_run import Runner, model_ops
-from edgefm.errors import ConfigError, UnsupportedOpError
+from edgefm.errors import ConfigError, TargetError, UnsupportedOpError
 
 from .conftest import digits_job, tflite_target
 
@@ -46,7 +46,7 @@ def test_unsupported_op_names_op_and_node(tmp_path):
 
 
 def test_bad_target_options_and_inputs(tmp_path, cnn):
-    with pytest.raises(ConfigError, match="int8"):
+    with pytest.raises(TargetError, match="options.int8"):
         tflite.compile(digits_job(tmp_path, cnn[0], False, tflite_target("int8", int8="fulll")))
     with pytest.raises(ConfigError, match="bf16"):
         tflite.compile(digits_job(tmp_path, cnn[0], False, tflite_target("bf16")))
