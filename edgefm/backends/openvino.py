@@ -19,16 +19,16 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgefm import fidelity
 from edgefm.backends.base import CompileJob, CompileResult, Feed, LoadOptions, Samples
 from edgefm.backends.openvino_run import (OpenVINOPredictor, compile_model, core, execution_info, pick_device,
                                           runtime_config)
 from edgefm.bundle import StageRecord, TargetEntry, sha256_file, sha256_path
-from edgefm.errors import AccuracyError, BundleError, ConfigError, TargetError, UnsupportedOpError
+from edgefm.errors import AccuracyError, BundleError, ConfigError, UnsupportedOpError
 from edgefm.models.spec import ModelSpec
-from edgefm.targets import TargetSpec
+from edgefm.targets import TargetSpec, backend_options
 
 EXTRA = "openvino"
 log = logging.getLogger(__name__)
@@ -84,11 +84,7 @@ class OpenVINOOptions(BaseModel):
 
 def options_for(target: TargetSpec) -> OpenVINOOptions:
     """The target's validated options (``TargetError`` naming the target and the field)."""
-    try:
-        return OpenVINOOptions(**target.options)
-    except ValidationError as e:
-        errs = "; ".join(f"options.{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
-        raise TargetError(f"target '{target.name}': {errs}") from None
+    return backend_options(OpenVINOOptions, target)
 
 
 def is_available() -> bool:
