@@ -49,6 +49,7 @@ def test_compress_digits_to_openvino_and_load(ckpts, tmp_path, family, arch, dec
     assert report.ok, [(c.name, c.detail) for c in report.checks]
 
 
+@pytest.mark.slow  # 26-39 s here: the transformer's whole pipeline (load, export, NNCF, verify)
 def test_compress_minilm_to_openvino_and_load(tmp_path):
     from edgefm import zoo
 
