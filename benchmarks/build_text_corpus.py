@@ -8,6 +8,13 @@ sentences, keeps the ones that look like English prose and writes one sentence a
 
     python benchmarks/build_text_corpus.py corpus.txt --max-sentences 4000
     python benchmarks/build_text_corpus.py heldout.txt --packages scipy,sklearn --max-sentences 200
+    python benchmarks/build_text_corpus.py corpus.txt --augment 1 --vocab MODEL/vocab.txt
+
+Docstrings are technical English. ``--augment K`` adds K variants of each sentence in which a share of
+the content words is replaced by random whole words of ``--vocab`` (e.g. the model's WordPiece
+vocabulary): the grammar stays, the vocabulary widens beyond software, and the teacher labels the
+variants like any other text (word-replacement augmentation as in TinyBERT, with random words instead
+of a language model's suggestions).
 
 Ship the script, not the corpus: the output depends on what is installed."""
 
@@ -125,9 +132,42 @@ def _is_test(path: Path) -> bool:
         path.name.startswith("test_")
 
 
+_STOP = set("""a an the and or but if then else of to in on at by for with from as is are was were be been being
+this that these those it its not no can may must will would should could has have had do does did than so such
+into onto over under when where which who whom whose what why how all any each every some more most other only""".split())
+
+
+def read_vocab(path: Path) -> list[str]:
+    """Whole lower-case English-looking words of a vocabulary file (one token a line; WordPiece
+    continuations ``##x`` and special tokens are skipped)."""
+    words = []
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        w = line.strip()
+        if len(w) >= 3 and w.isascii() and w.isalpha() and w.islower() and w not in _STOP:
+            words.append(w)
+    return words
+
+
+def augment(sentence: str, words: list[str], share: float, rng: random.Random) -> str:
+    """``sentence`` with about ``share`` of its content words (not the first word, not stop words)
+    replaced by random ``words``; capitals and punctuation around a word are kept."""
+    tokens = sentence.split()
+    for i in range(1, len(tokens)):
+        core = tokens[i].strip(".,;:!?()\"'")
+        if not core.isalpha() or core.lower() in _STOP or rng.random() >= share:
+            continue
+        new = rng.choice(words)
+        if core[0].isupper():
+            new = new.capitalize()
+        tokens[i] = tokens[i].replace(core, new, 1)
+    return " ".join(tokens)
+
+
 def build(out: Path, max_sentences: int, seed: int, packages: Optional[list[str]], exclude: list[str],
-          min_words: int, max_words: int, sources: Optional[list[str]] = None) -> int:
-    """Write up to ``max_sentences`` unique prose sentences, shuffled with ``seed``; returns the count."""
+          min_words: int, max_words: int, sources: Optional[list[str]] = None, n_augment: int = 0,
+          vocab: Optional[Path] = None, share: float = 0.3) -> int:
+    """Write up to ``max_sentences`` unique prose sentences (plus ``n_augment`` variants of each),
+    shuffled with ``seed``; returns the number of lines written."""
     seen: set[str] = set()
     found: list[str] = []
     for s in sentences(package_files(packages, exclude, sources or ["packages", "stdlib", "metadata"]),
@@ -136,8 +176,14 @@ def build(out: Path, max_sentences: int, seed: int, packages: Optional[list[str]
         if key not in seen:
             seen.add(key)
             found.append(s)
-    random.Random(seed).shuffle(found)
+    rng = random.Random(seed)
+    rng.shuffle(found)
     found = found[:max_sentences]
+    if n_augment:
+        words = read_vocab(vocab) if vocab else sorted({w.lower() for s in found for w in _WORD.findall(s)
+                                                         if len(w) >= 3 and w.lower() not in _STOP})
+        found += [augment(s, words, share, rng) for s in found for _ in range(n_augment)]
+        rng.shuffle(found)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(found) + "\n", encoding="utf-8")
     return len(found)
@@ -152,12 +198,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--exclude", default="", help="comma-separated package folders to leave out")
     ap.add_argument("--sources", default="packages,stdlib,metadata",
                     help="comma-separated: packages (site-packages docstrings), stdlib, metadata (package descriptions)")
+    ap.add_argument("--augment", type=int, default=0, help="variants per sentence with words replaced (default 0)")
+    ap.add_argument("--vocab", type=Path, help="word list for --augment, e.g. the model's vocab.txt (default: "
+                                               "the corpus's own words)")
+    ap.add_argument("--replace", type=float, default=0.3, help="share of content words replaced in a variant")
     ap.add_argument("--min-words", type=int, default=6)
     ap.add_argument("--max-words", type=int, default=40)
     a = ap.parse_args(argv)
     pkgs = [p for p in a.packages.split(",") if p] or None
     n = build(a.out, a.max_sentences, a.seed, pkgs, [p for p in a.exclude.split(",") if p], a.min_words, a.max_words,
-              [x for x in a.sources.split(",") if x])
+              [x for x in a.sources.split(",") if x], a.augment, a.vocab, a.replace)
     print(f"wrote {n} sentences to {a.out}", file=sys.stderr)
     return 0 if n else 1
 

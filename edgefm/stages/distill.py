@@ -37,16 +37,21 @@ from edgefm.models.spec import ModelSpec
 log = logging.getLogger(__name__)
 
 
+SMALL_MODEL = 1_000_000  # parameters; below this the size-dependent defaults are those of a small model
+
+
 class DistillConfig(BaseModel):
     """How to distill. Defaults suit a small model on a 2-core CPU."""
 
     model_config = ConfigDict(extra="forbid")
-    epochs: int = Field(20, ge=1, description="Passes over the training data at most")
+    epochs: Optional[int] = Field(None, ge=1, description=(
+        "Passes over the training data at most; default: 20 for models under 1 M parameters, 3 above"))
     max_steps: Optional[int] = Field(None, ge=1, description=(
         "Stop after this many optimizer steps in all (a time budget); the learning-rate schedule still spans "
         "epochs, so a run cut short resumes from its checkpoint exactly where it stopped"))
-    batch_size: int = Field(64, ge=1, description="Samples per step")
-    lr: float = Field(1e-3, gt=0, description="Peak learning rate (AdamW, warm-up then cosine decay)")
+    batch_size: Optional[int] = Field(None, ge=1, description="Samples per step; default: 64 under 1 M parameters, 32 above")
+    lr: Optional[float] = Field(None, gt=0, description=(
+        "Peak learning rate (AdamW, warm-up then cosine decay); default: 1e-3 under 1 M parameters, 5e-4 above"))
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     warmup: float = Field(0.05, ge=0, lt=1, description="Share of the steps spent warming the learning rate up")
     temperature: float = Field(4.0, gt=0, description="Softens teacher and student logits for the KL term")
@@ -63,8 +68,18 @@ class DistillConfig(BaseModel):
     cache_teacher: bool = Field(True, description="Run the teacher once over the training data and cache its outputs")
     cache_limit_mb: int = Field(1024, ge=0, description="Cache teacher features only while they fit in this many MB")
     dropout: bool = Field(False, description="Keep the student's dropout active while distilling")
+    freeze_embeddings: bool = Field(True, description=(
+        "Keep token/position embeddings (nn.Embedding) as they are: training them on a narrow corpus moves "
+        "only the tokens it contains away from the teacher, which hurts on other text"))
     threads: Optional[int] = Field(None, ge=1, description="torch threads while distilling (default: 1 for "
                                    "models under 1 M parameters, else torch's default)")
+
+    def resolved(self, n_params: int) -> "DistillConfig":
+        """The size-dependent defaults filled in: small models (digits CNN/LSTM) train many cheap epochs
+        with a large rate; large ones (MiniLM) few epochs at a gentler rate, which fits a 2-core CPU."""
+        small = n_params < SMALL_MODEL
+        fill = {"epochs": 20 if small else 3, "batch_size": 64 if small else 32, "lr": 1e-3 if small else 5e-4}
+        return self.model_copy(update={k: v for k, v in fill.items() if getattr(self, k) is None})
     seed: int = Field(0, description="Seed for initialisation of projections, shuffling and dropout")
     checkpoint: Optional[Path] = Field(None, description="File to save progress to after each evaluation and "
                                        "to resume from when it exists")
@@ -389,10 +404,15 @@ def distill_model(teacher, student, spec: ModelSpec, cfg: DistillConfig, train: 
     student = copy.deepcopy(student)
     for p in student.parameters():  # the copy trains in full, whatever the source had frozen
         p.requires_grad_(p.is_floating_point())
+    if cfg.freeze_embeddings:
+        for m in student.modules():
+            if isinstance(m, torch.nn.Embedding):
+                m.weight.requires_grad_(False)
     teacher.eval()  # the teacher only ever runs under no_grad; its flags are left alone
     n_params = sum(p.numel() for p in student.parameters())
+    cfg = cfg.resolved(n_params)
     old_threads = torch.get_num_threads()
-    threads = cfg.threads or (1 if n_params < 1_000_000 else old_threads)
+    threads = cfg.threads or (1 if n_params < SMALL_MODEL else old_threads)
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     gen = np.random.default_rng(cfg.seed)
@@ -485,7 +505,7 @@ def distill_model(teacher, student, spec: ModelSpec, cfg: DistillConfig, train: 
     notes = [f"threads {threads}", "teacher outputs cached" if tch.outputs is not None else "teacher run per batch"]
     if sparsity.has_masks(student):
         notes.append(f"sparsity kept: {sparsity.measured(student):.3f}")
-    return student, StageRecord(name="distill", settings=cfg.model_dump(mode="json", exclude_defaults=True),
+    return student, StageRecord(name="distill", settings=cfg.model_dump(mode="json", exclude_none=True),
                                 seconds=round(time.perf_counter() - t0, 3), metrics=metrics, notes=notes)
 
 

@@ -59,6 +59,9 @@ class PruneConfig(BaseModel):
     num_layers: Optional[int] = Field(None, ge=1, description=(
         "Transformers: layers kept, spread evenly and ending with the last (3 of 6: 1, 3, 5)"))
     layers: Optional[list[int]] = Field(None, description="Transformers: exact layer indices kept (overrides num_layers)")
+    layer_choice: Literal["greedy", "spread"] = Field("greedy", description=(
+        "Which num_layers layers to keep: greedy drops, one at a time, the layer whose absence changes the "
+        "outputs least on the data; spread keeps evenly spaced layers ending with the last"))
     sparsity: Literal["none", "unstructured", "nm"] = Field("none", description=(
         "Zero weights without changing shapes, for sparse kernels (TensorRT on Ampere/Orin): "
         "unstructured magnitude or N:M"))
@@ -280,14 +283,19 @@ def _structured_transformer(model, hf, spec: ModelSpec, cfg: PruneConfig, data: 
     model = copy.deepcopy(model)
     hf = pt.find_encoder(model)
     total = len(pt.layers(hf))
-    keep = cfg.layers if cfg.layers is not None else (pt.spread_layers(total, cfg.num_layers) if cfg.num_layers else None)
+    batches = [to_args(spec, b.inputs) for b in data.take(slice(0, 128)).batches(32)] if data else []
+    keep = cfg.layers
+    if keep is None and cfg.num_layers:
+        if cfg.layer_choice == "greedy" and batches:
+            keep = pt.choose_layers(model, hf, cfg.num_layers, batches[:2])
+        else:
+            keep = pt.spread_layers(total, cfg.num_layers)
     if keep is not None and keep != list(range(total)):
         pt.drop_layers(hf, keep)
-        notes.append(f"kept layers {keep} of {total}")
+        notes.append(f"kept layers {keep} of {total}" + (f" ({cfg.layer_choice})" if cfg.layers is None else ""))
     ffn = cfg.ffn if cfg.ffn is not None else cfg.ratio
     if cfg.heads or ffn:
         mask_index = next((i for i, s in enumerate(spec.inputs) if "mask" in s.name), None)
-        batches = [to_args(spec, b.inputs) for b in data.take(slice(0, 128)).batches(32)] if data else []
         head_s, ffn_s = pt.importance(model, hf, batches, mask_index)
         if cfg.heads:
             kept = pt.prune_heads(hf, cfg.heads, head_s)
@@ -328,6 +336,9 @@ def prune_model(model, spec: ModelSpec, cfg: PruneConfig, data: Optional[Samples
         if cfg.heads or cfg.ffn or cfg.num_layers or cfg.layers:
             raise ConfigError("heads, ffn and num_layers/layers apply to Transformer encoders; "
                               f"this {spec.family} model has none")
+        if spec.family == "transformer":
+            raise ConfigError(f"structured pruning of Transformers supports BERT-family encoders (encoder.layer); "
+                              f"{spec.arch or 'this model'} has another layout — sparsity still works")
         pruned = _structured_tp(model, spec, cfg, data, args, notes, extra)
     if cfg.sparsity != "none":
         skip = output_layers(pruned, args)

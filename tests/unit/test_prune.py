@@ -212,7 +212,8 @@ def test_transformer_layers_heads_ffn_save_load_export(tmp_path):
     import onnxruntime as ort
 
     model, data = tiny_bert(), text_data()
-    pruned, rec = prune_model(model, TXT_SPEC, PruneConfig(num_layers=2, heads=0.5, ffn=0.5), data)
+    pruned, rec = prune_model(model, TXT_SPEC, PruneConfig(num_layers=2, layer_choice="spread", heads=0.5, ffn=0.5),
+                              data)
     hf = pruned.hf
     assert hf.config.num_hidden_layers == 2 and hf.config.intermediate_size == 64
     st = hf.config.edgefm_structure
@@ -230,6 +231,23 @@ def test_transformer_layers_heads_ffn_save_load_export(tmp_path):
     sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"input_ids": data.inputs["input_ids"], "attention_mask": data.inputs["attention_mask"]})[0]
     np.testing.assert_allclose(got, ref.numpy(), atol=1e-4)
+
+
+def test_greedy_layer_choice_drops_the_least_useful_layer():
+    model, data = tiny_bert(), text_data()
+    ids, mask = (torch.from_numpy(data.inputs[k]) for k in TXT_SPEC.input_names)
+    ref = model(ids, mask).detach()
+
+    def cos_without(drop):
+        m = copy.deepcopy(model)
+        pt.drop_layers(m.hf, [i for i in range(4) if i != drop])
+        return float(torch.nn.functional.cosine_similarity(m(ids, mask), ref).mean())
+
+    best = max(range(4), key=cos_without)  # brute force over single removals
+    pruned, rec = prune_model(model, TXT_SPEC, PruneConfig(num_layers=3), data)
+    assert pruned.hf.config.edgefm_structure["source_layers"] == [i for i in range(4) if i != best]
+    assert rec.metrics["after"]["cosine"] == pytest.approx(cos_without(best), abs=1e-5)
+    assert "greedy" in rec.notes[0]
 
 
 def test_layer_drop_and_ffn_load_with_stock_transformers(tmp_path):
