@@ -146,16 +146,21 @@ def _int8(job: CompileJob, opts: Options, out: Path) -> tuple[dict[str, Any], di
                                  "fall back to float), keep ops in float with --keep-fp32 OP_TYPE, or use --quantize "
                                  "fp16/fp32. Tried: "
                                  + " | ".join(notes))
-    # Quick timings are noisy (a shared CPU swings them by 10 %+): a later recipe must beat the family's
-    # preferred (earlier) one by a clear margin to be chosen.
-    fastest = min(c[3] for c in ok)
-    recipe, settings, metrics, ms, path, _ = next(c for c in ok if c[3] <= PREFERENCE_MARGIN * fastest)
+    # int8 is for speed and size. Quick timings are noisy (a shared CPU swings them by 10 %+), so the family's
+    # preferred (earlier) recipe is kept unless another is clearly faster without being larger (static QDQ of
+    # a small LSTM can time faster, but it leaves the LSTM weights in float).
+    size = {id(c): c[4].stat().st_size for c in ok}
+
+    def beaten(c) -> bool:
+        return any(d[3] * PREFERENCE_MARGIN < c[3] and size[id(d)] <= 1.1 * size[id(c)] for d in ok)
+
+    recipe, settings, metrics, ms, path, _ = next(c for c in ok if not beaten(c))
     for c in candidates:
         if c[4] != path:
             c[4].unlink(missing_ok=True)
     path.rename(out)
-    notes.append(f"chose {recipe.name}: fastest within limits (earlier recipes preferred within 20 %) ({ms:.3f} ms vs fp32 {base_ms:.3f} ms, quick "
-                 f"median at batch 1)")
+    notes.append(f"chose {recipe.name}: within limits, and no other recipe is 20 % faster without being larger "
+                 f"({ms:.3f} ms vs fp32 {base_ms:.3f} ms, quick median at batch 1)")
     settings.update(latency_ms_batch1=round(ms, 4), fp32_latency_ms_batch1=round(base_ms, 4))
     return settings, metrics, notes
 
