@@ -62,3 +62,18 @@ def private_export_cache(tmp_path_factory):
         os.environ.pop("EDGEFM_CACHE_DIR", None)
     else:
         os.environ["EDGEFM_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine two spinning threads
+    made training 20x slower: the whole session runs torch single-threaded (runtimes keep their own)."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -11,18 +11,12 @@ pytest.importorskip("torch_pruning")
 
 from edgefm.backends.base import Samples  # noqa: E402
 from edgefm.errors import CalibrationError, CheckpointError  # noqa: E402
-from edgefm.models.spec import InputSpec, ModelSpec, OutputSpec  # noqa: E402
 from edgefm.stages import sparsity  # noqa: E402
 from edgefm.stages.distill import DistillConfig, distill_model  # noqa: E402
 from edgefm.stages.prune import PruneConfig, prune_model  # noqa: E402
 from edgefm.zoo import DigitsCNN, DigitsLSTM, digits_data, train_digits  # noqa: E402
 
-from .test_prune import TXT_SPEC, text_data, tiny_bert  # noqa: E402
-
-CNN_SPEC = ModelSpec(family="cnn", inputs=[InputSpec(name="x", shape=["batch", 1, 8, 8])],
-                     outputs=[OutputSpec(name="logits", kind="logits")], num_classes=10)
-RNN_SPEC = ModelSpec(family="rnn", inputs=[InputSpec(name="x", shape=["batch", 8, 8])],
-                     outputs=[OutputSpec(name="logits", kind="logits")], num_classes=10)
+from .test_prune import CNN_SPEC, RNN_SPEC, TXT_SPEC, text_data, tiny_bert  # noqa: E402
 FAST = dict(progress=False, threads=1)
 
 

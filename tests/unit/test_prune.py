@@ -27,13 +27,6 @@ RNN_SPEC = ModelSpec(family="rnn", inputs=[InputSpec(name="x", shape=["batch", 8
                      outputs=[OutputSpec(name="logits", kind="logits")], num_classes=10)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models on a shared 2-core machine: one thread is faster and steadier
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

@@ -16,17 +16,6 @@ from edgefm.targets import TargetSpec, get_target
 CALIB = Path(__file__).resolve().parents[3] / "calibration"
 
 
-@pytest.fixture(scope="session", autouse=True)
-def one_torch_thread():
-    # On a shared 2-core machine two intra-op threads spin against each other: training ran 20x slower.
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _digits(seq: bool):
     name = "digits_seq" if seq else "digits"
     calib, ev = np.load(CALIB / f"{name}_calib.npz"), np.load(CALIB / f"{name}_eval.npz")
