@@ -21,10 +21,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgefm import fidelity
-from edgefm.backends import tflite_convert
+from edgefm.backends import tflite_convert, tflite_lstm
 from edgefm.backends.base import CompileJob, CompileResult, LoadOptions
 from edgefm.bundle import StageRecord, TargetEntry, sha256_file
-from edgefm.errors import BackendUnavailableError, CalibrationError, ConfigError, UnsupportedOpError
+from edgefm.errors import BackendUnavailableError, CalibrationError, ConfigError, ExportError, UnsupportedOpError
 from edgefm.models.spec import ModelSpec
 from edgefm.runtime import BasePredictor
 from edgefm.targets import backend_options
@@ -101,10 +101,6 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
         work = Path(tmp)
         example = {s.name: np.asarray(job.calib.inputs[s.name][:1]).astype(s.dtype) for s in job.spec.inputs}
         np.savez(work / "example.npz", **example)
-        t0 = time.time()
-        tflite_convert.export_program(job.model, job.spec.input_names, job.spec.output_names, example,
-                                      work / "model.pt2")
-        export_s = time.time() - t0
         request: dict[str, Any] = {"program": str(work / "model.pt2"), "example": str(work / "example.npz"),
                                    "fp32_out": str(work / "fp32.tflite"), "out": str(work / "quant.tflite")}
         if mode:
@@ -113,11 +109,33 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
             np.savez(work / "calib.npz", **{k: v[:opts.max_calib_samples] for k, v in job.calib.inputs.items()})
             request["calib"] = str(work / "calib.npz")
         say(f"{job.target.name}: converting with litert-torch" + (f", then {mode} quantization" if mode else ""))
-        result = tflite_convert.convert(python, request, work)
+        t0 = time.time()
+        result, fallback = None, None
+        # LSTMs as LiteRT's fused op (see tflite_lstm) where the quantization mode can keep it: fp32 and
+        # full-integer (TFLite's quantizer handles the op; AI Edge Quantizer's fp16/dynamic modes do not).
+        fused_model, fused = tflite_lstm.fuse(job.model) if mode in (None, "full") else (job.model, 0)
+        if fused:
+            try:
+                tflite_convert.export_program(fused_model, job.spec.input_names, job.spec.output_names, example,
+                                              work / "model.pt2")
+                result = tflite_convert.convert(python, {**request, "fused_lstm": True}, work)
+            except (ExportError, UnsupportedOpError) as e:
+                fallback = f"fused LSTM conversion failed ({str(e).splitlines()[0][:200]}); LSTMs unrolled instead"
+                log.warning("%s: %s", job.target.name, fallback)
+        if result is None:
+            tflite_convert.export_program(job.model, job.spec.input_names, job.spec.output_names, example,
+                                          work / "model.pt2")
+            result = tflite_convert.convert(python, request, work)
+        export_s = time.time() - t0 - sum(result["seconds"].values())
         fp32, final = work / "fp32.tflite", work / ("quant.tflite" if mode else "fp32.tflite")
         _check_builtin(final, job.target.name)
         stages = [_verify_stage(job, "convert", fp32, work / "model.pt2", result,
                                 export_s + result["seconds"].get("convert", 0.0), _limits(job, None))]
+        if result.get("fused_lstm"):
+            stages[0].settings["fused_lstm_layers"] = result["fused_lstm"]
+            stages[0].notes.append(f"{result['fused_lstm']} nn.LSTM module(s) as fused UNIDIRECTIONAL_SEQUENCE_LSTM ops")
+        if fallback:
+            stages[0].notes.append(fallback)
         if mode:
             stage = _verify_stage(job, "quantize", final, fp32, result, result["seconds"].get("quantize", 0.0),
                                   _limits(job, mode))
@@ -161,7 +179,8 @@ def _verify_stage(job: CompileJob, name: str, model: Path, source: Path, result:
         notes = ["converted from the torch model with litert-torch (not from the ONNX file)",
                  f"fixed batch {runner.batch}: the Predictor runs larger batches in chunks"]
     else:
-        settings = {**result["quantize"], "quantizer_version": v.get("ai-edge-quantizer")}
+        tool = "ai-edge-litert" if result["quantize"].get("quantizer") == "litert-calibrator" else "ai-edge-quantizer"
+        settings = {**result["quantize"], "quantizer_version": v.get(tool)}
         notes = []
     settings["output_bytes"] = model.stat().st_size
     return StageRecord(name=name, target=job.target.name, settings=settings, input_sha256=sha256_file(source),
@@ -190,9 +209,13 @@ def _entry(job: CompileJob, mode, gran, opts: TFLiteOptions, result: dict, metri
         backend="tflite", precision=job.precision, device="cpu", artifact=artifact, files=[artifact],
         runtime_versions={"ai-edge-litert": versions()["ai-edge-litert"],
                           "litert-torch": v.get("litert-torch", "?"),
-                          **({"ai-edge-quantizer": v.get("ai-edge-quantizer", "?")} if mode else {})},
+                          **({"ai-edge-quantizer": v.get("ai-edge-quantizer", "?")}
+                             if mode and result["quantize"].get("quantizer") == "ai-edge-quantizer" else {})},
         options={"threads": job.target.threads, "converter": f"litert-torch {v.get('litert-torch', '?')}",
-                 "quantization": mode or "none", "weight_granularity": gran if mode else None,
+                 "quantization": mode or "none",
+                 "quantizer": result["quantize"].get("quantizer") if mode else None,
+                 "fused_lstm_layers": result.get("fused_lstm", 0),
+                 "weight_granularity": (result["quantize"].get("weight_granularity") or gran) if mode else None,
                  "io": opts.io if mode == "full" else "float", "input_shapes": runner.input_shapes(),
                  "batch": runner.batch, "pool": opts.pool},
         metrics=metrics,

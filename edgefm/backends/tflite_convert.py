@@ -300,9 +300,15 @@ def _handle(request_path: str) -> None:
         example = np.load(req["example"])
         kwargs = {k: torch.from_numpy(example[k]) for k in example.files}
         t = time.time()
+        if req.get("fused_lstm"):
+            from edgefm.backends import tflite_lstm
+
+            tflite_lstm.register_lowering()  # before loading: the program calls edgefm::lstm_layer
         program = torch.export.load(req["program"]).module()
         litert_torch.convert(program, sample_kwargs=kwargs).export(req["fp32_out"])
         shorten_names(Path(req["fp32_out"]))
+        if req.get("fused_lstm"):
+            result["fused_lstm"] = tflite_lstm.rewrite(Path(req["fp32_out"]))
         result["seconds"]["convert"] = time.time() - t
         if req.get("quantize"):
             step = "quantize"
@@ -310,8 +316,13 @@ def _handle(request_path: str) -> None:
 
             t = time.time()
             calib = _calib_feeds(req["fp32_out"], req.get("calib"))
-            result["quantize"] = litert.quantize(Path(req["fp32_out"]), Path(req["out"]), calib=calib,
-                                                 **req["quantize"])
+            if result.get("fused_lstm") and req["quantize"]["mode"] == "full":
+                # AI Edge Quantizer does not know the fused LSTM op; TFLite's own quantizer does.
+                result["quantize"] = tflite_lstm.quantize_full(Path(req["fp32_out"]), Path(req["out"]), calib,
+                                                               io=req["quantize"].get("io", "float"))
+            else:
+                result["quantize"] = litert.quantize(Path(req["fp32_out"]), Path(req["out"]), calib=calib,
+                                                     **req["quantize"])
             result["seconds"]["quantize"] = time.time() - t
         result["ok"] = True
     except Exception as e:  # noqa: BLE001 - reported to the main process as data, typed there
