@@ -303,31 +303,46 @@ def part_minilm(a, tmp: Path) -> None:
         return {k: t[k].astype(np.int64) for k in spec.input_names}
 
     train_s, held_s = _sentences(a, tmp)
+    # A third of the held-out sentences chooses the layers to keep and stops distillation early; the
+    # other two thirds, never seen by either, give the reported figures.
+    val_s, test_s = held_s[::3], [s for i, s in enumerate(held_s) if i % 3]
     row("minilm", "training sentences (unlabeled docstrings)", len(train_s))
-    train, held = Samples(encode(train_s, a.seq)), Samples(encode(held_s, a.seq))
+    row("minilm", "held-out sentences: validation / test", f"{len(val_s)} / {len(test_s)}")
+    train, held = Samples(encode(train_s, a.seq)), Samples(encode(val_s, a.seq))
+    feed = encode(test_s, a.seq)
+
+    def test_cosine(model) -> float:
+        with torch.no_grad():
+            got = torch.cat([model(*(torch.from_numpy(feed[k][i:i + 64]) for k in spec.input_names))
+                             for i in range(0, len(test_s), 64)]).numpy()
+        return float(cosine_per_sample(ref, got).mean())
+
+    with torch.no_grad():
+        ref = torch.cat([teacher(*(torch.from_numpy(feed[k][i:i + 64]) for k in spec.input_names))
+                         for i in range(0, len(test_s), 64)]).numpy()
     student, prec = prune_model(teacher, spec, PruneConfig(num_layers=3), held)
+    dropped_cos = test_cosine(student.eval())
     cfg = DistillConfig(epochs=1 if a.quick else a.minilm_epochs, batch_size=32, lr=a.minilm_lr, progress=not a.no_progress,
                         eval_every=50, patience=4, max_steps=10 if a.quick else None)
     student, drec = distill_model(teacher, student, spec, cfg, train, held)
     m = drec.metrics
     row("minilm", "layers / params", f"6 → 3 / {prec.metrics['params_before']:,} → {prec.metrics['params_after']:,}")
-    row("minilm", "cosine to teacher on held-out: dropped / distilled",
-        f"{m['before']['cosine']:.4f} / {m['after']['cosine']:.4f}", "≥ 0.9", m["after"]["cosine"] >= 0.9)
+    row("minilm", "layer dropping", "; ".join(n for n in prec.notes if "kept layers" in n) or "?")
+    cos = test_cosine(student.eval())
+    row("minilm", "cosine to teacher on validation: dropped / distilled",
+        f"{m['before']['cosine']:.4f} / {m['after']['cosine']:.4f}")
+    row("minilm", "cosine to teacher on held-out test: dropped / distilled", f"{dropped_cos:.4f} / {cos:.4f}",
+        "≥ 0.9", cos >= 0.9)
     row("minilm", "distillation", f"{m['steps']} steps, {drec.seconds:.0f} s on {a.train_threads} threads")
-    feed = encode(held_s, a.seq)
     q = {}
     for name, model in (("6-layer", teacher), ("3-layer", student)):
         fp32 = export(model, spec, feed, tmp / f"minilm_{name}.onnx")
         q[name] = session(int8_dynamic(fp32, tmp / f"minilm_{name}_int8.onnx"), a.threads)
-    with torch.no_grad():
-        ref = torch.cat([teacher(*(torch.from_numpy(feed[k][i:i + 64]) for k in spec.input_names))
-                         for i in range(0, len(held_s), 64)]).numpy()
     for name, sess in q.items():
         got = run_batches(sess, feed, 64)
-        cos = float(cosine_per_sample(ref, got).mean())
-        row("minilm", f"cosine to fp32 teacher, int8 {name}", f"{cos:.4f}")
+        row("minilm", f"cosine to fp32 teacher on test, int8 {name}", f"{float(cosine_per_sample(ref, got).mean()):.4f}")
     for length in (a.seq, 128):
-        x = encode(held_s[:1], length)
+        x = encode(test_s[:1], length)
         p = Pair(lambda: q["6-layer"].run(None, x), lambda: q["3-layer"].run(None, x), a.seconds)
         row("minilm", f"int8 latency batch 1, seq {length}: 6-layer / 3-layer (ORT)", p.text(), "≥ 1.7x",
             p.speedup >= 1.7)

@@ -178,7 +178,8 @@ def targets(verbose: bool = typer.Option(False, "--verbose", "-v")):
     t.add_column("description")
     for name, spec in sorted(list_targets().items()):
         try:
-            here = "yes" if get_backend(spec.backend, need_runtime=False).is_available() else "no"
+            mod = get_backend(spec.backend, need_runtime=False)
+            here = mod.availability(spec) if hasattr(mod, "availability") else ("yes" if mod.is_available() else "no")
         except EdgefmError:
             here = "no"
         t.add_row(name, spec.backend, spec.precision, here, spec.description)

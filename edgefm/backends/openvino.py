@@ -91,6 +91,17 @@ def is_available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
+def availability(target) -> str:
+    """For ``edgefm targets``: the runtime, and whether OpenVINO sees the target's device here."""
+    if not is_available():
+        return "no"
+    import openvino as ov
+
+    devices = [d.split(".")[0] for d in ov.Core().available_devices]
+    want = target.device.upper()
+    return "yes" if want in devices else f"builds; no {want} here ({', '.join(devices) or 'none'})"
+
+
 def versions() -> dict[str, str]:
     import openvino as ov
 

@@ -76,6 +76,14 @@ def is_available() -> bool:
     return engine_available() or importlib.util.find_spec("onnxruntime") is not None
 
 
+def availability(target=None) -> str:
+    """For ``edgefm targets``: an engine needs TensorRT (on the device); without it the bundle's Q/DQ ONNX
+    still builds and runs in ONNX Runtime, which is not the target's speed."""
+    if engine_available():
+        return "yes"
+    return "Q/DQ ONNX only (no TensorRT)" if is_available() else "no"
+
+
 def engine_available() -> bool:
     """True where TensorRT's Python bindings and cuda-python are importable (an engine can be built/run)."""
     return importlib.util.find_spec("tensorrt") is not None and importlib.util.find_spec("cuda") is not None

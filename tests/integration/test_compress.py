@@ -116,6 +116,11 @@ def test_inspect_and_targets(cnn_bundle):
     assert code == 0 and "onnxruntime-cpu" in text and "all files match" in text
     code, text = cli("targets")
     assert code == 0 and "onnxruntime-cpu" in text
+    import importlib.util
+
+    # A Jetson target is not "here" without TensorRT: only its Q/DQ ONNX builds and runs (in ONNX Runtime).
+    jetson = next(line for line in text.splitlines() if "jetson-orin-nano" in line)
+    assert ("Q/DQ ONNX only" in jetson) == (importlib.util.find_spec("tensorrt") is None), jetson
 
 
 def test_load_does_not_import_torch(cnn_bundle):
