@@ -110,23 +110,8 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
             request["calib"] = str(work / "calib.npz")
         say(f"{job.target.name}: converting with litert-torch" + (f", then {mode} quantization" if mode else ""))
         t0 = time.time()
-        result, fallback = None, None
-        # LSTMs as LiteRT's fused op (see tflite_lstm) where the quantization mode can keep it: fp32 and
-        # full-integer (TFLite's quantizer handles the op; AI Edge Quantizer's fp16/dynamic modes do not).
-        fused_model, fused = tflite_lstm.fuse(job.model) if mode in (None, "full") else (job.model, 0)
-        if fused:
-            try:
-                tflite_convert.export_program(fused_model, job.spec.input_names, job.spec.output_names, example,
-                                              work / "model.pt2")
-                result = tflite_convert.convert(python, {**request, "fused_lstm": True}, work)
-            except (ExportError, UnsupportedOpError) as e:
-                fallback = f"fused LSTM conversion failed ({str(e).splitlines()[0][:200]}); LSTMs unrolled instead"
-                log.warning("%s: %s", job.target.name, fallback)
-        if result is None:
-            tflite_convert.export_program(job.model, job.spec.input_names, job.spec.output_names, example,
-                                          work / "model.pt2")
-            result = tflite_convert.convert(python, request, work)
-        export_s = time.time() - t0 - sum(result["seconds"].values())
+        result, fallback = _convert(job, python, request, mode, work)
+        export_s = max(0.0, time.time() - t0 - sum(result["seconds"].values()))
         fp32, final = work / "fp32.tflite", work / ("quant.tflite" if mode else "fp32.tflite")
         _check_builtin(final, job.target.name)
         stages = [_verify_stage(job, "convert", fp32, work / "model.pt2", result,
@@ -151,6 +136,75 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
         job.out_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed compile leaves nothing behind
         shutil.copyfile(final, job.out_dir / ARTIFACT)
     return CompileResult(entry=_entry(job, mode, gran, opts, result, stages[-1].metrics), stages=stages)
+
+
+# Conversions already made in this process, so that two targets with the same conversion settings (say
+# tflite-arm64 and rpi5, which differ only in threads and the CPU they describe) convert once per compress.
+_DONE: "dict[tuple, tuple[Any, Path, dict, Optional[str]]]" = {}
+_DONE_DIR: Optional[Path] = None
+
+
+def _convert_key(job: CompileJob, python: Path, request: dict) -> tuple:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(job.calib.inputs):
+        h.update(np.ascontiguousarray(job.calib.inputs[name]).tobytes())
+    return (str(python), json_dumps(request.get("quantize")), bool(request.get("calib")), h.hexdigest(),
+            tuple(job.spec.input_names), tuple(job.spec.output_names))
+
+
+def json_dumps(x) -> str:
+    import json
+
+    return json.dumps(x, sort_keys=True)
+
+
+def _convert(job: CompileJob, python: Path, request: dict, mode: Optional[str], work: Path):
+    """(converter result, fallback note): fp32.tflite, quant.tflite and model.pt2 end up in ``work``."""
+    import atexit
+    import weakref
+
+    global _DONE_DIR
+    key = _convert_key(job, python, request)
+    hit = _DONE.get(key)
+    if hit is not None and hit[0]() is job.model:
+        for f in hit[1].iterdir():
+            shutil.copyfile(f, work / f.name)
+        (job.progress or log.info)(f"{job.target.name}: same conversion as an earlier target, reused")
+        return dict(hit[2]), hit[3]
+    result, fallback = None, None
+    # LSTMs as LiteRT's fused op (see tflite_lstm) where the quantization mode can keep it: fp32 and
+    # full-integer (TFLite's quantizer handles the op; AI Edge Quantizer's fp16/dynamic modes do not).
+    example = dict(np.load(request["example"]))
+    fused_model, fused = tflite_lstm.fuse(job.model) if mode in (None, "full") else (job.model, 0)
+    if fused:
+        try:
+            tflite_convert.export_program(fused_model, job.spec.input_names, job.spec.output_names, example,
+                                          work / "model.pt2")
+            result = tflite_convert.convert(python, {**request, "fused_lstm": True}, work)
+        except (ExportError, UnsupportedOpError) as e:
+            fallback = f"fused LSTM conversion failed ({str(e).splitlines()[0][:200]}); LSTMs unrolled instead"
+            log.warning("%s: %s", job.target.name, fallback)
+    if result is None:
+        tflite_convert.export_program(job.model, job.spec.input_names, job.spec.output_names, example,
+                                      work / "model.pt2")
+        result = tflite_convert.convert(python, request, work)
+    try:
+        if _DONE_DIR is None:
+            _DONE_DIR = Path(tempfile.mkdtemp(prefix="edgefm-tflite-done-"))
+            atexit.register(shutil.rmtree, _DONE_DIR, True)
+        keep = Path(tempfile.mkdtemp(dir=_DONE_DIR))
+        for name in ("model.pt2", "fp32.tflite", "quant.tflite"):
+            if (work / name).exists():
+                shutil.copyfile(work / name, keep / name)
+        for old in _DONE.values():  # keep only the latest: the targets of one compress come one after another
+            shutil.rmtree(old[1], ignore_errors=True)
+        _DONE.clear()
+        _DONE[key] = (weakref.ref(job.model), keep, dict(result), fallback)
+    except TypeError:  # a model that cannot be weakly referenced: no reuse
+        pass
+    return result, fallback
 
 
 def _limits(job: CompileJob, mode: Optional[str]) -> fidelity.Limits:

@@ -134,6 +134,10 @@ def pipeline_bundle(tmp_path_factory, cnn):
     torch.save(cnn[0].state_dict(), ckpt)
     cfg = CompressConfig(source=ckpt, output=tmp / "bundle", arch="edgefm.zoo:digits_cnn", inputs=["x:1,1,8,8"],
                          calib=CALIB / "digits_calib.npz", eval=CALIB / "digits_eval.npz",
-                         targets=["rpi5", "onnxruntime-cpu"])
-    compress(cfg)
+                         targets=["rpi5", "tflite-arm64", "onnxruntime-cpu"])
+    said: list[str] = []
+    compress(cfg, progress=said.append)
+    # rpi5 and tflite-arm64 differ only in threads and CPU description: one conversion serves both.
+    assert sum("converting with litert-torch" in m for m in said) == 2, said
+    assert any("tflite-arm64: same conversion as an earlier target, reused" in m for m in said), said
     return cfg.output

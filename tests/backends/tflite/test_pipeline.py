@@ -16,7 +16,9 @@ from .conftest import CALIB
 def test_compress_rpi5_and_load(pipeline_bundle, cnn):
     out = pipeline_bundle
     man = json.loads((out / "manifest.json").read_text())
-    assert set(man["targets"]) == {"rpi5", "onnxruntime-cpu"}
+    assert set(man["targets"]) == {"rpi5", "tflite-arm64", "onnxruntime-cpu"}
+    arts = [out / man["targets"][t]["artifact"] for t in ("rpi5", "tflite-arm64")]
+    assert arts[0].read_bytes() == arts[1].read_bytes()  # converted once, the same artifact for both
     entry = man["targets"]["rpi5"]
     assert entry["backend"] == "tflite" and entry["precision"] == "int8"
     assert entry["hardware"]["cpu_core"] == "cortex-a76" and entry["options"]["converter"].startswith("litert-torch")
