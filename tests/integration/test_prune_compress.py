@@ -3,6 +3,7 @@ bundle, with params, MACs and accuracy recorded after each stage, and the bundle
 ``edgefm.load``; plus the errors a user can cause with these flags."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -119,3 +120,47 @@ def test_prune_flag_errors(small_ckpts, tmp_path):
     code, text = cli(*base, "-o", tmp_path / "d", "--prune-layers", "2")
     assert code == 2 and "Transformer" in text
     assert not any((tmp_path / n).exists() for n in "abcd")  # nothing half-written
+
+
+@pytest.mark.slow
+def test_minilm_layer_drop_distill_int8_from_the_cli(minilm_dir, tmp_path):
+    """The real all-MiniLM-L6-v2 through ``edgefm compress --prune-layers 3 --distill --train-data text``: the
+    bundle's model has 3 layers, the manifest records params and fidelity per stage, and the int8 target
+    loads and runs. (A few distillation steps only: the benchmark, not this test, shows the quality.)"""
+    from typer.testing import CliRunner
+
+    from edgefm.cli import app
+
+    subjects = ["The robot", "A small drone", "The delivery van", "My neighbour", "The camera on the arm"]
+    verbs = ["stops at", "drives towards", "looks for", "waits near", "reports"]
+    things = ["the red door.", "a charging station.", "the loading dock.", "an empty shelf.", "the exit sign."]
+    train = tmp_path / "train.txt"
+    train.write_text("\n".join(f"{s} {v} {t}" for s in subjects for v in verbs for t in things) + "\n")
+    out = tmp_path / "minilm3"
+    res = CliRunner().invoke(app, ["compress", str(minilm_dir), "-o", str(out), "--calib",
+                                   str(CALIB / "sentences.txt"), "--max-length", "32", "--prune-layers", "3",
+                                   "--distill", "--distill-epochs", "1", "--train-data", str(train)])
+    assert res.exit_code == 0, res.output
+    m, st = _stages(out)
+    import onnx
+
+    graph = onnx.load(str(out / "fp32" / "model.onnx"), load_external_data=False).graph
+    attention = {re.search(r"layer\.(\d+)/attention", n.name).group(1) for n in graph.node
+                 if re.search(r"layer\.(\d+)/attention", n.name)}
+    assert len(attention) == 3, attention  # three encoder layers left
+    pr, di = st["prune"], st["distill"]
+    assert pr["metrics"]["params_after"] < 0.8 * pr["metrics"]["params_before"]
+    assert any("kept layers" in n for n in pr["notes"]), pr["notes"]
+    assert di["metrics"]["after"]["cosine"] >= di["metrics"]["before"]["cosine"]  # the best weights are kept
+    entry = m["targets"]["onnxruntime-cpu"]
+    assert entry["precision"] == "int8"
+    import edgefm
+
+    model = edgefm.load(out)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(out / "tokenizer")
+    feed = dict(tok(["Where is the charging dock?"], padding="max_length", truncation=True, max_length=32,
+                    return_tensors="np"))
+    emb = model({k: v for k, v in feed.items() if k in model.input_names})["sentence_embedding"]
+    assert emb.shape == (1, 384) and np.isfinite(emb).all()
