@@ -103,8 +103,13 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
         np.savez(work / "example.npz", **example)
         request: dict[str, Any] = {"program": str(work / "model.pt2"), "example": str(work / "example.npz"),
                                    "fp32_out": str(work / "fp32.tflite"), "out": str(work / "quant.tflite")}
+        keep = list(getattr(job.config, "keep_fp32", None) or [])
         if mode:
             request["quantize"] = {"mode": mode, "granularity": gran, "io": opts.io}
+            if keep and mode != "fp16":
+                from edgefm.quantize.litert import keep_spec
+
+                request["quantize"]["keep"] = keep_spec(job.onnx_path, keep)
         if mode == "full":
             np.savez(work / "calib.npz", **{k: v[:opts.max_calib_samples] for k, v in job.calib.inputs.items()})
             request["calib"] = str(work / "calib.npz")
@@ -127,11 +132,13 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
             # Sizes live in settings: metrics hold only per-output figures and _accuracy (the CLI reads them so).
             stage.settings["fp32_bytes"] = fp32.stat().st_size
             stage.settings["size_ratio"] = round(final.stat().st_size / fp32.stat().st_size, 4)
-            keep = list(getattr(job.config, "keep_fp32", None) or [])
             if keep and mode != "fp16":
-                # ONNX node names do not exist in the LiteRT graph; say so rather than pretend.
-                stage.notes.append(f"keep_fp32 {keep} is not applied by the tflite backend: every supported op is int8")
-                log.warning("%s: %s", job.target.name, stage.notes[-1])
+                if result["quantize"].get("quantizer") == "litert-calibrator":
+                    # TFLite's quantizer (fused LSTMs) takes no deny-list; say so rather than pretend.
+                    stage.notes.append(f"keep_fp32 {keep} is not applied with fused LSTM ops: every op is int8")
+                    log.warning("%s: %s", job.target.name, stage.notes[-1])
+                else:
+                    stage.notes.append(f"kept in float (keep_fp32 {keep}): {result['quantize'].get('kept_float')}")
             stages.append(stage)
         job.out_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed compile leaves nothing behind
         shutil.copyfile(final, job.out_dir / ARTIFACT)

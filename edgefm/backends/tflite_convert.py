@@ -30,7 +30,7 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from edgefm.errors import BackendUnavailableError, ExportError, UnsupportedOpError
+from edgefm.errors import BackendUnavailableError, ConfigError, ExportError, UnsupportedOpError
 
 #: What the converter environment installs; the main environment's torch is pinned on top.
 LITERT_TORCH_SPEC = "litert-torch>=0.10,<0.11"
@@ -238,6 +238,9 @@ def convert(python: Path, request: dict[str, Any], workdir: Path, timeout: float
     if result.get("ok"):
         return result
     where = f"litert-torch {result.get('versions', {}).get('litert-torch', '?')}"
+    if result.get("keep_unmatched"):
+        raise ConfigError(f"tflite: --keep-fp32 names nodes not found in the LiteRT graph (patterns "
+                          f"{result['keep_unmatched']}); name op types instead (e.g. Conv, Gemm)")
     if result.get("op"):
         src = f", from {result['source']}" if result.get("source") else ""
         raise UnsupportedOpError(
@@ -281,6 +284,10 @@ def classify_error(e: BaseException) -> dict[str, str]:
     return out
 
 
+class _Reported(Exception):
+    """The failure is already written into the result."""
+
+
 def _serve() -> int:
     """The worker loop: one request path per line on stdin, until stdin closes."""
     for line in sys.stdin:
@@ -321,10 +328,17 @@ def _handle(request_path: str) -> None:
                 result["quantize"] = tflite_lstm.quantize_full(Path(req["fp32_out"]), Path(req["out"]), calib,
                                                                io=req["quantize"].get("io", "float"))
             else:
+                missing = litert.unmatched(Path(req["fp32_out"]), req["quantize"].get("keep"))
+                if missing:  # a --keep-fp32 node not found in the LiteRT graph: refuse rather than ignore it
+                    result.update(step="quantize", keep_unmatched=missing, message=f"keep_fp32 patterns {missing} "
+                                  "match no tensor of the converted model")
+                    raise _Reported()
                 result["quantize"] = litert.quantize(Path(req["fp32_out"]), Path(req["out"]), calib=calib,
                                                      **req["quantize"])
             result["seconds"]["quantize"] = time.time() - t
         result["ok"] = True
+    except _Reported:
+        pass
     except Exception as e:  # noqa: BLE001 - reported to the main process as data, typed there
         result.update(classify_error(e), step=step)
     tmp = Path(request_path).with_name("result.json.part")

@@ -7,7 +7,7 @@ installs it; nothing here is imported by ``import edgefm``."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Literal, Mapping
+from typing import Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -15,11 +15,25 @@ Mode = Literal["fp16", "dynamic", "weight_only", "full"]
 MODES = ("fp16", "dynamic", "weight_only", "full")
 
 
-def recipe(mode: Mode, granularity: str = "channel", io: str = "float"):
+#: ONNX op types (what ``--keep-fp32`` names for every backend) -> the LiteRT ops they become.
+ONNX_TO_TFL = {
+    "Conv": ["CONV_2D", "DEPTHWISE_CONV_2D"], "ConvTranspose": ["CONV_2D_TRANSPOSE"],
+    "Gemm": ["FULLY_CONNECTED"], "MatMul": ["FULLY_CONNECTED", "BATCH_MATMUL"], "Softmax": ["SOFTMAX"],
+    "Add": ["ADD"], "Sub": ["SUB"], "Mul": ["MUL"], "Div": ["DIV"], "AveragePool": ["AVERAGE_POOL_2D"],
+    "GlobalAveragePool": ["MEAN", "AVERAGE_POOL_2D"], "ReduceMean": ["MEAN"], "MaxPool": ["MAX_POOL_2D"],
+    "Concat": ["CONCATENATION"], "Gather": ["GATHER", "EMBEDDING_LOOKUP"], "Tanh": ["TANH"],
+    "Sigmoid": ["LOGISTIC"], "HardSwish": ["HARD_SWISH"], "Relu": ["RELU"], "Pad": ["PAD", "PADV2"],
+    "Resize": ["RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR"], "Transpose": ["TRANSPOSE"], "Reshape": ["RESHAPE"],
+}
+
+
+def recipe(mode: Mode, granularity: str = "channel", io: str = "float", keep: Mapping[str, list] | None = None):
     """The AI Edge Quantizer recipe for one of ``MODES``.
 
     ``granularity`` (channel|tensor) applies to int8 weights; ``io`` (float|int8) to full-integer
-    models: with ``float`` the model keeps float inputs/outputs and quantizes/dequantizes inside."""
+    models: with ``float`` the model keeps float inputs/outputs and quantizes/dequantizes inside.
+    ``keep``: ``{"ops": [LiteRT op names], "regex": [tensor-name patterns]}`` left in float (``--keep-fp32``);
+    the quantizer puts QUANTIZE/DEQUANTIZE around them."""
     from ai_edge_quantizer import qtyping, recipe_manager
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
@@ -43,11 +57,18 @@ def recipe(mode: Mode, granularity: str = "channel", io: str = "float"):
                 rm.add_quantization_config(regex=".*", operation_name=op, algorithm_key=AlgorithmName.NO_QUANTIZE)
     else:
         raise ValueError(f"unknown LiteRT quantization mode '{mode}'; valid: {', '.join(MODES)}")
+    keep = keep or {}
+    for op in keep.get("ops", []):  # later entries override earlier ones in the recipe
+        rm.add_quantization_config(regex=".*", operation_name=ops(op), algorithm_key=AlgorithmName.NO_QUANTIZE)
+    for pattern in keep.get("regex", []):
+        rm.add_quantization_config(regex=pattern, operation_name=ops.ALL_SUPPORTED,
+                                   algorithm_key=AlgorithmName.NO_QUANTIZE)
     return rm.get_quantization_recipe()
 
 
 def quantize(src: Path, dst: Path, mode: Mode, calib: Iterable[Mapping[str, np.ndarray]] = (),
-             granularity: str = "channel", io: str = "float", signature: str = "serving_default") -> dict:
+             granularity: str = "channel", io: str = "float", signature: str = "serving_default",
+             keep: Mapping[str, list] | None = None) -> dict:
     """Quantize the float model ``src`` into ``dst``. ``calib`` yields feeds {input name: array with the
     model's batch} and is used only by ``full``. Returns the settings to record in the manifest."""
     import os
@@ -55,7 +76,7 @@ def quantize(src: Path, dst: Path, mode: Mode, calib: Iterable[Mapping[str, np.n
     os.environ.setdefault("TQDM_DISABLE", "1")  # the quantizer draws progress bars on stderr
     from ai_edge_quantizer import quantizer
 
-    q = quantizer.Quantizer(str(src), recipe(mode, granularity, io))
+    q = quantizer.Quantizer(str(src), recipe(mode, granularity, io, keep))
     result = None
     n = 0
     if q.need_calibration:
@@ -65,5 +86,54 @@ def quantize(src: Path, dst: Path, mode: Mode, calib: Iterable[Mapping[str, np.n
             raise ValueError("full-integer quantization needs calibration samples")
         result = q.calibrate({signature: samples}, num_threads=1)
     q.quantize(result, enable_progress_report=False).export_model(str(dst), overwrite=True)
-    return {"quantizer": "ai-edge-quantizer", "mode": mode, "weight_granularity": granularity,
-            "io": io if mode == "full" else "float", "calibration_samples": n}
+    out = {"quantizer": "ai-edge-quantizer", "mode": mode, "weight_granularity": granularity,
+           "io": io if mode == "full" else "float", "calibration_samples": n}
+    if keep:
+        out["kept_float"] = {k: list(v) for k, v in keep.items() if v}
+    return out
+
+
+def keep_spec(onnx_path: Path, keep: Sequence[str]) -> dict[str, list[str]]:
+    """``--keep-fp32`` entries (ONNX op types or node names, validated against the fp32 ONNX like every backend
+    does) -> what the recipe leaves in float: LiteRT op names, and tensor-name patterns for nodes. litert-torch
+    names tensors by module path (``Conv2d_features.3``), the ONNX exporter nodes by scope
+    (``/features/features.3/Conv``): a node is found by its innermost module path."""
+    import re
+
+    from edgefm.errors import ConfigError
+    from edgefm.quantize.onnxruntime import split_keep_fp32
+
+    op_types, nodes = split_keep_fp32(Path(onnx_path), keep)
+    out: dict[str, list[str]] = {"ops": [], "regex": []}
+    for t in sorted(op_types):
+        if t not in ONNX_TO_TFL:
+            raise ConfigError(f"--keep-fp32 {t}: the tflite target cannot keep this op type in float "
+                              f"(supported: {', '.join(sorted(ONNX_TO_TFL))})")
+        out["ops"] += ONNX_TO_TFL[t]
+    for n in nodes:
+        path = module_path(n)
+        if not path:
+            raise ConfigError(f"--keep-fp32 {n}: this node has no module path to find it by in the LiteRT graph")
+        # litert-torch writes each step as Class_attr: features.3 -> ".../Sequential_features/Conv2d_3;"
+        steps = r"/[^/;]*_".join(re.escape(a) for a in path.split("."))
+        out["regex"].append(rf"(.*/)?[^/;]*_{steps}(;|/|$).*")
+    return out
+
+
+def module_path(node: str) -> str:
+    """The module path of an ONNX node named by the TorchScript exporter: "/features/features.3/Conv" ->
+    "features.3", "/layer1/layer1.0/conv1/Conv" -> "layer1.0.conv1"."""
+    path = ""
+    for scope in [x for x in node.split("/") if x][:-1]:
+        path = scope if not path or scope.startswith(path + ".") else f"{path}.{scope}"
+    return path
+
+
+def unmatched(model: Path, keep: Mapping[str, list] | None) -> list[str]:
+    """The ``keep`` tensor-name patterns that match no tensor of the LiteRT model."""
+    import re
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    names = [t["name"] for t in Interpreter(model_path=str(model)).get_tensor_details()]
+    return [p for p in (keep or {}).get("regex", []) if not any(re.fullmatch(p, n) for n in names)]

@@ -55,3 +55,31 @@ def test_bad_target_options_and_inputs(tmp_path, cnn):
     with pytest.raises(ConfigError, match="torch model"):
         tflite.compile(job)
     assert not job.out_dir.exists()
+
+
+def test_keep_fp32_by_op_type_and_by_node(tmp_path, cnn):
+    """--keep-fp32 with ONNX names: an op type (Gemm -> FULLY_CONNECTED) and a node (the first conv, found by its
+    module path in the LiteRT tensor names) stay float; an unknown node is a clear error, nothing written."""
+    import onnx
+    from ai_edge_litert.interpreter import Interpreter
+
+    job = digits_job(tmp_path / "a", cnn[0], False, tflite_target("int8"))
+    conv0 = next(n.name for n in onnx.load(str(job.onnx_path)).graph.node if n.op_type == "Conv")
+    job.config = job.config.model_copy(update={"keep_fp32": ["Gemm", conv0]})
+    res = tflite.compile(job)
+    kept = res.stages[-1].settings["kept_float"]
+    assert kept["ops"] == ["FULLY_CONNECTED"] and len(kept["regex"]) == 1, kept
+    it = Interpreter(model_path=str(job.out_dir / "model.tflite"))
+    weights = {t["name"]: t["dtype"] for t in it.get_tensor_details() if len(t["shape"]) in (2, 4)
+               and t["name"] != "serving_default_x:0"}
+    fc = [n for n in weights if "Linear_classifier" in n]
+    convs = sorted(n for n in weights if "Conv2d_" in n and weights[n] in (np.float32, np.int8))
+    assert fc and all(weights[n] == np.float32 for n in fc), weights
+    assert any(weights[n] == np.float32 for n in convs) and any(weights[n] == np.int8 for n in convs), convs
+    assert res.stages[-1].metrics["logits"]["top1_agreement"] >= 0.98
+
+    bad = digits_job(tmp_path / "b", cnn[0], False, tflite_target("int8"))
+    bad.config = bad.config.model_copy(update={"keep_fp32": ["/no/such/Conv"]})
+    with pytest.raises(ConfigError, match="neither an op type nor a node name"):
+        tflite.compile(bad)
+    assert not bad.out_dir.exists()
