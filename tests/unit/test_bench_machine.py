@@ -73,3 +73,28 @@ def test_a_busy_machine_is_called_out():
     assert machine.busy_warning(info.model_copy(update={"load_avg_1m": 0.4})) is None
     assert machine.busy_warning(info.model_copy(update={"load_avg_1m": None})) is None
     assert machine.load_average() == pytest.approx(os.getloadavg()[0], abs=5)
+
+
+def test_power_window_runs_tegrastats_around_the_timed_block(tmp_path, monkeypatch):
+    """The monitor path as on a Jetson: a stand-in ``tegrastats`` on PATH (this machine has none) prints
+    Orin-format lines at the requested interval; the window turns them into energy per call."""
+    import time
+
+    fake = tmp_path / "tegrastats"
+    fake.write_text("#!/bin/sh\n"
+                    "ms=$2\n"
+                    "while true; do\n"
+                    "  echo \"RAM 2236/7620MB CPU [12%@1510] GR3D_FREQ 40% VDD_IN 6000mW/6000mW VDD_SOC 1500mW/1500mW\"\n"
+                    "  sleep $(awk \"BEGIN{print $ms/1000}\")\n"
+                    "done\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    with jetson.power_window(interval_ms=50) as w:
+        time.sleep(0.6)
+        w.calls, w.batch = 30, 2
+    assert w.note is None and w.energy is not None, w.note
+    assert w.energy.source == "VDD_IN" and w.energy.samples >= 5
+    assert w.energy.mean_power_w == pytest.approx(6.0)
+    # 6 W over ~0.6 s for 30 calls: ~120 mJ per call, ~60 mJ per sample
+    assert 100 < w.energy.energy_per_inference_mj < 160
+    assert w.energy.energy_per_sample_mj == pytest.approx(w.energy.energy_per_inference_mj / 2)
