@@ -8,13 +8,14 @@ sentences, keeps the ones that look like English prose and writes one sentence a
 
     python benchmarks/build_text_corpus.py corpus.txt --max-sentences 4000
     python benchmarks/build_text_corpus.py heldout.txt --packages scipy,sklearn --max-sentences 200
-    python benchmarks/build_text_corpus.py corpus.txt --augment 1 --vocab MODEL/vocab.txt
+    python benchmarks/build_text_corpus.py corpus.txt --augment 1 --crop 1 --vocab MODEL/vocab.txt
 
 Docstrings are technical English. ``--augment K`` adds K variants of each sentence in which a share of
 the content words is replaced by random whole words of ``--vocab`` (e.g. the model's WordPiece
 vocabulary): the grammar stays, the vocabulary widens beyond software, and the teacher labels the
 variants like any other text (word-replacement augmentation as in TinyBERT, with random words instead
-of a language model's suggestions).
+of a language model's suggestions). ``--crop K`` adds K short spans (2-8 words) of each sentence, because
+real inputs are often short and docstring sentences rarely are.
 
 Ship the script, not the corpus: the output depends on what is installed."""
 
@@ -91,7 +92,7 @@ def metadata_text(path: Path) -> Iterator[str]:
         yield body
 
 
-def sentences(files: Iterable[Path], min_words: int = 6, max_words: int = 40) -> Iterator[str]:
+def sentences(files: Iterable[Path], min_words: int = 3, max_words: int = 40) -> Iterator[str]:
     for path in files:
         docs = metadata_text(path) if path.name == "METADATA" else docstrings(path)
         for doc in docs:
@@ -163,11 +164,22 @@ def augment(sentence: str, words: list[str], share: float, rng: random.Random) -
     return " ".join(tokens)
 
 
+def crop(sentence: str, rng: random.Random, longest: int = 8) -> str:
+    """A short span (2 to ``longest`` words) of ``sentence`` as a sentence of its own: real inputs are
+    often short ("Stop.", "Where is it?"), docstring sentences rarely are."""
+    words = [w.strip(".,;:!?()\"'") for w in sentence.split()]
+    words = [w for w in words if w]
+    n = rng.randint(2, max(2, min(longest, len(words))))
+    start = rng.randint(0, max(0, len(words) - n))
+    span = " ".join(words[start:start + n])
+    return span[:1].upper() + span[1:] + rng.choice(".....?!")
+
+
 def build(out: Path, max_sentences: int, seed: int, packages: Optional[list[str]], exclude: list[str],
           min_words: int, max_words: int, sources: Optional[list[str]] = None, n_augment: int = 0,
-          vocab: Optional[Path] = None, share: float = 0.3) -> int:
-    """Write up to ``max_sentences`` unique prose sentences (plus ``n_augment`` variants of each),
-    shuffled with ``seed``; returns the number of lines written."""
+          vocab: Optional[Path] = None, share: float = 0.3, n_crop: int = 0) -> int:
+    """Write up to ``max_sentences`` unique prose sentences, plus ``n_augment`` word-replaced variants
+    and ``n_crop`` short spans of each, shuffled with ``seed``; returns the number of lines written."""
     seen: set[str] = set()
     found: list[str] = []
     for s in sentences(package_files(packages, exclude, sources or ["packages", "stdlib", "metadata"]),
@@ -183,6 +195,9 @@ def build(out: Path, max_sentences: int, seed: int, packages: Optional[list[str]
         words = read_vocab(vocab) if vocab else sorted({w.lower() for s in found for w in _WORD.findall(s)
                                                          if len(w) >= 3 and w.lower() not in _STOP})
         found += [augment(s, words, share, rng) for s in found for _ in range(n_augment)]
+    if n_crop:
+        found += [crop(s, rng) for s in found[:max_sentences] for _ in range(n_crop)]
+    if n_augment or n_crop:
         rng.shuffle(found)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(found) + "\n", encoding="utf-8")
@@ -202,12 +217,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--vocab", type=Path, help="word list for --augment, e.g. the model's vocab.txt (default: "
                                                "the corpus's own words)")
     ap.add_argument("--replace", type=float, default=0.3, help="share of content words replaced in a variant")
-    ap.add_argument("--min-words", type=int, default=6)
+    ap.add_argument("--crop", type=int, default=0, help="short spans (2-8 words) added per sentence (default 0)")
+    ap.add_argument("--min-words", type=int, default=3)
     ap.add_argument("--max-words", type=int, default=40)
     a = ap.parse_args(argv)
     pkgs = [p for p in a.packages.split(",") if p] or None
     n = build(a.out, a.max_sentences, a.seed, pkgs, [p for p in a.exclude.split(",") if p], a.min_words, a.max_words,
-              [x for x in a.sources.split(",") if x], a.augment, a.vocab, a.replace)
+              [x for x in a.sources.split(",") if x], a.augment, a.vocab, a.replace, a.crop)
     print(f"wrote {n} sentences to {a.out}", file=sys.stderr)
     return 0 if n else 1
 

@@ -252,19 +252,25 @@ class MeanPooled:
         return Embed(hf).eval()
 
 
-def _sentences(a, tmp: Path) -> tuple[list[str], list[str]]:
-    """Training corpus (docstrings) and held-out sentences (calibration/sentences.txt when present, else
-    docstrings of packages left out of the training corpus)."""
+def _sentences(a, tmp: Path, vocab: Path) -> tuple[list[str], list[str]]:
+    """Training corpus (docstrings, package descriptions and the standard library, plus word-replaced variants
+    and short spans of each) and held-out sentences (calibration/sentences.txt when present, else docstrings
+    of packages left out of the training corpus)."""
     import subprocess
 
     script = ROOT / "benchmarks" / "build_text_corpus.py"
     heldout_pkgs = "scipy,sklearn"
+    held_file = ROOT / "calibration" / "sentences.txt"
     corpus = Path(a.corpus) if a.corpus else tmp / "corpus.txt"
     if not corpus.is_file():
-        subprocess.run([sys.executable, str(script), str(corpus), "--max-sentences", str(a.sentences),
-                        "--exclude", heldout_pkgs], check=True)
-    train = [s for s in corpus.read_text().splitlines() if s.strip()][:a.sentences]
-    held_file = ROOT / "calibration" / "sentences.txt"
+        # Held-out sentences from calibration/ are everyday English, not docstrings: no package is left out then.
+        exclude = [] if held_file.is_file() else ["--exclude", heldout_pkgs]
+        base = 500 if a.quick else a.corpus_base
+        subprocess.run([sys.executable, str(script), str(corpus), "--max-sentences", str(base),
+                        "--augment", str(a.augment), "--crop", str(a.crop), "--vocab", str(vocab), *exclude],
+                       check=True)
+    train = [s for s in corpus.read_text().splitlines() if s.strip()]
+    train = train[:a.sentences] if a.sentences else train
     if held_file.is_file():
         held = [s for s in held_file.read_text().splitlines() if s.strip()]
         row("minilm", "held-out sentences", f"{len(held)} from calibration/sentences.txt")
@@ -302,11 +308,12 @@ def part_minilm(a, tmp: Path) -> None:
         t = tok(sents, padding="max_length", truncation=True, max_length=length, return_tensors="np")
         return {k: t[k].astype(np.int64) for k in spec.input_names}
 
-    train_s, held_s = _sentences(a, tmp)
+    train_s, held_s = _sentences(a, tmp, Path(path) / "vocab.txt")
     # A third of the held-out sentences chooses the layers to keep and stops distillation early; the
     # other two thirds, never seen by either, give the reported figures.
     val_s, test_s = held_s[::3], [s for i, s in enumerate(held_s) if i % 3]
-    row("minilm", "training sentences (unlabeled docstrings)", len(train_s))
+    row("minilm", "training lines (unlabeled: docstrings, package texts; + word-replaced variants, spans)",
+        f"{len(train_s):,}")
     row("minilm", "held-out sentences: validation / test", f"{len(val_s)} / {len(test_s)}")
     train, held = Samples(encode(train_s, a.seq)), Samples(encode(val_s, a.seq))
     feed = encode(test_s, a.seq)
@@ -320,10 +327,13 @@ def part_minilm(a, tmp: Path) -> None:
     with torch.no_grad():
         ref = torch.cat([teacher(*(torch.from_numpy(feed[k][i:i + 64]) for k in spec.input_names))
                          for i in range(0, len(test_s), 64)]).numpy()
-    student, prec = prune_model(teacher, spec, PruneConfig(num_layers=3), held)
+    layers = [int(i) for i in a.minilm_layers.split(",")] if a.minilm_layers[0].isdigit() else None
+    pcfg = PruneConfig(layers=layers) if layers else PruneConfig(num_layers=3, layer_choice=a.minilm_layers)
+    student, prec = prune_model(teacher, spec, pcfg, held)
     dropped_cos = test_cosine(student.eval())
     cfg = DistillConfig(epochs=1 if a.quick else a.minilm_epochs, batch_size=32, lr=a.minilm_lr, progress=not a.no_progress,
-                        eval_every=50, patience=4, max_steps=10 if a.quick else None)
+                        eval_every=50, patience=a.minilm_patience, max_steps=10 if a.quick else None,
+                        feature_weight=a.minilm_feature_weight)
     student, drec = distill_model(teacher, student, spec, cfg, train, held)
     m = drec.metrics
     row("minilm", "layers / params", f"6 → 3 / {prec.metrics['params_before']:,} → {prec.metrics['params_after']:,}")
@@ -381,11 +391,23 @@ def part_mnv2(a, tmp: Path) -> None:
         row("mnv2", "OpenVINO", "not installed")
         return
     core = ov.Core()
-    for hint in ("f32", "default"):
+    models = {n: core.read_model(str(paths[n])) for n in ("full", "pruned")}
+    try:  # NNCF int8, as the openvino targets build it (random calibration images: speed only)
+        import nncf
+
+        ds = nncf.Dataset([calib["x"][i:i + 1] for i in range(len(calib["x"]))])
+        int8 = {n: nncf.quantize(m, ds, subset_size=len(calib["x"])) for n, m in models.items()}
+    except ImportError:
+        int8 = None
+    for hint in ("f32", "default", "int8"):
+        src = int8 if hint == "int8" else models
+        if src is None:
+            continue
         cfgs = {"INFERENCE_NUM_THREADS": a.threads, **({"INFERENCE_PRECISION_HINT": "f32"} if hint == "f32" else {})}
-        cf = core.compile_model(core.read_model(str(paths["full"])), "CPU", cfgs).create_infer_request()
-        cp = core.compile_model(core.read_model(str(paths["pruned"])), "CPU", cfgs).create_infer_request()
-        label = "f32" if hint == "f32" else "default precision (bf16 on AMX)"
+        cmf, cmp = (core.compile_model(src[n], "CPU", cfgs) for n in ("full", "pruned"))
+        cf, cp = cmf.create_infer_request(), cmp.create_infer_request()
+        ran = str(cmf.get_property("INFERENCE_PRECISION_HINT"))  # what the CPU plugin actually runs in
+        label = {"f32": "f32", "default": f"default precision (runs {ran})", "int8": f"NNCF int8 (rest {ran})"}[hint]
         row("mnv2", f"latency batch 1, OpenVINO {label}: full / pruned",
             Pair(lambda: cf.infer({0: x1["x"]}), lambda: cp.infer({0: x1["x"]}), a.seconds).text())
 
@@ -407,10 +429,18 @@ def main(argv=None) -> int:
     ap.add_argument("--train-threads", type=int, default=2, help="torch threads for MiniLM distillation")
     ap.add_argument("--seconds", type=float, default=4.0, help="seconds per latency pair")
     ap.add_argument("--corpus", default="", help="training corpus (default: built by build_text_corpus.py)")
-    ap.add_argument("--sentences", type=int, default=3000, help="training sentences for MiniLM")
+    ap.add_argument("--sentences", type=int, default=0, help="use at most this many corpus lines (0: all)")
+    ap.add_argument("--corpus-base", type=int, default=60000, help="sentences the corpus script collects")
+    ap.add_argument("--augment", type=int, default=1, help="word-replaced variants per corpus sentence")
+    ap.add_argument("--crop", type=int, default=1, help="short spans per corpus sentence")
     ap.add_argument("--seq", type=int, default=64, help="MiniLM sequence length for distillation")
     ap.add_argument("--minilm-epochs", type=int, default=3)
     ap.add_argument("--minilm-lr", type=float, default=5e-4)
+    ap.add_argument("--minilm-patience", type=int, default=4, help="evaluations (every 50 steps) without gain before "
+                                                                    "stopping; 0 = run every epoch")
+    ap.add_argument("--minilm-feature-weight", type=float, default=1.0, help="weight of layer-output matching")
+    ap.add_argument("--minilm-layers", default="greedy", help="layers the 3-layer student keeps: greedy, spread, or "
+                                                              "a list like 0,2,4")
     ap.add_argument("--lstm-hidden", type=int, default=64)
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--out", default=str(RESULTS / "prune_distill"), help="results prefix (.md and .json)")
