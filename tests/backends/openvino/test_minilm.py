@@ -39,3 +39,29 @@ def test_weight_only_int8(minilm, tmp_path):
     assert cos.mean() >= 0.995
     size = (tmp_path / "w/openvino-cpu-w8/model.bin").stat().st_size
     assert size < 0.4 * minilm.onnx.stat().st_size  # int8 weights: about a quarter of fp32
+
+
+
+@pytest.mark.slow
+def test_amx_target_survives_nncf_spr_recipe_failure(tmp_path):
+    """Through the pipeline, NNCF's CPU_SPR recipe (openvino-cpu-amx) raises IndexError inside on the
+    all-MiniLM-L6-v2 graph (measured with NNCF 2.x); the target falls back to NNCF's CPU recipe, says so in the
+    manifest, and the int8 embeddings still match fp32. Should NNCF fix it, the SPR recipe must then be the one
+    recorded."""
+    import numpy as np
+
+    from edgefm.config import CompressConfig
+    from edgefm.pipeline import compress
+    from edgefm.zoo import minilm_path
+    from tests.conftest import CALIB
+
+    out = tmp_path / "amx"
+    m = compress(CompressConfig(source=minilm_path(), output=out, targets=["openvino-cpu-amx"],
+                                calib=CALIB / "sentences.txt"))
+    (q,) = [st for st in m.stages if st.name == "quantize"]
+    spr_failed = any("CPU_SPR recipe failed" in n for n in q.notes)
+    assert q.settings["target_device"] == ("CPU" if spr_failed else "CPU_SPR"), (q.settings, q.notes)
+    ev = np.load(out / "eval.npz")
+    pred = edgefm.load(out)
+    got = pred({k: ev[f"in/{k}"] for k in pred.input_names})["sentence_embedding"]
+    assert cosine_per_sample(ev["ref/sentence_embedding"], got).mean() >= 0.99
