@@ -47,6 +47,10 @@ class TFLiteOptions(BaseModel):
     weight_granularity: Literal["auto", "channel", "tensor"] = Field(
         "auto", description="int8 weight scales; auto = per-tensor for RNNs (litert-torch unrolls them, and "
                             "per-channel scales repeated on every step cost more than the weights), else per-channel")
+    lstm: Literal["fused", "unrolled"] = Field(
+        "fused", description="nn.LSTM as LiteRT's fused UNIDIRECTIONAL_SEQUENCE_LSTM op (one per layer; smallest "
+                             "file; full int8 runs TFLite's integer LSTM kernel) or unrolled into builtin ops over "
+                             "the time steps (as litert-torch converts it; XNNPACK runs them)")
     max_calib_samples: int = Field(128, ge=1, description="Calibration samples used for full-integer int8")
     converter_python: Optional[str] = Field(
         None, description="Python with litert-torch installed; default: the environment edgefm manages")
@@ -158,7 +162,7 @@ def _convert_key(job: CompileJob, python: Path, request: dict) -> tuple:
     for name in sorted(job.calib.inputs):
         h.update(np.ascontiguousarray(job.calib.inputs[name]).tobytes())
     return (str(python), json_dumps(request.get("quantize")), bool(request.get("calib")), h.hexdigest(),
-            tuple(job.spec.input_names), tuple(job.spec.output_names))
+            tuple(job.spec.input_names), tuple(job.spec.output_names), options(job.target).lstm)
 
 
 def json_dumps(x) -> str:
@@ -184,7 +188,8 @@ def _convert(job: CompileJob, python: Path, request: dict, mode: Optional[str], 
     # LSTMs as LiteRT's fused op (see tflite_lstm) where the quantization mode can keep it: fp32 and
     # full-integer (TFLite's quantizer handles the op; AI Edge Quantizer's fp16/dynamic modes do not).
     example = dict(np.load(request["example"]))
-    fused_model, fused = tflite_lstm.fuse(job.model) if mode in (None, "full") else (job.model, 0)
+    want = options(job.target).lstm == "fused" and mode in (None, "full")
+    fused_model, fused = tflite_lstm.fuse(job.model) if want else (job.model, 0)
     if fused:
         try:
             tflite_convert.export_program(fused_model, job.spec.input_names, job.spec.output_names, example,

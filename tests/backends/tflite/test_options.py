@@ -83,3 +83,17 @@ def test_keep_fp32_by_op_type_and_by_node(tmp_path, cnn):
     with pytest.raises(ConfigError, match="neither an op type nor a node name"):
         tflite.compile(bad)
     assert not bad.out_dir.exists()
+
+
+def test_lstm_unrolled_option(tmp_path, lstm):
+    """``lstm: unrolled`` keeps litert-torch's unrolled graph (builtin ops XNNPACK runs, AI Edge Quantizer) and is
+    a different conversion from the fused default, not a reuse of it."""
+    fused = digits_job(tmp_path / "f", lstm[0], True, tflite_target("int8"))
+    unrolled = digits_job(tmp_path / "u", lstm[0], True, tflite_target("int8", lstm="unrolled"))
+    rf, ru = tflite.compile(fused), tflite.compile(unrolled)
+    ops_f = [o["op"] for o in model_ops(fused.out_dir / "model.tflite")]
+    ops_u = [o["op"] for o in model_ops(unrolled.out_dir / "model.tflite")]
+    assert ops_f.count("UNIDIRECTIONAL_SEQUENCE_LSTM") == 2 and rf.entry.options["fused_lstm_layers"] == 2
+    assert "UNIDIRECTIONAL_SEQUENCE_LSTM" not in ops_u and len(ops_u) > 100, len(ops_u)
+    assert ru.entry.options["quantizer"] == "ai-edge-quantizer" and ru.entry.options["fused_lstm_layers"] == 0
+    assert ru.stages[-1].metrics["logits"]["top1_agreement"] >= 0.97
