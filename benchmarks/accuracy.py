@@ -9,7 +9,6 @@ accuracy-pareto.png (latency vs accuracy, Pareto front ringed)."""
 
 from __future__ import annotations
 
-import time
 
 import suite
 
@@ -17,18 +16,7 @@ import suite
 def main() -> None:
     args = suite.arguments(__doc__.splitlines()[0], ["digits_cnn", "digits_lstm", "minilm"], ["int8", "fp16"],
                            "1", seconds=1.0)
-    t0 = time.perf_counter()
-    timing = suite.timing_from(args)
-    targets = suite.suite_targets(suite.split(args.targets))
-    results = []
-    for name in suite.split(args.models):
-        c = suite.case(name)
-        made, skipped = suite.bundles(c, targets, suite.split(args.precisions), args.rebuild)
-        r = suite.measure(c, made, timing, skipped=skipped)
-        if r is not None:
-            results.append(r)
-    suite.write("accuracy", results, plots=not args.no_plots)
-    print(f"accuracy suite: {time.perf_counter() - t0:.0f} s")
+    suite.run("accuracy", args)
 
 
 if __name__ == "__main__":

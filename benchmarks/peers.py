@@ -108,18 +108,7 @@ def peers_of(c: suite.Case, say=print):
 def main() -> None:
     args = suite.arguments(__doc__.splitlines()[0], ["digits_cnn", "digits_lstm", "minilm", "mobilenet_v2"],
                            ["int8"], "1,8", seconds=2.0)
-    t0 = time.perf_counter()
-    timing = suite.timing_from(args)
-    targets = suite.suite_targets(suite.split(args.targets))
-    results = []
-    for name in suite.split(args.models):
-        c = suite.case(name)
-        made, skipped = suite.bundles(c, targets, suite.split(args.precisions), args.rebuild)
-        r = suite.measure(c, made, timing, extra=peers_of(c), skipped=skipped)
-        if r is not None:
-            results.append(r)
-    suite.write("peers", results, plots=not args.no_plots)
-    print(f"peers suite: {time.perf_counter() - t0:.0f} s")
+    suite.run("peers", args, extra=peers_of)
 
 
 if __name__ == "__main__":

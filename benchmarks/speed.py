@@ -8,7 +8,6 @@ Prints the table and writes benchmarks/results/<machine-id>/speed.{csv,md}, spee
 
 from __future__ import annotations
 
-import time
 
 import suite
 
@@ -16,19 +15,7 @@ import suite
 def main() -> None:
     args = suite.arguments(__doc__.splitlines()[0], ["mobilenet_v2", "minilm", "lstm_256"], ["fp32", "int8"],
                            "1,8", seconds=2.0)
-    t0 = time.perf_counter()
-    timing = suite.timing_from(args)
-    targets = suite.suite_targets(suite.split(args.targets))
-    results = []
-    for name in suite.split(args.models):
-        c = suite.case(name)
-        made, skipped = suite.bundles(c, targets, suite.split(args.precisions), args.rebuild)
-        # speed only: a small eval set keeps the accuracy pass short (the accuracy suite does it properly)
-        r = suite.measure(c, made, timing, skipped=skipped)
-        if r is not None:
-            results.append(r)
-    suite.write("speed", results, plots=not args.no_plots)
-    print(f"speed suite: {time.perf_counter() - t0:.0f} s")
+    suite.run("speed", args)
 
 
 if __name__ == "__main__":

@@ -269,3 +269,22 @@ def split(text: str) -> list[str]:
 def timing_from(args: argparse.Namespace, min_runs: int = 10) -> Timing:
     return Timing(batches=[int(b) for b in split(args.batch)], threads=args.threads, warmup=args.warmup,
                   seconds=args.seconds, min_runs=min_runs)
+
+
+def run(name: str, args, extra=None) -> None:
+    """A whole suite: bundles for every model x target x precision, measured, written as ``name``.
+    ``extra(case)`` adds measurements of other tools (the peers suite)."""
+    import time
+
+    t0 = time.perf_counter()
+    timing = timing_from(args)
+    targets = suite_targets(split(args.targets))
+    results = []
+    for model in split(args.models):
+        c = case(model)
+        made, skipped = bundles(c, targets, split(args.precisions), args.rebuild)
+        r = measure(c, made, timing, extra=extra(c) if extra else (lambda b: []), skipped=skipped)
+        if r is not None:
+            results.append(r)
+    write(name, results, plots=not args.no_plots)
+    print(f"{name} suite: {time.perf_counter() - t0:.0f} s")
