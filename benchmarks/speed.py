@@ -8,7 +8,6 @@ Prints the table and writes benchmarks/results/<machine-id>/speed.{csv,md}, spee
 
 from __future__ import annotations
 
-
 import suite
 
 
