@@ -448,7 +448,8 @@ def main(argv=None) -> int:
                                                               "a list like 0,2,4")
     ap.add_argument("--lstm-hidden", type=int, default=64)
     ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("--out", default=str(RESULTS / "prune_distill"), help="results prefix (.md and .json)")
+    ap.add_argument("--out", default="", help="results prefix (.md and .json); default "
+                                               "benchmarks/results/<machine-id>/prune_distill[-PARTS]")
     a = ap.parse_args(argv)
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
@@ -458,7 +459,14 @@ def main(argv=None) -> int:
     print("\n" + md)
     print(f"\n{time.time() - t0:.0f} s in all")
     if not a.quick:
-        out = Path(a.out)
+        parts = [x for x in a.only.split(",") if x]
+        if a.out:
+            out = Path(a.out)
+        else:  # a subset gets its own file, so it never overwrites the table of a full run
+            from edgefm.bench.machine import machine_info
+
+            stem = "prune_distill" if set(parts) == set(PARTS) else "prune_distill-" + "-".join(parts)
+            out = RESULTS / machine_info().id / stem
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".md").write_text(md + "\n")
         out.with_suffix(".json").write_text(json.dumps(ROWS, indent=1))
