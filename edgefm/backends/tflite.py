@@ -8,6 +8,7 @@ carry the ModelSpec's names and layouts (NCHW stays NCHW)."""
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import shutil
@@ -119,7 +120,7 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
             request["calib"] = str(work / "calib.npz")
         say(f"{job.target.name}: converting with litert-torch" + (f", then {mode} quantization" if mode else ""))
         t0 = time.time()
-        result, fallback = _convert(job, python, request, mode, work)
+        result, fallback = _convert(job, python, request, mode, work, example)
         export_s = max(0.0, time.time() - t0 - sum(result["seconds"].values()))
         fp32, final = work / "fp32.tflite", work / ("quant.tflite" if mode else "fp32.tflite")
         _check_builtin(final, job.target.name)
@@ -161,17 +162,12 @@ def _convert_key(job: CompileJob, python: Path, request: dict) -> tuple:
     h = hashlib.sha256()
     for name in sorted(job.calib.inputs):
         h.update(np.ascontiguousarray(job.calib.inputs[name]).tobytes())
-    return (str(python), json_dumps(request.get("quantize")), bool(request.get("calib")), h.hexdigest(),
+    return (str(python), json.dumps(request.get("quantize"), sort_keys=True), bool(request.get("calib")), h.hexdigest(),
             tuple(job.spec.input_names), tuple(job.spec.output_names), options(job.target).lstm)
 
 
-def json_dumps(x) -> str:
-    import json
-
-    return json.dumps(x, sort_keys=True)
-
-
-def _convert(job: CompileJob, python: Path, request: dict, mode: Optional[str], work: Path):
+def _convert(job: CompileJob, python: Path, request: dict, mode: Optional[str], work: Path,
+             example: dict[str, np.ndarray]):
     """(converter result, fallback note): fp32.tflite, quant.tflite and model.pt2 end up in ``work``."""
     import atexit
     import weakref
@@ -187,7 +183,6 @@ def _convert(job: CompileJob, python: Path, request: dict, mode: Optional[str], 
     result, fallback = None, None
     # LSTMs as LiteRT's fused op (see tflite_lstm) where the quantization mode can keep it: fp32 and
     # full-integer (TFLite's quantizer handles the op; AI Edge Quantizer's fp16/dynamic modes do not).
-    example = dict(np.load(request["example"]))
     want = options(job.target).lstm == "fused" and mode in (None, "full")
     fused_model, fused = tflite_lstm.fuse(job.model) if want else (job.model, 0)
     if fused:

@@ -228,12 +228,6 @@ def _drop_unused(model) -> None:
                     tm.tensorIndex = new[tm.tensorIndex]
 
 
-def has_fused(path: Path) -> bool:
-    from edgefm.backends.tflite_run import model_ops
-
-    return any(o["op"] == "UNIDIRECTIONAL_SEQUENCE_LSTM" for o in model_ops(str(path)))
-
-
 def quantize_full(src: Path, dst: Path, calib: Iterable[Mapping[str, np.ndarray]], io: str = "float",
                   signature: str = "serving_default") -> dict:
     """Full-integer int8 of a float model with fused LSTMs, by TFLite's calibrator and quantizer: int8

@@ -97,3 +97,26 @@ def test_lstm_unrolled_option(tmp_path, lstm):
     assert "UNIDIRECTIONAL_SEQUENCE_LSTM" not in ops_u and len(ops_u) > 100, len(ops_u)
     assert ru.entry.options["quantizer"] == "ai-edge-quantizer" and ru.entry.options["fused_lstm_layers"] == 0
     assert ru.stages[-1].metrics["logits"]["top1_agreement"] >= 0.97
+
+
+def test_lstm_with_initial_state_falls_back_to_unrolled(tmp_path, lstm):
+    """A model that hands nn.LSTM an initial state cannot use the fused op (it starts from zero): the compile
+    converts it unrolled, says so in the manifest, and the int8 model still agrees with fp32."""
+    import torch
+
+    class WithState(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            h0 = torch.zeros(2, x.shape[0], 64)
+            out, _ = self.inner.rnn(x, (h0, h0))
+            return self.inner.classifier(out[:, -1])
+
+    job = digits_job(tmp_path, WithState(lstm[0]).eval(), True, tflite_target("int8"))
+    res = tflite.compile(job)
+    assert any("fused LSTM conversion failed" in n for n in res.stages[0].notes), res.stages[0].notes
+    ops = [o["op"] for o in model_ops(job.out_dir / "model.tflite")]
+    assert "UNIDIRECTIONAL_SEQUENCE_LSTM" not in ops and res.entry.options["fused_lstm_layers"] == 0
+    assert res.stages[-1].metrics["logits"]["top1_agreement"] >= 0.97
