@@ -4,7 +4,7 @@ fill the same model; ``--dry-run`` prints it resolved."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -39,7 +39,12 @@ class CompressConfig(BaseModel):
     targets: list[str] = Field(default_factory=lambda: ["onnxruntime-cpu"],
                                description="Target names (targets/*.yaml) or paths to target YAML files")
     arch: Optional[str] = Field(None, description="module.path:factory, file.py:factory or timm:NAME for state_dicts")
-    inputs: list[str] = Field(default_factory=list, description="Input declarations NAME:DIMS[:DTYPE]")
+    inputs: list[Union[str, dict[str, Any]]] = Field(
+        default_factory=list, description="Input declarations NAME:DIMS[:DTYPE][=VALUE] (e.g. sr:scalar:int64=16000, "
+                                          "state:2,batch,128) or mappings {name, shape, dtype, batch_axis, value}")
+    state: list[Union[str, dict[str, str]]] = Field(
+        default_factory=list, description="Recurrent state pairs STATE_IN:STATE_OUT (or {input, output}): data are "
+                                          "streams of chunks, run with the state fed back call to call")
     calib: Optional[Path] = Field(None, description="Calibration data: .npz, .txt (one sentence a line) or image folder")
     eval: Optional[Path] = Field(None, description="Evaluation data (same formats; .npz may hold 'labels')")
     eval_fraction: float = Field(0.25, gt=0, lt=1, description="Share of --calib held back for eval when --eval is absent")

@@ -43,15 +43,98 @@ def load_samples(path: Path, spec: ModelSpec, *, tokenizer_dir: Optional[Path] =
         samples = _text(path, spec, tokenizer_dir, max_length)
     else:
         raise CalibrationError(f"data {path}: unknown format '{path.suffix}'; use {_FORMATS}")
+    samples = layout(samples, spec, f"data {path}")
     if len(samples) == 0:
         raise CalibrationError(f"data {path}: holds no samples")
-    spec.check_feed(samples.inputs, f"data {path}")
-    samples = Samples({i.name: np.ascontiguousarray(samples.inputs[i.name], dtype=i.dtype) for i in spec.inputs},
-                      samples.labels)
     if limit is not None and len(samples) > limit:
         idx = np.sort(np.random.default_rng(seed).choice(len(samples), size=limit, replace=False))
         samples = samples.take(idx)
     return samples
+
+
+def layout(samples: Samples, spec: ModelSpec, where: str) -> Samples:
+    """Arrays as read (samples on axis 0) -> ``Samples`` in the model's layout, checked against ``spec``.
+
+    A constant input missing from the data gets its declared value; a scalar/constant present in the data is
+    one array fed whole. For a streaming model (``spec.state``) every other input holds streams, shaped
+    (streams, chunks, *one chunk without its batch axis*); state inputs are optional initial states (zeros)."""
+    from edgefm.backends.base import streams_from_user
+
+    arrays = dict(samples.inputs)
+    for inp in spec.inputs:
+        if inp.name not in arrays and inp.constant:
+            arrays[inp.name] = inp.constant_array()
+    if not spec.streaming:
+        first = [np.asarray(arrays[i.name]).shape[0] for i in spec.inputs
+                 if i.name in arrays and i.batch_axis == 0 and not i.constant and np.asarray(arrays[i.name]).ndim]
+        feed = {}
+        for inp in spec.inputs:
+            if inp.name not in arrays:
+                continue
+            arr = np.asarray(arrays[inp.name])
+            if inp.batch_axis not in (None, 0) and not inp.constant and arr.ndim == len(inp.shape) and not (
+                    first and arr.shape[0] != first[0] and arr.shape[inp.batch_axis] == first[0]):
+                arr = np.moveaxis(arr, 0, inp.batch_axis)  # files hold samples first (model layout is accepted too)
+            feed[inp.name] = arr
+        feed.update({k: v for k, v in arrays.items() if k not in feed})
+        spec.check_feed(feed, where)
+        out = Samples.for_spec(spec, {i.name: np.asarray(feed[i.name], dtype=i.dtype, order="C") for i in spec.inputs
+                                      if i.name in feed}, samples.labels)
+        _same_count(out, where)
+        return out
+    state = spec.state_map
+    n_streams = {k: np.asarray(v).shape[0] for k, v in arrays.items()
+                 if k not in state and spec.input_axes.get(k) is not None and np.asarray(v).ndim}
+    if not n_streams:
+        raise CalibrationError(f"{where}: a streaming model needs stream arrays for "
+                               f"{[i.name for i in spec.inputs if i.name not in state and not i.constant]}")
+    feed: dict[str, np.ndarray] = {}
+    chunk_counts = {}
+    for inp in spec.inputs:
+        if inp.name not in arrays:
+            if inp.name in state:
+                continue
+            raise CalibrationError(f"{where}: no array '{inp.name}' (the model's inputs are {spec.input_names})")
+        arr = np.asarray(arrays[inp.name])
+        if inp.constant or inp.batch_axis is None:
+            inp.check(arr, where)
+            feed[inp.name] = np.asarray(arr, dtype=inp.dtype, order="C")
+        elif inp.name in state:  # an initial state per stream: (streams, *state without batch axis)
+            if arr.ndim != len(inp.shape):
+                raise CalibrationError(f"{where}: initial state '{inp.name}' has shape {list(arr.shape)}; expected "
+                                       f"(streams, *{_without(inp.shape, inp.batch_axis)})")
+            arr = np.moveaxis(arr, 0, inp.batch_axis)
+            inp.check(arr, where)
+            feed[inp.name] = np.asarray(arr, dtype=inp.dtype, order="C")
+        else:
+            if arr.ndim != len(inp.shape) + 1:
+                raise CalibrationError(
+                    f"{where}: '{inp.name}' has shape {list(arr.shape)}; a streaming model's data are streams of "
+                    f"chunks: (streams, chunks, *{_without(inp.shape, inp.batch_axis)}) for input "
+                    f"'{inp.name}' {inp.shape}")
+            chunk_counts[inp.name] = arr.shape[1]
+            arr = streams_from_user(arr, inp.batch_axis)
+            inp.check(arr[0], where)
+            feed[inp.name] = np.asarray(arr, dtype=inp.dtype, order="C")
+    if len(set(n_streams.values())) > 1 or len(set(chunk_counts.values())) > 1:
+        raise CalibrationError(f"{where}: arrays have different stream counts {n_streams} or chunk counts "
+                               f"{chunk_counts}")
+    n = next(iter(n_streams.values()))
+    for inp in spec.inputs:  # zero initial state, as a device starts a stream
+        if inp.name in state and inp.name not in feed:
+            shape = list(inp.example_shape(batch=n))
+            feed[inp.name] = np.zeros(shape, dtype=inp.dtype)
+    return Samples.for_spec(spec, feed, samples.labels)
+
+
+def _without(shape: list, axis: Optional[int]) -> list:
+    return [d for i, d in enumerate(shape) if i != axis]
+
+
+def _same_count(samples: Samples, where: str) -> None:
+    counts = {k: v.shape[samples.axis(k)] for k, v in samples.inputs.items() if samples.axis(k) is not None}
+    if len(set(counts.values())) > 1:
+        raise CalibrationError(f"{where}: arrays have different sample counts (on each input's batch axis): {counts}")
 
 
 def split(samples: Samples, eval_fraction: float, seed: int = 0) -> tuple[Samples, Samples]:
@@ -69,6 +152,12 @@ def split(samples: Samples, eval_fraction: float, seed: int = 0) -> tuple[Sample
 def save_npz(path: Path, samples: Samples) -> None:
     """Write ``samples`` as ``.npz`` (one array per input, plus ``labels``); ``load_samples`` reads it back."""
     arrays = dict(samples.inputs)
+    for k, v in arrays.items():  # files hold samples first (streams: streams, chunks, ...)
+        ax = samples.axis(k)
+        if samples.streamed and k not in samples.state and ax is not None:
+            arrays[k] = np.moveaxis(v, [0, ax], [1, 0])
+        elif ax not in (None, 0):
+            arrays[k] = np.moveaxis(v, ax, 0)
     if samples.labels is not None:
         arrays[LABELS] = samples.labels
     np.savez(Path(path), **arrays)
@@ -102,10 +191,8 @@ def _npy(path: Path, spec: ModelSpec) -> Samples:
 
 
 def _with_labels(path: Path, arrays: dict, labels: Optional[np.ndarray]) -> Samples:
-    counts = {k: (v.shape[0] if v.ndim else 0) for k, v in arrays.items()}
-    if len(set(counts.values())) > 1:
-        raise CalibrationError(f"data {path}: arrays have different sample counts (first axis): {counts}")
-    n = next(iter(counts.values()))
+    counts = {k: v.shape[0] for k, v in arrays.items() if v.ndim}
+    n = next(iter(counts.values()), 0)
     if labels is not None:
         if labels.ndim != 1 or labels.shape[0] != n or labels.dtype.kind not in "iu":
             raise CalibrationError(f"data {path}: 'labels' must be {n} integers (one per sample), got shape "

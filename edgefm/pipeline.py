@@ -25,6 +25,7 @@ from edgefm.targets import TargetSpec, get_target
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
+STREAM_CHUNKS = 4  # chunks per random stream when a streaming model gets no --calib
 
 
 @dataclass
@@ -83,9 +84,17 @@ def _data(config: CompressConfig, loaded) -> tuple[Samples, Samples, list[str]]:
     kw = dict(tokenizer_dir=loaded.tokenizer_dir, max_length=config.max_length, seed=config.seed)
     notes = []
     if config.calib is None:
-        feed = example_inputs(loaded.spec, batch=16, seed=config.seed)
-        notes.append("no --calib: export verified on 16 random inputs; accuracy figures are not meaningful")
-        calib = Samples(feed)
+        spec = loaded.spec
+        if spec.streaming:
+            chunks = [example_inputs(spec, batch=16, seed=config.seed + c) for c in range(STREAM_CHUNKS)]
+            feed = {i.name: (chunks[0][i.name] if i.constant or i.name in spec.state_map
+                             else np.stack([c[i.name] for c in chunks])) for i in spec.inputs}
+            notes.append(f"no --calib: export verified on 16 random streams of {STREAM_CHUNKS} chunks; accuracy "
+                         f"figures are not meaningful")
+        else:
+            feed = example_inputs(spec, batch=16, seed=config.seed)
+            notes.append("no --calib: export verified on 16 random inputs; accuracy figures are not meaningful")
+        calib = Samples.for_spec(spec, feed)
         return calib, calib, notes
     if config.eval is not None:
         calib = load_samples(config.calib, loaded.spec, limit=config.max_calib_samples, **kw)
@@ -113,13 +122,17 @@ def _save_eval(path: Path, ev: Samples, reference: dict[str, np.ndarray]) -> Non
 def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Manifest:
     """Run the whole pipeline and write the bundle at ``config.output``; returns its manifest."""
     from edgefm.models.load import load_checkpoint
-    from edgefm.stages.export import batched_outputs, onnx_outputs
+    from edgefm.stages.export import _torch_outputs, batched_outputs, onnx_outputs
 
     say = progress or (lambda msg: log.info(msg))
     p = plan(config)
     t0 = time.perf_counter()
     say(f"loading {config.source}")
     loaded = load_checkpoint(config.source, config.arch, config.inputs)
+    if config.state:
+        from edgefm.models.spec import parse_state_decl
+
+        loaded.spec.declare_state([parse_state_decl(s) for s in config.state], f"checkpoint {config.source}")
     spec = loaded.spec
     stages = [StageRecord(name="load", settings={"kind": loaded.kind, "family": spec.family, "task": spec.task},
                           output_sha256=loaded.sha256, seconds=round(time.perf_counter() - t0, 3),
@@ -131,6 +144,10 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
         spec.preprocessing.max_length = int(next(iter(calib.inputs.values())).shape[1])
     model, extra_stages = _torch_stages(config, loaded, calib, ev, say)
     stages += extra_stages
+    if spec.streaming:
+        stages[0].notes.append(f"streaming: state {', '.join(f'{p.input} <- {p.output}' for p in spec.state)}; "
+                               f"{len(calib)} calibration and {len(ev)} eval streams of {ev.chunks} chunks, each run "
+                               f"chunk by chunk with the state fed back")
 
     with staging(config.output, force=config.force) as tmp:
         ref_path = tmp / "fp32" / "model.onnx"
@@ -140,10 +157,16 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
             stages.append(StageRecord(name="export", settings={"exporter": "none (source is ONNX)"},
                                       output_sha256=loaded.sha256))
         else:
-            stages.append(_export_cached(config, loaded, model, calib, ref_path, cacheable=not extra_stages,
-                                         say=say))
+            # the export is checked call by call; a stream's calls carry the state torch fed back
+            export_calib = calib.steps(lambda f: _torch_outputs(model, spec, f), 32) if calib.streamed else calib
+            stages.append(_export_cached(config, loaded, model, export_calib, ref_path,
+                                         cacheable=not extra_stages, say=say))
+            _mark_baked(spec, ref_path)
         _write_sensitivity(tmp, stages)
+        # the reference is the fp32 ONNX, streamed like the device will run it
         reference = batched_outputs(lambda f: onnx_outputs(ref_path, f), ev, 32)
+        if calib.streamed:  # calibration sees every call of the fp32 streams, with the state they carried
+            calib = calib.steps(lambda f: onnx_outputs(ref_path, f), 32)
         _save_eval(tmp / "eval.npz", ev, reference)
         if loaded.tokenizer_dir is not None:
             _copy_tokenizer(loaded.tokenizer_dir, tmp / "tokenizer")
@@ -168,6 +191,17 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
         finalize(tmp, manifest)
     say(f"wrote {config.output} in {time.perf_counter() - t0:.1f} s")
     return manifest
+
+
+def _mark_baked(spec, onnx_path: Path) -> None:
+    """Constants the exported graph has no input for (e.g. an ``int`` argument of scripted code, folded in at
+    export) are marked ``baked``: a Predictor checks and drops them instead of feeding them."""
+    import onnx
+
+    graph_inputs = {i.name for i in onnx.load(str(onnx_path), load_external_data=False).graph.input}
+    for inp in spec.inputs:
+        if inp.constant and inp.name not in graph_inputs:
+            inp.baked = True
 
 
 def _cache_dir(config: CompressConfig) -> Optional[Path]:
@@ -195,7 +229,7 @@ def _export_cached(config: CompressConfig, loaded, model, calib: Samples, out: P
                      str(config.opset), torch.__version__, edgefm.__version__):
             h.update(part.encode())
         for name in sorted(calib.inputs):
-            h.update(np.ascontiguousarray(calib.inputs[name][:64]).tobytes())
+            h.update(np.array(calib.take(slice(0, 64)).inputs[name]).tobytes())
         key = h.hexdigest()[:32]
         hit_onnx, hit_rec = cache / "exports" / f"{key}.onnx", cache / "exports" / f"{key}.json"
         if hit_onnx.is_file() and hit_rec.is_file():

@@ -43,7 +43,11 @@ class BasePredictor:
                                    f"got {type(inputs).__name__}")
         feed = {k: np.asarray(v) for k, v in inputs.items()}
         self.spec.check_feed(feed, f"{self.target} predictor")
-        feed = {s.name: np.ascontiguousarray(feed[s.name], dtype=s.dtype) for s in self.spec.inputs}
+        for s in self.spec.inputs:  # a constant baked into the graph is not fed; a different value is an error
+            if s.baked and s.name in feed and not np.array_equal(feed[s.name], s.constant_array()):
+                raise CalibrationError(f"{self.target} predictor: input '{s.name}' is fixed to {s.value} in this "
+                                       f"artifact (a constant at export), got {feed[s.name].tolist()}")
+        feed = {s.name: np.asarray(feed[s.name], dtype=s.dtype, order="C") for s in self.spec.inputs if not s.baked}
         return self._run(feed)
 
     def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # pragma: no cover

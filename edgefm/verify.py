@@ -60,12 +60,11 @@ def limits_for(manifest: Manifest, precision: str) -> Limits:
 
 
 def _run_all(predictor, inputs: dict[str, np.ndarray], batch: int = 32) -> dict[str, np.ndarray]:
-    n = len(next(iter(inputs.values())))
-    parts: dict[str, list[np.ndarray]] = {}
-    for s in range(0, n, batch):
-        for k, v in predictor({k: a[s:s + batch] for k, a in inputs.items()}).items():
-            parts.setdefault(k, []).append(v)
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    """Every eval sample through ``predictor``, on each input's batch axis; streams chunk by chunk with the
+    state fed back (the manifest's spec says which)."""
+    from edgefm.backends.base import Samples
+
+    return Samples.for_spec(predictor.spec, inputs).run(predictor, batch)
 
 
 def verify_target(bundle: Path, manifest: Manifest, name: str, emulate: Optional[str] = None,

@@ -87,11 +87,8 @@ class OrtPredictor(BasePredictor):
 def eval_outputs(path: Path, job: CompileJob, opts: Options) -> dict[str, np.ndarray]:
     """Outputs of the ONNX file at ``path`` on the job's eval data, batch by batch."""
     pred = OrtPredictor(path, job.spec, job.target.name, opts, job.target.threads)
-    parts: dict[str, list[np.ndarray]] = {}
-    for b in job.eval.batches(EVAL_BATCH):
-        for k, v in pred._run(b.inputs).items():
-            parts.setdefault(k, []).append(v)
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    wanted = {i.name for i in pred.session.get_inputs()}
+    return job.eval.run(lambda f: pred._run({k: v for k, v in f.items() if k in wanted}), EVAL_BATCH)
 
 
 def _int8(job: CompileJob, opts: Options, out: Path) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
@@ -105,7 +102,7 @@ def _int8(job: CompileJob, opts: Options, out: Path) -> tuple[dict[str, Any], di
         if bad:
             raise ConfigError(f"target {job.target.name}: unknown int8 recipes {bad}; known: {sorted(known)}")
         recipes = tuple(known[r] for r in opts.recipes)
-    one = job.eval.take(slice(0, 1)).inputs
+    one = job.eval.first()
     base_ms = quick_latency_ms(job.onnx_path, one, threads=job.target.threads or 0)
     candidates, notes = [], []
     for i, recipe in enumerate(recipes):
@@ -202,7 +199,7 @@ def _fallback(job: CompileJob, opts: Options, out: Path, static: list, notes: li
         except AccuracyError as e:
             notes.append(f"fallback round {round_}: kept '{tensor}' (int8 SQNR {sqnr:.1f} dB) in float: still {e}")
             continue
-        ms = quick_latency_ms(trial, job.eval.take(slice(0, 1)).inputs, threads=job.target.threads or 0)
+        ms = quick_latency_ms(trial, job.eval.first(), threads=job.target.threads or 0)
         settings["fallback_nodes_fp32"] = list(excluded)
         notes.append(f"fallback: kept {len(excluded)} node(s) in float {excluded} so that the most damaged "
                      f"activations stay float (their int8 SQNR in dB: {freed}); now within the limits")

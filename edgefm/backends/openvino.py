@@ -114,12 +114,13 @@ def versions() -> dict[str, str]:
 
 def _infer(compiled: Any, samples: Samples, names: list[str], batch: int = 64) -> Feed:
     req = compiled.create_infer_request()
-    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for b in samples.batches(batch):
-        req.infer(b.inputs)
-        for i, n in enumerate(names):
-            parts[n].append(req.get_output_tensor(i).data.copy())
-    return {n: np.concatenate(v) for n, v in parts.items()}
+    wanted = {n for p in compiled.inputs for n in p.get_names()}
+
+    def run(feed: Feed) -> Feed:
+        req.infer({k: v for k, v in feed.items() if k in wanted})
+        return {n: req.get_output_tensor(i).data.copy() for i, n in enumerate(names)}
+
+    return samples.run(run, batch)
 
 
 def _latency_ms(compiled: Any, feed: Feed, runs: int = 20, budget_s: float = 2.0) -> float:
@@ -163,7 +164,7 @@ def _convert_torch(job: CompileJob) -> Any:
              "int8": ov.Type.i8, "uint8": ov.Type.u8, "bool": ov.Type.boolean}
     inputs = [(s.name, ov.PartialShape([d if isinstance(d, int) else -1 for d in s.shape]), types[s.dtype])
               for s in job.spec.inputs]
-    example = tuple(torch.from_numpy(np.ascontiguousarray(job.eval.inputs[s.name][:2])) for s in job.spec.inputs)
+    example = tuple(torch.from_numpy(np.array(v)) for v in job.calib.take(slice(0, 2)).inputs.values())
     with torch.no_grad():
         model = ov.convert_model(job.model.eval(), example_input=example, input=inputs)
     for out, name in zip(model.outputs, job.spec.output_names):
@@ -341,6 +342,10 @@ def _accuracy_control(job: CompileJob, opts: OpenVINOOptions, model: Any, plain:
     Records the bound, the layers and the drops in ``settings``/``metrics``/``notes``; raises
     ``AccuracyError`` saying why when it cannot."""
     max_drop = _ac_max_drop(job, limits, job.config.max_accuracy_drop)
+    if job.eval.streamed:  # NNCF's metric scores independent samples; a stream's calls depend on each other
+        fidelity.check(step, metrics, limits, hint=(
+            "plain int8 misses the bound; NNCF accuracy control cannot score streams (state fed back), so keep "
+            "the sensitive layers in float with --keep-fp32 NODE/OPTYPE or use --quantize fp32"))
     metric = nq.validation_metric(job.spec, job.eval, job.reference)
     if job.progress:
         job.progress(f"{job.target.name}: plain int8 misses the bound; NNCF accuracy control ({metric.name} drop "
@@ -398,7 +403,7 @@ def _count(values: Any) -> dict[str, int]:
 def _compare_precisions(job: CompileJob, model: Any, f32: Any, f32_metrics: dict, int8: Any, int8_metrics: dict
                         ) -> dict[str, Any]:
     """int8 next to the fp32 IR run at f32 and at bf16 (fidelity and batch-1 latency, same machine, same run)."""
-    feed = job.eval.take(slice(0, 1)).inputs
+    feed = job.eval.first()
     out = {"f32": {**_headline(f32_metrics), "latency_ms": _latency_ms(f32, feed)}}
     caps = core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     if "BF16" in caps:

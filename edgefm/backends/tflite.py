@@ -104,7 +104,8 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
     python = tflite_convert.converter_python(opts.converter_python, say)
     with tempfile.TemporaryDirectory(prefix="edgefm-tflite-") as tmp:
         work = Path(tmp)
-        example = {s.name: np.asarray(job.calib.inputs[s.name][:1]).astype(s.dtype) for s in job.spec.inputs}
+        example = {s.name: np.asarray(v).astype(s.dtype) for s, v in
+                   zip(job.spec.inputs, job.calib.take(slice(0, 1)).inputs.values())}
         np.savez(work / "example.npz", **example)
         request: dict[str, Any] = {"program": str(work / "model.pt2"), "example": str(work / "example.npz"),
                                    "fp32_out": str(work / "fp32.tflite"), "out": str(work / "quant.tflite")}
@@ -116,7 +117,7 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
 
                 request["quantize"]["keep"] = keep_spec(job.onnx_path, keep)
         if mode == "full":
-            np.savez(work / "calib.npz", **{k: v[:opts.max_calib_samples] for k, v in job.calib.inputs.items()})
+            np.savez(work / "calib.npz", **job.calib.take(slice(0, opts.max_calib_samples)).inputs)
             request["calib"] = str(work / "calib.npz")
         say(f"{job.target.name}: converting with litert-torch" + (f", then {mode} quantization" if mode else ""))
         t0 = time.time()
@@ -227,10 +228,18 @@ def _limits(job: CompileJob, mode: Optional[str]) -> fidelity.Limits:
     return job.config.quant_limits() if job.config is not None else tol.quantize
 
 
+def run_samples(runner, samples) -> dict:
+    """``samples`` through a LiteRT ``Runner``: plain samples batched on axis 0 by the runner; streams, and
+    inputs batched on another axis, one sample per call (the artifact's fixed batch is 1) via ``Samples.run``."""
+    if samples.streamed or any(a not in (0,) for a in samples.axes.values()):
+        return samples.run(runner.run_one, 1)
+    return runner.run(dict(samples.inputs))
+
+
 def _verify_stage(job: CompileJob, name: str, model: Path, source: Path, result: dict, seconds: float,
                   limits: fidelity.Limits) -> StageRecord:
     runner = _runner(model, 1)  # one thread: the check is about values, and build machines are shared
-    got = runner.run({s.name: np.asarray(job.eval.inputs[s.name]).astype(s.dtype) for s in job.spec.inputs})
+    got = run_samples(runner, job.eval)
     metrics = fidelity.evaluate(job.spec, job.reference, got, job.eval.labels)
     fidelity.check(f"{name} ({job.target.name}, tflite)", metrics, limits)
     v = result["versions"]

@@ -139,7 +139,7 @@ def export_program(model, input_names: list[str], output_names: list[str], examp
         def forward(self, **kw):
             return _name_outputs(self.inner(*[kw[n] for n in input_names]), output_names)
 
-    kwargs = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in example.items()}
+    kwargs = {k: torch.from_numpy(np.array(v)) for k, v in example.items()}
     try:
         with torch.no_grad():
             ep = torch.export.export(Named(model).eval(), (), kwargs, strict=False)

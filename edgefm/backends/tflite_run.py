@@ -68,6 +68,13 @@ class Runner:
             return ((arr.astype(np.float32) - zero) * scale).astype(np.float32)
         return arr
 
+    def run_one(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One call with ``feed`` exactly as the model takes it (the compiled batch, on any batch axis)."""
+        out = self.runner(**{k: self._to_model(k, v) for k, v in feed.items() if k in self.inputs})
+        if self.stateful:
+            self.interpreter.reset_all_variables()
+        return {k: self._from_model(k, np.asarray(out[k])) for k in self.outputs}
+
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs for every sample of ``feed`` (any number of samples)."""
         n = int(next(iter(feed.values())).shape[0])

@@ -19,7 +19,7 @@ from edgefm.errors import CheckpointError, ConfigError
 from edgefm.models import wrap
 from edgefm.models.formats import detect_kind, read_state_dict
 from edgefm.models.guess import family_of, task_and_preprocessing
-from edgefm.models.spec import InputSpec, ModelSpec, OutputSpec, Preprocessing, parse_input_decl
+from edgefm.models.spec import InputSpec, ModelSpec, OutputSpec, Preprocessing, input_from_config
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def load_checkpoint(source: Path, arch: Optional[str] = None,
     inputs of state_dict/TorchScript modules and override same-named inputs of the other kinds. Raises
     ``CheckpointError`` (file problems) or ``ConfigError`` (bad ``--arch``/``--input``)."""
     source = Path(source)
-    decls = [d if isinstance(d, InputSpec) else parse_input_decl(d) for d in inputs]
+    decls = [input_from_config(d) for d in inputs]
     kind = detect_kind(source)
     if arch is not None and kind != "state_dict":
         raise ConfigError(f"--arch '{arch}' is only used with a state_dict, but {source} is a {kind} checkpoint")
@@ -67,6 +67,12 @@ def example_inputs(spec: ModelSpec, batch: int = 2, seq: int = 16, seed: int = 0
     feed = {}
     for inp in spec.inputs:
         shape, dt = inp.example_shape(batch, seq), np.dtype(inp.dtype)
+        if inp.constant:
+            feed[inp.name] = inp.constant_array()
+            continue
+        if inp.name in spec.state_map:  # a stream starts from zeros
+            feed[inp.name] = np.zeros(shape, dtype=dt)
+            continue
         if dt.kind == "f":
             arr = rng.random(shape, dtype=np.float32).astype(dt)
         elif dt.kind == "b":

@@ -23,14 +23,31 @@ class InputSpec(BaseModel):
     name: str = Field(description="Input name, as in the ONNX graph and the Predictor's dict")
     shape: list[Dim] = Field(description="Dimensions; a string names a dynamic axis")
     dtype: str = Field("float32", description="NumPy dtype name")
+    batch_axis: Optional[int] = Field(
+        0, description="The axis that indexes samples (e.g. 1 for a (layers, batch, hidden) state); None for a "
+                       "scalar or constant input, which is fed whole to every call and never split into samples")
+    value: Optional[Union[float, int, bool, list]] = Field(
+        None, description="A constant: the same value is fed on every call (e.g. a sample rate)")
+    baked: bool = Field(False, description="A constant the exported graph holds itself (no graph input): a "
+                                           "Predictor accepts it, checks it equals `value` and does not feed it")
 
     @property
     def dynamic_axes(self) -> dict[int, str]:
         return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
 
+    @property
+    def constant(self) -> bool:
+        return self.value is not None
+
+    def constant_array(self) -> np.ndarray:
+        """The constant ``value`` as an array of this input's shape and dtype (a scalar is 0-d)."""
+        shape = tuple(d if isinstance(d, int) else 1 for d in self.shape)
+        return np.array(np.broadcast_to(np.asarray(self.value, dtype=self.dtype), shape))  # writable (torch)
+
     def example_shape(self, batch: int = 2, dynamic: int = 8) -> tuple[int, ...]:
-        """A concrete shape: ``batch`` for axis 0 when dynamic, ``dynamic`` for other named axes."""
-        return tuple(d if isinstance(d, int) else (batch if i == 0 else dynamic) for i, d in enumerate(self.shape))
+        """A concrete shape: ``batch`` on the batch axis when dynamic, ``dynamic`` for other named axes."""
+        return tuple(d if isinstance(d, int) else (batch if i == self.batch_axis else dynamic)
+                     for i, d in enumerate(self.shape))
 
     def check(self, arr: np.ndarray, where: str) -> None:
         """Raise ``CalibrationError`` when ``arr`` does not fit this input (rank, fixed dims, dtype kind)."""
@@ -52,8 +69,17 @@ class InputSpec(BaseModel):
 class OutputSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
-    kind: Literal["logits", "embedding", "hidden", "other"] = Field(
-        "other", description="logits: top-1 agreement is meaningful; embedding: cosine is")
+    kind: Literal["logits", "embedding", "hidden", "state", "other"] = Field(
+        "other", description="logits: top-1 agreement is meaningful; embedding: cosine is; state: fed back")
+    batch_axis: int = Field(0, description="The axis that indexes samples (a state output: its input's)")
+
+
+class StatePair(BaseModel):
+    """A recurrent state: output ``output`` of one call is fed to input ``input`` of the next (streaming)."""
+
+    model_config = ConfigDict(extra="forbid")
+    input: str
+    output: str
 
 
 class Preprocessing(BaseModel):
@@ -80,6 +106,43 @@ class ModelSpec(BaseModel):
     preprocessing: Preprocessing = Field(default_factory=Preprocessing)
     num_classes: Optional[int] = None
     arch: Optional[str] = Field(None, description="Architecture name, e.g. BertModel or module:factory")
+    state: list[StatePair] = Field(
+        default_factory=list, description="State inputs/outputs fed back call to call: data are streams of chunks")
+
+    @property
+    def streaming(self) -> bool:
+        return bool(self.state)
+
+    @property
+    def input_axes(self) -> dict[str, Optional[int]]:
+        """Sample axis per input (None: a constant/scalar, fed whole)."""
+        return {i.name: (None if i.constant else i.batch_axis) for i in self.inputs}
+
+    @property
+    def output_axes(self) -> dict[str, int]:
+        return {o.name: o.batch_axis for o in self.outputs}
+
+    @property
+    def state_map(self) -> dict[str, str]:
+        return {p.input: p.output for p in self.state}
+
+    def declare_state(self, pairs: list[StatePair], where: str) -> None:
+        """Record ``pairs`` (checked against the inputs/outputs); state outputs get their input's batch axis
+        and kind ``state``."""
+        for p in pairs:
+            if p.input not in self.input_names:
+                raise ConfigError(f"{where}: state input '{p.input}' is not an input of the model; its inputs are "
+                                  f"{self.input_names}")
+            if p.output not in self.output_names:
+                raise ConfigError(f"{where}: state output '{p.output}' is not an output of the model; its outputs "
+                                  f"are {self.output_names}")
+            inp = self.input(p.input)
+            if inp.constant or inp.batch_axis is None:
+                raise ConfigError(f"{where}: state input '{p.input}' is a constant/scalar; a state has a batch axis")
+            for o in self.outputs:
+                if o.name == p.output:
+                    o.batch_axis, o.kind = inp.batch_axis, "state"
+        self.state = list(pairs)
 
     @property
     def input_names(self) -> list[str]:
@@ -97,32 +160,39 @@ class ModelSpec(BaseModel):
 
     def check_feed(self, feed: dict[str, np.ndarray], where: str) -> None:
         """Raise ``CalibrationError`` naming what is missing, extra or misshapen in ``feed``."""
-        missing = [n for n in self.input_names if n not in feed]
+        missing = [i.name for i in self.inputs if i.name not in feed and not i.baked]
         extra = [n for n in feed if n not in self.input_names and n != "labels"]
         if missing or extra:
             raise CalibrationError(
                 f"{where}: inputs {sorted(feed)} do not match the model's inputs {self.input_names}"
                 + (f" (missing {missing})" if missing else "") + (f" (unexpected {extra})" if extra else ""))
         for spec in self.inputs:
-            spec.check(np.asarray(feed[spec.name]), where)
+            if spec.name in feed:
+                spec.check(np.asarray(feed[spec.name]), where)
 
 
-_INPUT_RE = re.compile(r"^(?P<name>[A-Za-z_][\w.\-]*):(?P<dims>[^:]+)(?::(?P<dtype>\w+))?$")
+_INPUT_RE = re.compile(r"^(?P<name>[A-Za-z_][\w.\-]*):(?P<dims>[^:=]*)(?::(?P<dtype>\w+))?(?:=(?P<value>[^=]+))?$")
 
 
 def parse_input_decl(text: str) -> InputSpec:
-    """Parse ``--input NAME:DIMS[:DTYPE]``, e.g. ``x:batch,1,8,8:float32``. Axis 0 is dynamic (``batch``)
-    unless the user wrote a name for it anyway; write ``x:1,...`` with ``!1`` to pin it (``x:!1,3,224,224``)."""
+    """Parse ``--input NAME:DIMS[:DTYPE][=VALUE]``.
+
+    ``x:batch,1,8,8:float32``: axis 0 is dynamic (``batch``) unless the user wrote a name for it anyway; write
+    ``!1`` to pin it (``x:!1,3,224,224``). An axis named ``batch`` anywhere is the sample axis
+    (``state:2,batch,128``). ``scalar`` (or nothing) as DIMS is a 0-d input; ``=VALUE`` makes the input a
+    constant fed the same value every call (``sr:scalar:int64=16000``), never split into samples."""
     m = _INPUT_RE.match(text.strip())
     if not m:
-        raise ConfigError(f"--input '{text}': expected NAME:DIMS[:DTYPE], e.g. x:1,3,224,224:float32")
+        raise ConfigError(f"--input '{text}': expected NAME:DIMS[:DTYPE][=VALUE], e.g. x:1,3,224,224:float32 or "
+                          f"sr:scalar:int64=16000")
+    toks = [] if m["dims"].strip() in ("", "scalar") else [t.strip() for t in m["dims"].split(",")]
+    named_batch = "batch" in toks
     dims: list[Dim] = []
-    for i, tok in enumerate(m["dims"].split(",")):
-        tok = tok.strip()
+    for i, tok in enumerate(toks):
         if tok.startswith("!") and tok[1:].isdigit():
             dims.append(int(tok[1:]))
         elif tok.isdigit():
-            dims.append("batch" if i == 0 else int(tok))
+            dims.append("batch" if i == 0 and not named_batch and m["value"] is None else int(tok))
         elif re.fullmatch(r"[A-Za-z_]\w*", tok):
             dims.append(tok)
         else:
@@ -130,4 +200,56 @@ def parse_input_decl(text: str) -> InputSpec:
     dtype = m["dtype"] or "float32"
     if dtype not in _DTYPES:
         raise ConfigError(f"--input '{text}': dtype '{dtype}' is not one of {sorted(_DTYPES)}")
-    return InputSpec(name=m["name"], shape=dims, dtype=dtype)
+    value = None
+    if m["value"] is not None:
+        try:
+            value = _number(m["value"], dtype)
+        except ValueError:
+            raise ConfigError(f"--input '{text}': value '{m['value']}' is not a {dtype} number") from None
+    axis = dims.index("batch") if "batch" in dims else (0 if dims and value is None else None)
+    return InputSpec(name=m["name"], shape=dims, dtype=dtype, batch_axis=axis, value=value)
+
+
+def _number(text: str, dtype: str):
+    text = text.strip()
+    kind = np.dtype(dtype).kind
+    if kind == "b":
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(text)
+        return text.lower() in ("true", "1")
+    return int(text) if kind in "iu" else float(text)
+
+
+def input_from_config(item: Union[str, dict], where: str = "recipe inputs") -> InputSpec:
+    """An input declaration from a CLI string or a recipe mapping ``{name, shape, dtype, batch_axis, value}``."""
+    if isinstance(item, InputSpec):
+        return item
+    if isinstance(item, str):
+        return parse_input_decl(item)
+    if not isinstance(item, dict):
+        raise ConfigError(f"{where}: an input is a string NAME:DIMS[:DTYPE][=VALUE] or a mapping, got {item!r}")
+    data = dict(item)
+    shape = data.get("shape", [])
+    if shape == "scalar":
+        data["shape"] = shape = []
+    if "batch_axis" not in data:
+        data["batch_axis"] = (shape.index("batch") if "batch" in shape
+                              else (0 if shape and data.get("value") is None else None))
+    try:
+        return InputSpec(**data)
+    except Exception as e:  # pydantic ValidationError: one line naming the input
+        raise ConfigError(f"{where}: input {item!r} is not valid ({str(e).splitlines()[-1].strip()}); fields are "
+                          f"name, shape, dtype, batch_axis, value") from None
+
+
+def parse_state_decl(item: Union[str, dict]) -> StatePair:
+    """``IN:OUT`` (``--state state:stateN``) or a recipe mapping ``{input: IN, output: OUT}``."""
+    if isinstance(item, StatePair):
+        return item
+    if isinstance(item, dict) and set(item) == {"input", "output"}:
+        return StatePair(input=str(item["input"]), output=str(item["output"]))
+    if isinstance(item, str) and re.fullmatch(r"[^:\s]+:[^:\s]+", item.strip()):
+        a, b = item.strip().split(":")
+        return StatePair(input=a, output=b)
+    raise ConfigError(f"--state '{item}': expected STATE_INPUT:STATE_OUTPUT (e.g. state:stateN) or, in a recipe, "
+                      f"{{input: state, output: stateN}}")

@@ -96,7 +96,7 @@ def dataset(samples: Samples) -> Any:
 
     if len(samples) == 0:
         raise CalibrationError("calibration data is empty: NNCF needs at least one sample")
-    return nncf.Dataset([{k: v[i:i + 1] for k, v in samples.inputs.items()} for i in range(len(samples))])
+    return nncf.Dataset([samples.take(slice(i, i + 1)).inputs for i in range(len(samples))])
 
 
 def resolve_ignored(model: Any, keep_fp32: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -60,7 +60,8 @@ class _Reader:
     def get_next(self):
         if self.i >= len(self.samples):
             return None
-        feed = {n: self.samples.inputs[n][self.i:self.i + 1] for n in self.names}
+        one = self.samples.take(slice(self.i, self.i + 1)).inputs
+        feed = {n: one[n] for n in self.names if n in one}
         self.i += 1
         return feed
 

@@ -203,7 +203,7 @@ def _batch_args(spec: ModelSpec, samples: Samples, idx: np.ndarray):
     Returns (args, token mask or None, kept length or None)."""
     import torch
 
-    args = [torch.from_numpy(np.ascontiguousarray(samples.inputs[n][idx])) for n in spec.input_names]
+    args = [torch.from_numpy(np.array(samples.inputs[n][idx])) for n in spec.input_names]
     mi = _mask_input(spec)
     if mi is None:
         return tuple(args), None, None
@@ -421,7 +421,7 @@ def distill_model(teacher, student, spec: ModelSpec, cfg: DistillConfig, train: 
     logits_at = next((i for i, k in enumerate(kinds) if k == "logits"), 0)
 
     example, _, _ = _batch_args(spec, train, np.arange(min(2, len(train))))
-    full_example = tuple(torch.from_numpy(np.ascontiguousarray(train.inputs[n][:2])) for n in spec.input_names)
+    full_example = tuple(torch.from_numpy(np.array(train.inputs[n][:2])) for n in spec.input_names)
     mi = _mask_input(spec)
     lengths = None if mi is None else np.asarray(train.inputs[spec.input_names[mi]]).sum(1)
     t_mods, s_mods = feature_pairs(teacher, student, cfg.features, example) if cfg.feature_weight > 0 else ([], [])

@@ -31,7 +31,7 @@ VERIFY_BATCH = 8
 def _torch_outputs(module, spec: ModelSpec, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     import torch
 
-    args = tuple(torch.from_numpy(np.ascontiguousarray(feed[n])) for n in spec.input_names)
+    args = tuple(torch.from_numpy(np.array(feed[n])) for n in spec.input_names if n in feed)
     with torch.no_grad():
         out = module(*args)
     if not isinstance(out, (tuple, list)):
@@ -55,22 +55,21 @@ def onnx_outputs(path: Path, feed: dict[str, np.ndarray], threads: int = 0) -> d
 
 
 def batched_outputs(run, samples: Samples, batch: int) -> dict[str, np.ndarray]:
-    """Call ``run(feed) -> dict`` batch by batch and concatenate."""
-    parts: dict[str, list[np.ndarray]] = {}
-    for b in samples.batches(batch):
-        for k, v in run(b.inputs).items():
-            parts.setdefault(k, []).append(v)
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    """Call ``run(feed) -> dict`` batch by batch and join on each output's sample axis (streams: chunk by
+    chunk, state fed back; see ``Samples.run``)."""
+    return samples.run(run, batch)
 
 
 def _export_once(module, spec: ModelSpec, example: dict[str, np.ndarray], out: Path, exporter: str,
                  opset: Optional[int]) -> None:
     import torch
 
-    args = tuple(torch.from_numpy(np.ascontiguousarray(example[n])) for n in spec.input_names)
-    axes = {s.name: s.dynamic_axes for s in spec.inputs}
+    args = tuple(torch.from_numpy(np.array(example[n])) for n in spec.input_names)
+    # constants are fixed; the batch axis is named "batch" wherever it sits (a state's (layers, batch, hidden))
+    axes = {s.name: {i: ("batch" if i == s.batch_axis else d) for i, d in s.dynamic_axes.items()}
+            for s in spec.inputs if not s.constant and s.dynamic_axes}
     # Outputs share the batch axis (and the sequence axis for token-level outputs); named by position.
-    out_axes = {o.name: {0: "batch"} for o in spec.outputs}
+    out_axes = {o.name: {o.batch_axis: "batch"} for o in spec.outputs}
     opset = opset or DEFAULT_OPSET[exporter]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -80,7 +79,8 @@ def _export_once(module, spec: ModelSpec, example: dict[str, np.ndarray], out: P
                               dynamic_axes={**axes, **out_axes}, do_constant_folding=True)
         else:
             batch = torch.export.Dim("batch", min=1)
-            shapes = tuple({i: (batch if i == 0 else torch.export.Dim.AUTO) for i in s.dynamic_axes}
+            shapes = tuple({} if s.constant else
+                           {i: (batch if i == s.batch_axis else torch.export.Dim.AUTO) for i in s.dynamic_axes}
                            for s in spec.inputs)
             prog = torch.onnx.export(module, args, dynamo=True, opset_version=opset, dynamic_shapes=shapes,
                                      input_names=spec.input_names, output_names=spec.output_names,
@@ -117,7 +117,8 @@ def export_onnx(module, spec: ModelSpec, calib: Samples, out: Path, limits: Limi
             log.debug("exporter %s failed", exporter, exc_info=True)
             out.unlink(missing_ok=True)
             continue
-        ref_b1 = {k: v[:4] for k, v in ref.items()}
+        n1 = len(verify_set.take(slice(0, 4)))
+        ref_b1 = {k: np.take(v, np.arange(n1), axis=verify_set.out_axes.get(k, 0)) for k, v in ref.items()}
         metrics = {f"{k}": m for k, m in compare(ref, got_bn, spec).items()}
         metrics_b1 = compare(ref_b1, got_b1, spec)
         merged = {k: {**m, **{f"batch1_{mk}": mv for mk, mv in metrics_b1.get(k, {}).items()}}

@@ -56,7 +56,7 @@ def example_args(spec: ModelSpec, feed: dict[str, np.ndarray], n: int = 2) -> tu
     convention every torch-side stage uses: ``model(*inputs)``)."""
     import torch
 
-    return tuple(torch.from_numpy(np.ascontiguousarray(feed[name][:n])) for name in spec.input_names)
+    return tuple(torch.from_numpy(np.array(feed[name][:n])) for name in spec.input_names)
 
 
 def summary(model, spec: ModelSpec, feed: dict[str, np.ndarray]) -> dict[str, Any]:

@@ -89,7 +89,7 @@ class PruneConfig(BaseModel):
 def to_args(spec: ModelSpec, feed: dict[str, np.ndarray]) -> tuple:
     import torch
 
-    return tuple(torch.from_numpy(np.ascontiguousarray(feed[n])) for n in spec.input_names)
+    return tuple(torch.from_numpy(np.array(feed[n])) for n in spec.input_names)
 
 
 def outputs(model, spec: ModelSpec, samples: Samples, batch: int = 256) -> dict[str, np.ndarray]:

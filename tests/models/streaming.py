@@ -1,0 +1,71 @@
+"""A small streaming model like silero-vad, built in code for tests: a chunk of audio (batch, 64), a recurrent
+state (layers=2, batch, 32) carried from call to call, and a scalar sample rate; outputs a speech probability
+(batch, 1) and the next state. ``stream_gru`` is an ``--arch`` factory; ``scripted`` gives the TorchScript form
+whose forward takes ``sr: int`` (a non-tensor argument), as silero's JIT model does."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+CHUNK, HIDDEN, LAYERS, FRAMES = 64, 32, 2, 4
+
+
+class StreamGRU(nn.Module):
+    def __init__(self, cell: str = "gru"):
+        super().__init__()
+        self.front = nn.Linear(CHUNK // FRAMES, 16)
+        rnn = nn.GRU if cell == "gru" else nn.RNN
+        self.rnn = rnn(16, HIDDEN, num_layers=LAYERS, batch_first=True)
+        self.head = nn.Linear(HIDDEN, 1)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor, sr: torch.Tensor):
+        scale = sr.to(torch.float32) / 16000.0
+        frames = torch.relu(self.front((x * scale).reshape(x.shape[0], FRAMES, CHUNK // FRAMES)))
+        out, state_n = self.rnn(frames, state)
+        return torch.sigmoid(self.head(out[:, -1])), state_n
+
+
+class ScriptedStreamGRU(nn.Module):
+    """The same network with ``sr: int`` and data-dependent control flow, meant for ``torch.jit.script``."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = StreamGRU()
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor, sr: int):
+        if sr != 16000 and sr != 8000:
+            raise ValueError("unsupported sample rate")
+        if x.dim() == 1:
+            x = x.unsqueeze(0)
+        return self.net(x, state, torch.tensor(sr))
+
+
+def stream_gru() -> nn.Module:
+    """``--arch`` factory (seeded, so a state_dict saved from it loads back)."""
+    torch.manual_seed(0)
+    return StreamGRU()
+
+
+def scripted() -> torch.jit.ScriptModule:
+    torch.manual_seed(0)
+    m = ScriptedStreamGRU().eval()
+    return torch.jit.script(m)
+
+
+def streams(n: int = 24, chunks: int = 6, seed: int = 0) -> np.ndarray:
+    """(streams, chunks, CHUNK) float32 "audio": noise with a tone switching on and off, so the state matters."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(chunks * CHUNK) / 16000.0
+    out = []
+    for _ in range(n):
+        f = rng.uniform(200, 2000)
+        on = (np.sin(2 * np.pi * rng.uniform(5, 40) * t) > 0).astype(np.float32)
+        sig = 0.5 * on * np.sin(2 * np.pi * f * t) + 0.1 * rng.standard_normal(t.shape)
+        out.append(sig.astype(np.float32).reshape(chunks, CHUNK))
+    return np.stack(out)
+
+
+INPUTS = ["x:batch,64", "state:2,batch,32", "sr:scalar:int64=16000"]
+STATE = ["state:output"]
