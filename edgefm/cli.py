@@ -58,7 +58,10 @@ def compress(
     target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Target name or YAML (repeatable); "
                                                                             "default onnxruntime-cpu"),
     arch: Optional[str] = typer.Option(None, help="module.path:factory, file.py:factory or timm:NAME"),
-    input: Optional[List[str]] = typer.Option(None, "--input", help="NAME:DIMS[:DTYPE], e.g. x:1,1,8,8:float32"),
+    input: Optional[List[str]] = typer.Option(None, "--input", help="NAME:DIMS[:DTYPE][=VALUE], e.g. x:1,1,8,8:float32, "
+                                              "state:2,batch,128 (batch axis 1), sr:scalar:int64=16000 (constant)"),
+    state: Optional[List[str]] = typer.Option(None, "--state", help="STATE_IN:STATE_OUT: a recurrent state fed back "
+                                              "call to call; data are then streams (streams, chunks, ...)"),
     calib: Optional[Path] = typer.Option(None, help="Calibration data: .npz, .txt or image folder"),
     eval: Optional[Path] = typer.Option(None, "--eval", help="Evaluation data (same formats; .npz may hold labels)"),
     quantize: Optional[str] = typer.Option(None, help="int8, fp16 or fp32 for every target (default: the target's)"),
@@ -84,7 +87,7 @@ def compress(
     from edgefm.pipeline import compress as run, plan
 
     _setup_logging(verbose)
-    cfg = build_config(recipe, source=source, output=output, targets=target, arch=arch, inputs=input, calib=calib,
+    cfg = build_config(recipe, source=source, output=output, targets=target, arch=arch, inputs=input, state=state, calib=calib,
                        eval=eval, quantize=quantize, keep_fp32=keep_fp32, max_accuracy_drop=max_accuracy_drop,
                        max_length=max_length, force=force or None, dry_run=dry_run or None, verbose=verbose or None,
                        prune=_section(ratio=prune, macs_target=prune_macs, num_layers=prune_layers),

@@ -167,6 +167,8 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
         reference = batched_outputs(lambda f: onnx_outputs(ref_path, f), ev, 32)
         if calib.streamed:  # calibration sees every call of the fp32 streams, with the state they carried
             calib = calib.steps(lambda f: onnx_outputs(ref_path, f), 32)
+        baked = [i.name for i in spec.inputs if i.baked]
+        job_calib, job_eval = calib.without(baked), ev.without(baked)  # runtimes are fed graph inputs only
         _save_eval(tmp / "eval.npz", ev, reference)
         if loaded.tokenizer_dir is not None:
             _copy_tokenizer(loaded.tokenizer_dir, tmp / "tokenizer")
@@ -177,8 +179,8 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
         for target in p.targets:
             precision = p.precisions[target.name]
             say(f"compiling {target.name} ({target.backend}, {precision})")
-            job = CompileJob(onnx_path=ref_path, spec=spec, target=target, precision=precision, calib=calib,
-                             eval=ev, reference=reference, out_dir=tmp / target.name, bundle_dir=tmp,
+            job = CompileJob(onnx_path=ref_path, spec=spec, target=target, precision=precision, calib=job_calib,
+                             eval=job_eval, reference=reference, out_dir=tmp / target.name, bundle_dir=tmp,
                              config=config, model=model, limits=_limits(config, precision), progress=say)
             result = get_backend(target.backend).compile(job)
             entries[target.name] = result.entry

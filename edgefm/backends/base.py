@@ -82,6 +82,11 @@ class Samples:
         for s in range(0, len(self), size):
             yield self.take(slice(s, s + size))
 
+    def without(self, names) -> "Samples":
+        """These samples minus the inputs ``names`` (e.g. constants an exported graph holds itself)."""
+        return Samples({k: v for k, v in self.inputs.items() if k not in names}, self.labels, self.axes,
+                       self.out_axes, self.state)
+
     def feeds(self) -> "Iterator[Feed]":
         """One model feed per sample (streams: per chunk of the first stream, state carried as zeros/initial:
         for latency probes and per-sample calibration of plain samples)."""

@@ -175,7 +175,7 @@ def _convert_torch(job: CompileJob) -> Any:
 
 def _check_io(model: Any, spec: ModelSpec, where: str) -> None:
     names = {n for i in model.inputs for n in i.get_names()}
-    missing = [n for n in spec.input_names if n not in names]
+    missing = [i.name for i in spec.inputs if i.name not in names and not i.baked]
     if missing or len(model.outputs) != len(spec.outputs or model.outputs):
         raise UnsupportedOpError(f"OpenVINO model from {where} has inputs {sorted(names)} and "
                                  f"{len(model.outputs)} outputs, but the spec expects inputs {spec.input_names} "

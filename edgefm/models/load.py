@@ -136,31 +136,68 @@ def _torchscript(source: Path, arch, decls) -> LoadedModel:
         module = torch.jit.load(str(source), map_location="cpu")
     except Exception as e:  # RuntimeError from the archive reader for corrupt files
         raise CheckpointError(f"checkpoint {source}: corrupt TorchScript file ({_first_line(e)})") from None
-    loaded = _from_module(module.float().eval(), source, "torchscript", decls, module.original_name, [])
+    scalars = wrap.scalar_params(module)
+    for i, (name, typ) in scalars.items():  # a Python number argument can only be exported as a constant
+        d = decls[i] if i < len(decls) else None
+        if d is None or not d.constant:
+            raise ConfigError(
+                f"checkpoint {source}: forward takes '{name}: {typ}' (a Python number, not a tensor); declare it as a "
+                f"constant, e.g. --input {name}:scalar:{'int64' if typ == 'int' else 'float32'}=VALUE, and every "
+                f"input before it")
+    try:
+        loaded = _from_module(module.float().eval(), source, "torchscript", decls, module.original_name, [],
+                              scalars={i: t for i, (_, t) in scalars.items()})
+    except CheckpointError as e:
+        raise CheckpointError(script_error(str(e), source)) from None
     # The legacy ONNX exporter cannot call a loaded ScriptModule from inside an eager wrapper, and
     # torch.export cannot trace TorchScript at all: tracing the wrapper gives one ScriptModule (the
     # inner scripted code, control flow included, is called as is) that dynamo=False exports.
     args = tuple(torch.from_numpy(v) for v in example_inputs(loaded.spec).values())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        loaded.module = torch.jit.trace(loaded.module, args, check_trace=False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loaded.module = torch.jit.trace(loaded.module, args, check_trace=False)
+    except Exception as e:  # the scripted code failing on the example: name its line, not the boilerplate
+        raise CheckpointError(script_error(str(e), source)) from None
     loaded.notes.append(f"{source.name} is TorchScript: export it with torch.onnx.export(..., dynamo=False)")
+    for i, (name, _) in scalars.items():
+        loaded.notes.append(f"'{name}' is a Python number in forward: exported as the constant {decls[i].value}")
     return loaded
 
 
-def _from_module(module, source: Path, kind: str, decls, arch: str, notes: list[str]) -> LoadedModel:
+def script_error(text: str, source: Path) -> str:
+    """One line for a TorchScript interpreter error: the user's file, line and code where it failed and the
+    error itself, instead of "The following operation failed in the TorchScript interpreter."."""
+    import re
+
+    if "TorchScript" not in text and "Traceback of TorchScript" not in text:
+        return text
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\w+)\n\s*(.+)', text)
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    err = next((ln for ln in reversed(lines) if re.match(r"^[A-Za-z_.]*(Error|Exception):", ln)), lines[-1] if lines else "")
+    err = re.sub(r"^(builtins\.|torch\.)", "", err)
+    where = ""
+    if frames:
+        f, line, fn, code = frames[-1]
+        where = f" at {Path(f).name}:{line} in {fn}(): `{code.strip()}`"
+    head = text.split(":", 1)[0] if text.startswith("checkpoint ") else f"checkpoint {source}"
+    return f"{head}: the scripted code failed{where}: {err}"
+
+
+def _from_module(module, source: Path, kind: str, decls, arch: str, notes: list[str],
+                 scalars: Optional[dict[int, str]] = None) -> LoadedModel:
     if decls:
         inputs = wrap.declared_inputs(module, decls, source)
     else:
         inputs, note = wrap.infer_inputs(module, source)
         notes.append(note)
-    return _finish(module, inputs, family_of(wrap.type_names(module)), source, kind, arch, notes)
+    return _finish(module, inputs, family_of(wrap.type_names(module)), source, kind, arch, notes, scalars)
 
 
 def _finish(inner, inputs: list[InputSpec], family: str, source: Path, kind: str, arch: str,
-            notes: list[str]) -> LoadedModel:
+            notes: list[str], scalars: Optional[dict[int, str]] = None) -> LoadedModel:
     """Wrap ``inner``, run it once to learn its outputs, and complete the spec."""
-    module = wrap.wrap(inner, [i.name for i in inputs], fixed_mode=kind == "exported_program")
+    module = wrap.wrap(inner, [i.name for i in inputs], fixed_mode=kind == "exported_program", scalars=scalars)
     probe = ModelSpec(family=family, inputs=inputs)
     outputs, num_classes = wrap.learn_outputs(module, example_inputs(probe), source)
     task, pre = task_and_preprocessing(family, inputs, outputs)

@@ -24,9 +24,13 @@ class SpecModule(nn.Module):
     models) and returns a flat tuple of tensors; ``select`` picks named fields of a dict-like output."""
 
     def __init__(self, inner: nn.Module, input_names: Sequence[str], as_kwargs: bool = False,
-                 select: Optional[Sequence[str]] = None, fixed_mode: bool = False):
+                 select: Optional[Sequence[str]] = None, fixed_mode: bool = False,
+                 scalars: Optional[dict[int, str]] = None):
         super().__init__()
         self.inner = inner
+        # position -> "int" | "float" | "bool": forward takes a Python number there (TorchScript `sr: int`);
+        # the tensor fed is turned into one, which tracing records as a constant
+        self.scalars = dict(scalars or {})
         self.input_names = list(input_names)
         self.as_kwargs = as_kwargs
         self.select = list(select) if select else None
@@ -40,6 +44,9 @@ class SpecModule(nn.Module):
         return super().train(mode)
 
     def _call(self, args: tuple):
+        if self.scalars:
+            conv = {"int": int, "float": float, "bool": bool}
+            args = tuple(conv[self.scalars[i]](a.item()) if i in self.scalars else a for i, a in enumerate(args))
         out = self.inner(**dict(zip(self.input_names, args))) if self.as_kwargs else self.inner(*args)
         if self.select is not None:
             return tuple(out[k] for k in self.select)
@@ -47,7 +54,8 @@ class SpecModule(nn.Module):
 
 
 def wrap(inner: nn.Module, input_names: Sequence[str], as_kwargs: bool = False,
-         select: Optional[Sequence[str]] = None, fixed_mode: bool = False) -> SpecModule:
+         select: Optional[Sequence[str]] = None, fixed_mode: bool = False,
+         scalars: Optional[dict[int, str]] = None) -> SpecModule:
     """A ``SpecModule`` whose ``forward`` has one named parameter per input: torch.export (and so the
     dynamo ONNX exporter) matches ``dynamic_shapes``/``dynamic_axes`` by parameter name and fails on
     ``*args``, so the signature is generated."""
@@ -59,7 +67,7 @@ def wrap(inner: nn.Module, input_names: Sequence[str], as_kwargs: bool = False,
     ns: dict[str, Any] = {}
     exec(src, ns)  # noqa: S102 — the source is built from sanitised identifiers only
     cls = type("EdgefmModel", (SpecModule,), {"forward": ns["forward"], "__module__": __name__})
-    return cls(inner, input_names, as_kwargs, select, fixed_mode).eval()
+    return cls(inner, input_names, as_kwargs, select, fixed_mode, scalars).eval()
 
 
 def _py_name(name: str, i: int) -> str:
@@ -102,6 +110,20 @@ def forward_params(module: nn.Module) -> tuple[list[str], Optional[int]]:
         names.append(p.name)
         required += p.default is p.empty
     return names, required
+
+
+def scalar_params(module: nn.Module) -> dict[int, tuple[str, str]]:
+    """Parameters of a TorchScript ``forward`` that take a Python number, not a tensor:
+    {position: (name, "int" | "float" | "bool")}."""
+    if not isinstance(module, torch.jit.ScriptModule):
+        return {}
+    kinds = {"IntType": "int", "FloatType": "float", "BoolType": "bool"}
+    out = {}
+    for i, a in enumerate(module.forward.schema.arguments[1:]):
+        k = kinds.get(a.type.kind())
+        if k:
+            out[i] = (a.name, k)
+    return out
 
 
 def declared_inputs(module: nn.Module, decls: Sequence[InputSpec], source: Path) -> list[InputSpec]:

@@ -13,8 +13,11 @@ CHUNK, HIDDEN, LAYERS, FRAMES = 64, 32, 2, 4
 
 
 class StreamGRU(nn.Module):
+    __constants__ = ["frames", "width"]
+
     def __init__(self, cell: str = "gru"):
         super().__init__()
+        self.frames, self.width = FRAMES, CHUNK // FRAMES
         self.front = nn.Linear(CHUNK // FRAMES, 16)
         rnn = nn.GRU if cell == "gru" else nn.RNN
         self.rnn = rnn(16, HIDDEN, num_layers=LAYERS, batch_first=True)
@@ -22,7 +25,7 @@ class StreamGRU(nn.Module):
 
     def forward(self, x: torch.Tensor, state: torch.Tensor, sr: torch.Tensor):
         scale = sr.to(torch.float32) / 16000.0
-        frames = torch.relu(self.front((x * scale).reshape(x.shape[0], FRAMES, CHUNK // FRAMES)))
+        frames = torch.relu(self.front((x * scale).reshape(x.shape[0], self.frames, self.width)))
         out, state_n = self.rnn(frames, state)
         return torch.sigmoid(self.head(out[:, -1])), state_n
 
