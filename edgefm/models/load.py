@@ -148,7 +148,7 @@ def _torchscript(source: Path, arch, decls) -> LoadedModel:
         loaded = _from_module(module.float().eval(), source, "torchscript", decls, module.original_name, [],
                               scalars={i: t for i, (_, t) in scalars.items()})
     except CheckpointError as e:
-        raise CheckpointError(script_error(str(e), source)) from None
+        raise CheckpointError(wrap.script_error(str(e), source)) from None
     # The legacy ONNX exporter cannot call a loaded ScriptModule from inside an eager wrapper, and
     # torch.export cannot trace TorchScript at all: tracing the wrapper gives one ScriptModule (the
     # inner scripted code, control flow included, is called as is) that dynamo=False exports.
@@ -158,30 +158,11 @@ def _torchscript(source: Path, arch, decls) -> LoadedModel:
             warnings.simplefilter("ignore")
             loaded.module = torch.jit.trace(loaded.module, args, check_trace=False)
     except Exception as e:  # the scripted code failing on the example: name its line, not the boilerplate
-        raise CheckpointError(script_error(str(e), source)) from None
+        raise CheckpointError(wrap.script_error(str(e), source)) from None
     loaded.notes.append(f"{source.name} is TorchScript: export it with torch.onnx.export(..., dynamo=False)")
     for i, (name, _) in scalars.items():
         loaded.notes.append(f"'{name}' is a Python number in forward: exported as the constant {decls[i].value}")
     return loaded
-
-
-def script_error(text: str, source: Path) -> str:
-    """One line for a TorchScript interpreter error: the user's file, line and code where it failed and the
-    error itself, instead of "The following operation failed in the TorchScript interpreter."."""
-    import re
-
-    if "TorchScript" not in text and "Traceback of TorchScript" not in text:
-        return text
-    frames = re.findall(r'File "([^"]+)", line (\d+), in (\w+)\n\s*(.+)', text)
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    err = next((ln for ln in reversed(lines) if re.match(r"^[A-Za-z_.]*(Error|Exception):", ln)), lines[-1] if lines else "")
-    err = re.sub(r"^(builtins\.|torch\.)", "", err)
-    where = ""
-    if frames:
-        f, line, fn, code = frames[-1]
-        where = f" at {Path(f).name}:{line} in {fn}(): `{code.strip()}`"
-    head = text.split(":", 1)[0] if text.startswith("checkpoint ") else f"checkpoint {source}"
-    return f"{head}: the scripted code failed{where}: {err}"
 
 
 def _from_module(module, source: Path, kind: str, decls, arch: str, notes: list[str],

@@ -191,6 +191,8 @@ def probe(module: nn.Module, feed: dict[str, np.ndarray], source: Path) -> tuple
     except CheckpointError:
         raise
     except Exception as e:  # the model rejecting our example inputs is an input-declaration problem
+        if "TorchScript" in str(e):
+            raise CheckpointError(script_error(str(e), source)) from None
         shapes = ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in feed.items())
         msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"checkpoint {source}: running the model on example inputs ({shapes}) failed: {msg}. "
@@ -209,3 +211,26 @@ def learn_outputs(module: nn.Module, feed: dict[str, np.ndarray], source: Path) 
             specs.append(OutputSpec(name="output" if plain == 0 else f"output_{plain}", kind="other"))
             plain += 1
     return specs, num_classes
+
+
+def script_error(text: str, source: Path) -> str:
+    """One line for a TorchScript interpreter error: the module file, line and code where it failed and the
+    error itself, instead of "The following operation failed in the TorchScript interpreter."."""
+    if "TorchScript" not in text:
+        return text
+    # prefer the original code's traceback (the user's file) over the serialized code/ one
+    part = text.split("original code (most recent call last):")[-1]
+    where = ""
+    blocks = re.findall(r'File "([^"]+)", line (\d+), in (\w+)\n((?:(?:[ \t]{3,}.*)?\n)*)', part + "\n")
+    if blocks:
+        f, line, fn, body = blocks[-1]
+        rows = body.splitlines()
+        hit = next((i for i, r in enumerate(rows) if "<--- HERE" in r), None)
+        code = rows[hit - 1].strip() if hit else (rows[0].strip() if rows else "")
+        at = int(line) + (hit - 1 if hit else 0)
+        where = f" in {fn}() at {f}:{at}: `{code}`"
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    err = next((ln for ln in reversed(lines) if re.match(r"^[\w.]*(Error|Exception)\b.*:", ln)), "")
+    err = re.sub(r"^builtins\.", "", err) or (lines[-1] if lines else "")
+    head = f"checkpoint {source}"
+    return f"{head}: the scripted code failed{where}: {err}"

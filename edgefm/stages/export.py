@@ -88,6 +88,17 @@ def _export_once(module, spec: ModelSpec, example: dict[str, np.ndarray], out: P
             prog.save(str(out), external_data=False)
 
 
+def _why(err: Exception) -> str:
+    """One line for an exporter failure; a TorchScript interpreter error names the scripted line instead of
+    the interpreter's boilerplate first line."""
+    text = str(err)
+    if "TorchScript" in text:
+        from edgefm.models.wrap import script_error
+
+        return script_error(text, Path("model")).split(": ", 1)[1][:400]
+    return f"{type(err).__name__}: {text.splitlines()[0][:200] if text else ''}"
+
+
 def export_onnx(module, spec: ModelSpec, calib: Samples, out: Path, limits: Limits,
                 opset: Optional[int] = None, exporters: tuple[str, ...] = EXPORTERS) -> StageRecord:
     """Export ``module`` to ``out`` and verify it against torch; returns the stage record.
@@ -112,7 +123,7 @@ def export_onnx(module, spec: ModelSpec, calib: Samples, out: Path, limits: Limi
             got_b1 = batched_outputs(lambda f: onnx_outputs(out, f), verify_set.take(slice(0, 4)), 1)
             got_bn = batched_outputs(lambda f: onnx_outputs(out, f), verify_set, VERIFY_BATCH)
         except Exception as e:  # noqa: BLE001 - any exporter failure means: try the next one
-            attempts.append(f"{exporter}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+            attempts.append(f"{exporter}: {_why(e)}")
             last_err = e
             log.debug("exporter %s failed", exporter, exc_info=True)
             out.unlink(missing_ok=True)
