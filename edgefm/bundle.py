@@ -130,7 +130,10 @@ def target_files(manifest: Manifest, target: str) -> list[str]:
     """Files one target needs (its own, plus the shared reference and eval data)."""
     entry = manifest.targets[target]
     shared = [p for p in (manifest.reference, manifest.eval_data) if p]
-    return sorted(set(entry.files) | {entry.artifact} | set(shared))
+    own = set(entry.files) | {entry.artifact} | set(shared)
+    # an ONNX file's external data (model.onnx.data) travels with it
+    data = {f for f in manifest.files for o in own if o.endswith(".onnx") and f.startswith(o + ".")}
+    return sorted(own | data)
 
 
 def finalize(tmp: Path, manifest: Manifest) -> Manifest:

@@ -153,9 +153,11 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
         ref_path = tmp / "fp32" / "model.onnx"
         ref_path.parent.mkdir()
         if loaded.kind == "onnx":
-            shutil.copyfile(loaded.onnx_path, ref_path)
+            from edgefm.models.onnx_graph import copy_onnx
+
+            copied = copy_onnx(loaded.onnx_path, ref_path)
             stages.append(StageRecord(name="export", settings={"exporter": "none (source is ONNX)"},
-                                      output_sha256=loaded.sha256))
+                                      output_sha256=loaded.sha256, notes=copied))
         else:
             # the export is checked call by call; a stream's calls carry the state torch fed back
             export_calib = calib.steps(lambda f: _torch_outputs(model, spec, f), 32) if calib.streamed else calib

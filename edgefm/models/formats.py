@@ -10,7 +10,7 @@ import re
 import struct
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from edgefm.errors import CheckpointError
 
@@ -84,8 +84,12 @@ def _check_onnx(path: Path) -> None:
         raise CheckpointError(f"checkpoint {path}: corrupt or truncated ONNX file (the graph has no nodes or outputs)")
 
 
-def read_state_dict(path: Path) -> tuple[dict[str, Any], list[str]]:
+def read_state_dict(path: Path, expected: Optional[set[str]] = None) -> tuple[dict[str, Any], list[str]]:
     """Read tensors from a safetensors file or a torch.save file, safely. Returns (state_dict, notes).
+
+    A training checkpoint that nests the weights (``{"model_state": ..., "optimizer_state": ..., "step": ...}``,
+    ``{"state_dict": ...}``, Lightning's ``model.``-prefixed keys) gives the sub-dict whose keys match
+    ``expected`` (the ``--arch`` module's keys); it is refused only when that is ambiguous.
 
     A pickle that needs arbitrary Python objects is refused with ``CheckpointError`` saying why; a whole
     pickled ``nn.Module`` gets a message on how to save it instead."""
@@ -106,7 +110,7 @@ def read_state_dict(path: Path) -> tuple[dict[str, Any], list[str]]:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError, RuntimeError or EOFError from deep inside
         raise _load_error(path, e) from None
-    return _tensor_dict(path, obj)
+    return _tensor_dict(path, obj, expected)
 
 
 def _load_error(path: Path, err: Exception) -> CheckpointError:
@@ -145,7 +149,7 @@ def _pickles_module(path: Path) -> bool:
     return {"_modules", "_parameters"} <= strings
 
 
-def _tensor_dict(path: Path, obj: Any) -> tuple[dict[str, Any], list[str]]:
+def _tensor_dict(path: Path, obj: Any, expected: Optional[set[str]] = None) -> tuple[dict[str, Any], list[str]]:
     import torch
 
     def is_sd(d: Any) -> bool:
@@ -153,14 +157,52 @@ def _tensor_dict(path: Path, obj: Any) -> tuple[dict[str, Any], list[str]]:
 
     if is_sd(obj):
         return dict(obj), []
-    if isinstance(obj, dict):
-        for key in _NESTED_KEYS:
-            if is_sd(obj.get(key)):
-                return dict(obj[key]), [f"took the weights from the '{key}' entry of {path.name} "
-                                        f"(other entries: {sorted(k for k in obj if k != key)[:8]})"]
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"checkpoint {path}: holds a {type(obj).__name__}, not a state_dict (dict of tensors)")
+    cands = _candidates(obj, is_sd)
+    if not cands:
         raise CheckpointError(f"checkpoint {path}: a dict with keys {sorted(map(str, obj))[:10]}, but no dict of "
-                              f"tensors (a state_dict) at the top or under {list(_NESTED_KEYS)}")
-    raise CheckpointError(f"checkpoint {path}: holds a {type(obj).__name__}, not a state_dict (dict of tensors)")
+                              f"tensors (a state_dict) at the top or nested under any key")
+    others = sorted(str(k) for k in obj if str(k) != next(iter(cands)).split("/")[0])[:8]
+    if len(cands) > 1 and expected:
+        scored = {k: _match(d, expected) for k, d in cands.items()}
+        best = max(scored.values())
+        top = [k for k, v in scored.items() if v == best]
+        if best > 0 and len(top) == 1:
+            key = top[0]
+            return dict(cands[key]), [f"took the weights from the '{key}' entry of {path.name} ({best:.0%} of the "
+                                      f"--arch module's keys match; other entries: "
+                                      f"{sorted(str(k) for k in obj if str(k) != key.split('/')[0])[:8]})"]
+    if len(cands) > 1:
+        listing = ", ".join(f"'{k}' ({len(d)} tensors)" for k, d in cands.items())
+        raise CheckpointError(f"checkpoint {path}: several dicts of tensors could be the weights: {listing}; none "
+                              f"matches the --arch module's keys better than the others. Save the one you mean "
+                              f"alone (torch.save(ckpt[KEY], PATH))")
+    key, sd = next(iter(cands.items()))
+    return dict(sd), [f"took the weights from the '{key}' entry of {path.name} (other entries: {others})"]
+
+
+def _candidates(obj: dict, is_sd, prefix: str = "", depth: int = 0) -> dict[str, dict]:
+    """Dicts of tensors nested in ``obj`` (two levels deep), by key path ``a/b``; the usual names first."""
+    out: dict[str, dict] = {}
+    keys = sorted(obj, key=lambda k: (str(k) not in _NESTED_KEYS, str(k)))
+    for k in keys:
+        v = obj[k]
+        name = f"{prefix}{k}"
+        if is_sd(v):
+            out[name] = v
+        elif isinstance(v, dict) and depth < 1:
+            out.update(_candidates(v, is_sd, f"{name}/", depth + 1))
+    return out
+
+
+def _match(sd: dict, expected: set[str]) -> float:
+    """Share of ``expected`` keys found in ``sd`` (with a ``module.``/``model.`` prefix stripped)."""
+    keys = set(sd)
+    best = len(keys & expected)
+    for p in ("module.", "model.", "net."):
+        best = max(best, len({k[len(p):] for k in keys if k.startswith(p)} & expected))
+    return best / max(1, len(expected))
 
 
 def _first_line(err: BaseException) -> str:

@@ -53,7 +53,12 @@ def load_checkpoint(source: Path, arch: Optional[str] = None,
     loader = {"hf": _hf, "state_dict": _state_dict, "torchscript": _torchscript,
               "exported_program": _exported_program, "onnx": _onnx}[kind]
     loaded = loader(source, arch, decls)
-    loaded.sha256 = sha256_path(source)
+    if kind == "onnx":
+        from edgefm.models.onnx_graph import source_sha256
+
+        loaded.sha256 = source_sha256(source)  # the weights in external data files count too
+    else:
+        loaded.sha256 = sha256_path(source)
     for note in loaded.notes:
         log.info("%s", note)
     return loaded
@@ -126,7 +131,7 @@ def _state_dict(source: Path, arch, decls) -> LoadedModel:
         raise CheckpointError(f"checkpoint {source}: a state_dict (weights only); pass --arch module.path:factory, "
                               f"path/to/file.py:factory or timm:NAME to say which model they belong to")
     module = build_arch(arch)  # before reading weights: a wrong --arch is the cheaper error to report
-    state, notes = read_state_dict(source)
+    state, notes = read_state_dict(source, expected=set(module.state_dict()))
     notes += load_weights(module, state, source, arch)
     return _from_module(module.float().eval(), source, "state_dict", decls, arch, notes)
 

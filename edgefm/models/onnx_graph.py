@@ -74,12 +74,76 @@ def _nodes(model) -> Iterator:
         yield from walk(f.node)
 
 
-def _check_external_data(model, path: Path) -> None:
+def external_files(model, path: Path) -> list[str]:
+    """The external data files the ONNX model at ``path`` reads (relative locations), checked: each must exist
+    and lie inside the model's folder (a location that climbs out of it or is absolute is refused, as ONNX
+    Runtime refuses it)."""
     import onnx
 
-    for t in model.graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            loc = next((e.value for e in t.external_data if e.key == "location"), None)
-            if loc and not (path.parent / loc).is_file():
-                raise CheckpointError(f"checkpoint {path}: its weights are in an external data file '{loc}' that is "
-                                      f"missing beside it")
+    folder = Path(path).parent.resolve()
+    locs: list[str] = []
+    tensors = list(model.graph.initializer)
+    for n in _nodes(model):  # Constant nodes can hold external tensors too
+        tensors += [a.t for a in n.attribute if a.type == onnx.AttributeProto.TENSOR]
+    for t in tensors:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        loc = next((e.value for e in t.external_data if e.key == "location"), None)
+        if not loc:
+            raise CheckpointError(f"checkpoint {path}: tensor '{t.name}' is external but names no data file")
+        target = (folder / loc).resolve()
+        if Path(loc).is_absolute() or not target.is_relative_to(folder):
+            raise CheckpointError(f"checkpoint {path}: tensor '{t.name}' reads external data from '{loc}', outside "
+                                  f"the model's folder {folder}; refused (keep the data file beside the .onnx)")
+        if not target.is_file():
+            raise CheckpointError(f"checkpoint {path}: its weights are in an external data file '{loc}' that is "
+                                  f"missing beside it")
+        if loc not in locs:
+            locs.append(loc)
+    return locs
+
+
+def _check_external_data(model, path: Path) -> None:
+    external_files(model, path)
+
+
+def copy_onnx(src: Path, dst: Path) -> list[str]:
+    """Copy the ONNX model ``src`` to ``dst``; external data (any number of files) is gathered into one
+    ``<dst name>.data`` beside it, so the bundle holds (and hashes) every byte the model needs. Returns notes."""
+    import shutil
+
+    import onnx
+
+    model = onnx.load(str(src), load_external_data=False)
+    locs = external_files(model, src)
+    if not locs:
+        shutil.copyfile(src, dst)
+        return []
+    try:
+        full = onnx.load(str(src), load_external_data=True)
+    except Exception as e:  # a truncated data file: offsets past its end
+        raise CheckpointError(f"checkpoint {src}: cannot read its external data {locs} "
+                              f"({str(e).strip().splitlines()[0][:200]})") from None
+    data = dst.name + ".data"
+    onnx.save_model(full, str(dst), save_as_external_data=True, all_tensors_to_one_file=True, location=data,
+                    size_threshold=1024)
+    return [f"{src.name} keeps its weights in external data ({', '.join(locs)}): copied into the bundle as "
+            f"{dst.parent.name}/{data} (hashed in the manifest)"]
+
+
+def source_sha256(path: Path) -> str:
+    """sha256 of an ONNX source: the .onnx file, plus its external data files when it has any."""
+    import hashlib
+
+    import onnx
+
+    from edgefm.bundle import sha256_file
+
+    locs = external_files(onnx.load(str(path), load_external_data=False), path)
+    if not locs:
+        return sha256_file(path)
+    h = hashlib.sha256(sha256_file(path).encode())
+    for loc in sorted(locs):
+        h.update(loc.encode())
+        h.update(sha256_file(Path(path).parent / loc).encode())
+    return h.hexdigest()
