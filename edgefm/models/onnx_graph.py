@@ -31,9 +31,11 @@ def spec_from_onnx(path: Path) -> tuple[ModelSpec, list[str]]:
                 dims.append(int(d.dim_value))
             else:
                 dims.append(d.dim_param or ("batch" if i == 0 else f"{vi.name}_dim{i}"))
-        if dims and isinstance(dims[0], int):
-            notes.append(f"input '{vi.name}' has a fixed batch of {dims[0]} in {path.name}")
-        inputs.append(InputSpec(name=vi.name, shape=dims, dtype=tensor_dtype_to_np_dtype(tt.elem_type).name))
+        axis = batch_axis(dims)
+        if axis is not None and isinstance(dims[axis], int):
+            notes.append(f"input '{vi.name}' has a fixed batch of {dims[axis]} in {path.name}")
+        inputs.append(InputSpec(name=vi.name, shape=dims, dtype=tensor_dtype_to_np_dtype(tt.elem_type).name,
+                                batch_axis=axis))
     outputs, num_classes = [], None
     for vo in graph.output:
         tt = vo.type.tensor_type
@@ -47,12 +49,25 @@ def spec_from_onnx(path: Path) -> tuple[ModelSpec, list[str]]:
             kind = "hidden"
         elif is_float and len(dims) == 2 and dims[1] and dims[1] > 1 and num_classes is None:
             kind, num_classes = "logits", int(dims[1])
-        outputs.append(OutputSpec(name=vo.name, kind=kind))
+        names = [d.dim_param if d.HasField("dim_param") else (d.dim_value or None)
+                 for d in tt.shape.dim] if tt.HasField("shape") else []
+        outputs.append(OutputSpec(name=vo.name, kind=kind, batch_axis=batch_axis(names) or 0))
     family = family_of_ops({n.op_type for n in _nodes(model)})
     task, pre = task_and_preprocessing(family, inputs, outputs)
     spec = ModelSpec(family=family, task=task, inputs=inputs, outputs=outputs, preprocessing=pre,
                      num_classes=num_classes, arch=graph.name or None)
     return spec, notes
+
+
+def batch_axis(dims: list) -> "int | None":
+    """The sample axis of a graph tensor: the axis named like a batch (``batch``, ``batch_size``, ``N``),
+    else axis 0 (None for a scalar)."""
+    if not dims:
+        return None
+    for i, d in enumerate(dims):
+        if isinstance(d, str) and d.lower() in ("batch", "batch_size", "n", "b", "bs"):
+            return i
+    return 0
 
 
 def _nodes(model) -> Iterator:
