@@ -191,14 +191,18 @@ class _Worker:
         self.proc.stdin.write(f"{req}\n")
         self.proc.stdin.flush()
         deadline = time.time() + timeout
-        while not res.exists():
-            if not self.alive():
-                raise ExportError(f"tflite: the litert-torch converter process died (exit {self.proc.returncode}): "
-                                  f"{self.tail()}")
-            if time.time() > deadline:
-                self.close()
-                raise ExportError(f"tflite: litert-torch conversion took longer than {timeout:.0f} s")
-            time.sleep(0.05)
+        try:
+            while not res.exists():
+                if not self.alive():
+                    raise ExportError(f"tflite: the litert-torch converter process died (exit "
+                                      f"{self.proc.returncode}): {self.tail()}")
+                if time.time() > deadline:
+                    raise ExportError(f"tflite: litert-torch conversion took longer than {timeout:.0f} s")
+                time.sleep(0.05)
+        except BaseException:
+            # timeout, Ctrl-C, a dead process: end the worker before the caller removes the folder it writes in
+            self.close()
+            raise
 
     def tail(self) -> str:
         lines = (self.cwd / "worker.log").read_text(errors="replace").strip().splitlines()
@@ -228,6 +232,10 @@ def convert(python: Path, request: dict[str, Any], workdir: Path, timeout: float
     """Run ``request`` (see ``_handle``) in the converter worker for ``python``; raise typed errors on failure."""
     req = workdir / "request.json"
     res = workdir / "result.json"
+    # an earlier request in the same folder (the fused-LSTM attempt before the unrolled fallback) left its
+    # result here: reading it would return that stale answer while the worker still writes into the folder
+    res.unlink(missing_ok=True)
+    res.with_name("result.json.part").unlink(missing_ok=True)
     req.write_text(json.dumps(request))
     with _WORKERS_LOCK:  # one conversion at a time per worker; they are CPU-bound anyway
         w = _WORKERS.get(str(python))
