@@ -33,10 +33,13 @@ def _rnn_hook(module, inputs, output) -> None:
     module.__flops__ += int(macs * steps * batch)
 
 
-def count(model, example_args: tuple) -> tuple[int, int]:
+def count(model, example_args: tuple, what: str = "the model") -> tuple[int, int]:
     """(MACs per sample, parameters) of ``model`` called as ``model(*example_args)``.
 
-    The op counter divides by the batch it saw, so the result is per sample."""
+    The op counter divides by the batch it saw, so the result is per sample. A model that does not run
+    (e.g. a pruned one that reshapes to a fixed size) raises ``ConfigError`` naming the layer that failed."""
+    failing = run_or_explain(model, example_args, what)
+    del failing
     import torch
     from torch import nn
     from torch_pruning.utils import op_counter
@@ -49,6 +52,43 @@ def count(model, example_args: tuple) -> tuple[int, int]:
         macs, params = op_counter.count_ops_and_params(model, tuple(example_args))
     model.train(was_training)
     return int(round(macs)), int(params)
+
+
+def run_or_explain(model, args: tuple, what: str) -> None:
+    """Run ``model(*args)``; on failure raise ``ConfigError`` naming the innermost layer that raised and why."""
+    import torch
+
+    from edgefm.errors import ConfigError
+
+    stack: list[str] = []
+    names = {id(m): n for n, m in model.named_modules()}
+    failed: list[str] = []
+
+    def pre(mod, _inp):
+        stack.append(names.get(id(mod), type(mod).__name__))
+
+    def post(mod, _inp, _out):
+        stack.pop()
+
+    hooks = [m.register_forward_pre_hook(pre) for m in model.modules()]
+    hooks += [m.register_forward_hook(post) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(*args)
+    except Exception as e:  # noqa: BLE001 - the user's forward: name where it broke, in one line
+        failed = list(stack)
+        layer = next((n for n in reversed(failed) if n), "")
+        layer = layer.removeprefix("inner.")
+        mod = dict(model.named_modules()).get(failed[-1]) if failed else None
+        kind = f" ({type(mod).__name__})" if mod is not None else ""
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        where = f"in layer '{layer}'{kind}" if layer else "outside any layer (in forward's own code)"
+        raise ConfigError(f"{what} does not run {where}: {type(e).__name__}: {msg}. A reshape/view to a fixed "
+                          f"size breaks when pruning changes channel counts: write it as flatten(1) or "
+                          f"reshape(x.shape[0], -1), or keep the layer before it with prune.keep") from None
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def example_args(spec: ModelSpec, feed: dict[str, np.ndarray], n: int = 2) -> tuple:

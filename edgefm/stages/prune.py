@@ -130,13 +130,17 @@ def quality(spec: ModelSpec, ref: dict[str, np.ndarray], got: dict[str, np.ndarr
 
 def output_layers(model, args: tuple) -> list:
     """Linear/Conv modules whose outputs are the model's outputs (the classifier), or else the last
-    one that ran. Their output channels are never pruned."""
+    one that ran, plus RNNs whose output or final state *is* a model output. Their output channels (hidden
+    units) are never pruned."""
     import torch
     from torch import nn
 
     order: list[tuple[Any, Any]] = []
     hooks = [m.register_forward_hook(lambda mod, i, o: order.append((mod, o)))
              for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    rnns: list[tuple[Any, list]] = []
+    hooks += [m.register_forward_hook(lambda mod, i, o: rnns.append((mod, _rnn_views(mod, o))))
+              for m in model.modules() if isinstance(m, (nn.LSTM, nn.GRU, nn.RNN))]
     try:
         with torch.no_grad():
             out = model(*args)
@@ -145,7 +149,32 @@ def output_layers(model, args: tuple) -> list:
             h.remove()
     outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(o, torch.Tensor)]
     found = [mod for mod, o in order if any(o is t for t in outs)]
+    found += [mod for mod, views in rnns
+              if any(v.shape == t.shape and torch.equal(v, t) for v in views for t in outs) and mod not in found]
     return found or ([order[-1][0]] if order else [])
+
+
+def _rnn_views(mod, output) -> list:
+    """The tensors of an RNN's result a model commonly returns: the output sequence, its last step, the
+    final hidden (and cell) state and its last layer."""
+    import torch
+
+    out, rest = output
+    views = [out] if isinstance(out, torch.Tensor) else []
+    if isinstance(out, torch.Tensor) and out.dim() == 3:
+        views.append(out[:, -1] if mod.batch_first else out[-1])
+    for t in (rest if isinstance(rest, tuple) else (rest,)):
+        views += [t, t[-1]]
+    return [v.detach().clone() for v in views]
+
+
+def rnn_output_layers(model, args: tuple) -> list[str]:
+    """Names of RNN modules whose output or final state is itself a model output."""
+    from torch import nn
+
+    names = {id(m): n for n, m in named_modules(model)}
+    return [names.get(id(m), type(m).__name__) for m in output_layers(model, args)
+            if isinstance(m, (nn.LSTM, nn.GRU, nn.RNN))]
 
 
 def named_modules(model):
@@ -306,6 +335,21 @@ def _structured_transformer(model, hf, spec: ModelSpec, cfg: PruneConfig, data: 
     return model
 
 
+def _nothing_pruned(model, args: tuple, cfg: PruneConfig, spec: ModelSpec) -> str:
+    """Why a structured prune request removed nothing, in one line (it is an error, never a silent success)."""
+    asked = ", ".join(f"{k}={v}" for k, v in cfg.model_dump(exclude_defaults=True).items()) or "prune"
+    rnn = rnn_output_layers(model, args)
+    if rnn:
+        return (f"prune ({asked}) would remove nothing: the model's output is the output/final hidden state of "
+                f"{', '.join(repr(n) for n in rnn)}, so the output depends on every hidden unit of its last layer "
+                f"(and nn.LSTM/GRU layers share one hidden size). Put a Linear head after it (then its units can "
+                f"be pruned), or leave out --prune")
+    outs = [n for n, m in named_modules(model) if m in set(output_layers(model, args))]
+    return (f"prune ({asked}) would remove nothing: no layer of this {spec.family} model has channels that can "
+            f"be removed (output layers {outs} and prune.keep {cfg.keep} are kept, and every other channel "
+            f"reaches the output unchanged). Lower the rounding (round_to), or drop the prune section")
+
+
 # --- the stage -------------------------------------------------------------------------------------
 
 def prune_model(model, spec: ModelSpec, cfg: PruneConfig, data: Optional[Samples] = None):
@@ -324,7 +368,7 @@ def prune_model(model, spec: ModelSpec, cfg: PruneConfig, data: Optional[Samples
     model.eval()
     notes: list[str] = []
     extra: dict[str, Any] = {}
-    before_macs, before_params = macs_mod.count(model, args)
+    before_macs, before_params = macs_mod.count(model, args, what="the model")
     hf = pt.find_encoder(model)
     structured = any([cfg.ratio, cfg.macs_target, cfg.heads, cfg.ffn, cfg.num_layers, cfg.layers,
                       cfg.layer_ratios, cfg.auto])
@@ -347,7 +391,9 @@ def prune_model(model, spec: ModelSpec, cfg: PruneConfig, data: Optional[Samples
         extra["sparsity"] = round(s["sparsity"], 4)
         notes.append(f"{cfg.sparsity} sparsity {s['sparsity']:.3f} (masks kept for fine-tuning)")
     pruned.eval()
-    after_macs, after_params = macs_mod.count(pruned, args)
+    after_macs, after_params = macs_mod.count(pruned, args, what="the pruned model")
+    if structured and after_params == before_params and cfg.sparsity == "none":
+        raise ConfigError(_nothing_pruned(model, args, cfg, spec))
     eval_set = data.take(slice(0, min(len(data), 1024)))
     ref, got = outputs(model, spec, eval_set), outputs(pruned, spec, eval_set)
     q_before = quality(spec, ref, ref, eval_set.labels)

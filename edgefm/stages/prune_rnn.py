@@ -170,8 +170,17 @@ def _opaque_hook(module, inputs, output):
     data = out.data if isinstance(out, nn.utils.rnn.PackedSequence) else out
     new = _Opaque.apply(data.detach(), x, module.weight_ih_l0)
     if isinstance(out, nn.utils.rnn.PackedSequence):
-        new = out._replace(data=new)
-    return new, rest
+        return out._replace(data=new), rest
+    if module.bidirectional or data.dim() != 3:
+        return new, rest
+    # The final state (h_n, c_n) as a view of the output's last step, so the dependency graph sees that a
+    # head reading h_n[-1] consumes the RNN's hidden units (the values only matter for shapes here: this
+    # hook is active while the graph is traced, never in a real forward).
+    last = new[:, -1] if module.batch_first else new[-1]
+    fake = last.unsqueeze(0).expand(module.num_layers, *last.shape)
+    if isinstance(rest, tuple):
+        return new, tuple(fake for _ in rest)
+    return new, fake
 
 
 class opaque_rnns:
