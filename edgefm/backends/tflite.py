@@ -94,18 +94,15 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
     """Convert ``job.model`` to LiteRT, quantize as the precision asks, verify, write ``out_dir/model.tflite``."""
     opts = options(job.target)
     mode = quant_mode(job.precision, opts, job.spec.family)
-    if job.model is None:
-        raise ConfigError(f"target '{job.target.name}' (tflite) converts from the torch model with litert-torch; "
-                          f"this source is an ONNX file only. Start from the PyTorch checkpoint.")
     gran = opts.weight_granularity
     if gran == "auto":
         gran = "tensor" if job.spec.family == "rnn" else "channel"
     say = job.progress or (lambda msg: log.info(msg))
-    python = tflite_convert.converter_python(opts.converter_python, say)
+    python = tflite_convert.converter_python(opts.converter_python, say) if (mode or job.model is not None) else None
     with tempfile.TemporaryDirectory(prefix="edgefm-tflite-") as tmp:
         work = Path(tmp)
-        example = {s.name: np.asarray(v).astype(s.dtype) for s, v in
-                   zip(job.spec.inputs, job.calib.take(slice(0, 1)).inputs.values())}
+        first = job.calib.first()
+        example = {s.name: np.asarray(first[s.name]).astype(s.dtype) for s in job.spec.inputs if s.name in first}
         np.savez(work / "example.npz", **example)
         request: dict[str, Any] = {"program": str(work / "model.pt2"), "example": str(work / "example.npz"),
                                    "fp32_out": str(work / "fp32.tflite"), "out": str(work / "quant.tflite")}
@@ -117,15 +114,19 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
 
                 request["quantize"]["keep"] = keep_spec(job.onnx_path, keep)
         if mode == "full":
-            np.savez(work / "calib.npz", **job.calib.take(slice(0, opts.max_calib_samples)).inputs)
+            save_calib(work / "calib.npz", job.calib, opts.max_calib_samples)
             request["calib"] = str(work / "calib.npz")
-        say(f"{job.target.name}: converting with litert-torch" + (f", then {mode} quantization" if mode else ""))
+        tool = "litert-torch" if job.model is not None else "onnx2tf (the source is ONNX)"
+        say(f"{job.target.name}: converting with {tool}" + (f", then {mode} quantization" if mode else ""))
         t0 = time.time()
-        result, fallback = _convert(job, python, request, mode, work, example)
+        if job.model is not None:
+            result, fallback = _convert(job, python, request, mode, work, example)
+        else:
+            result, fallback = _convert_onnx(job, python, request, mode, work, example), None
         export_s = max(0.0, time.time() - t0 - sum(result["seconds"].values()))
         fp32, final = work / "fp32.tflite", work / ("quant.tflite" if mode else "fp32.tflite")
         _check_builtin(final, job.target.name)
-        stages = [_verify_stage(job, "convert", fp32, work / "model.pt2", result,
+        stages = [_verify_stage(job, "convert", fp32, work / "model.pt2" if job.model is not None else job.onnx_path, result,
                                 export_s + result["seconds"].get("convert", 0.0), _limits(job, None))]
         if result.get("fused_lstm"):
             stages[0].settings["fused_lstm_layers"] = result["fused_lstm"]
@@ -149,6 +150,58 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
         job.out_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed compile leaves nothing behind
         shutil.copyfile(final, job.out_dir / ARTIFACT)
     return CompileResult(entry=_entry(job, mode, gran, opts, result, stages[-1].metrics), stages=stages)
+
+
+def save_calib(path: Path, calib, limit: int) -> None:
+    """Calibration as one feed per call (batch 1, each input in its own layout; constants whole), stacked on a
+    new leading axis: the converter side reads ``data[k][i]`` as call ``i`` (``tflite_convert._calib_feeds``)."""
+    feeds = []
+    for f in calib.feeds():
+        feeds.append(f)
+        if len(feeds) >= limit:
+            break
+    names = list(feeds[0]) if feeds else []
+    np.savez(path, __per_call__=np.array(1), **{k: np.stack([np.asarray(f[k]) for f in feeds]) for k in names})
+
+
+def _convert_onnx(job: CompileJob, python: Optional[Path], request: dict, mode: Optional[str], work: Path,
+                  example: dict) -> dict:
+    """ONNX source: onnx2tf (its own isolated environment) converts the fp32 ONNX with the constant inputs
+    folded in; AI Edge Quantizer (the litert environment) quantizes as for torch sources."""
+    from edgefm.backends import onnx2tf_env
+
+    say = job.progress or (lambda msg: log.info(msg))
+    src = work / "source.onnx"
+    folded = freeze_constants(job.onnx_path, src, job.spec)
+    o2t = onnx2tf_env.ensure_env(say)
+    shapes = {k: [int(d) for d in np.shape(v)] for k, v in example.items() if k not in folded}
+    conv = onnx2tf_env.convert(o2t, src, work / "fp32.tflite", shapes, keep_layout=list(shapes))
+    result: dict = {"versions": dict(conv["versions"]), "seconds": dict(conv["seconds"]), "converter": "onnx2tf",
+                    "folded_constants": folded}
+    if mode:
+        q = tflite_convert.convert(python, {k: v for k, v in request.items() if k != "program"}, work)
+        result["versions"].update(q.get("versions", {}))
+        result["seconds"].update(q.get("seconds", {}))
+        result["quantize"] = q["quantize"]
+    return result
+
+
+def freeze_constants(src: Path, dst: Path, spec: ModelSpec) -> list[str]:
+    """Write ``src`` to ``dst`` with every constant input (``--input sr:scalar:int64=16000``) turned into a
+    weight, so the converter can fold what depends on it (e.g. an ``If`` on the sample rate). Returns their names."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    names = {i.name for i in model.graph.input}
+    folded = [i for i in spec.inputs if i.constant and i.name in names]
+    for inp in folded:
+        vi = next(v for v in model.graph.input if v.name == inp.name)
+        model.graph.input.remove(vi)
+        model.graph.initializer.append(numpy_helper.from_array(inp.constant_array(), inp.name))
+    big = model.ByteSize() > 1_800_000_000  # protobuf's 2 GB limit
+    onnx.save_model(model, str(dst), save_as_external_data=big, location=dst.name + ".data")
+    return [i.name for i in folded]
 
 
 # Conversions already made in this process, so that two targets with the same conversion settings (say
@@ -243,7 +296,14 @@ def _verify_stage(job: CompileJob, name: str, model: Path, source: Path, result:
     metrics = fidelity.evaluate(job.spec, job.reference, got, job.eval.labels)
     fidelity.check(f"{name} ({job.target.name}, tflite)", metrics, limits)
     v = result["versions"]
-    if name == "convert":
+    if name == "convert" and result.get("converter") == "onnx2tf":
+        settings = {"converter": "onnx2tf", "converter_version": v.get("onnx2tf"), "tensorflow": v.get("tensorflow"),
+                    "input_shapes": runner.input_shapes()}
+        notes = ["converted from the ONNX file with onnx2tf (its own environment), inputs in the ONNX layout",
+                 f"fixed batch {runner.batch}: the Predictor runs larger batches in chunks"]
+        if result.get("folded_constants"):
+            notes.append(f"constant inputs {result['folded_constants']} folded into the model (not fed)")
+    elif name == "convert":
         settings = {"converter": tflite_convert.CONVERTER, "converter_version": v.get("litert-torch"),
                     "torch": v.get("torch"), "input_shapes": runner.input_shapes()}
         notes = ["converted from the torch model with litert-torch (not from the ONNX file)",
@@ -278,10 +338,13 @@ def _entry(job: CompileJob, mode, gran, opts: TFLiteOptions, result: dict, metri
     return TargetEntry(
         backend="tflite", precision=job.precision, device="cpu", artifact=artifact, files=[artifact],
         runtime_versions={"ai-edge-litert": versions()["ai-edge-litert"],
-                          "litert-torch": v.get("litert-torch", "?"),
+                          **({"onnx2tf": v.get("onnx2tf", "?")} if result.get("converter") == "onnx2tf"
+                             else {"litert-torch": v.get("litert-torch", "?")}),
                           **({"ai-edge-quantizer": v.get("ai-edge-quantizer", "?")}
                              if mode and result["quantize"].get("quantizer") == "ai-edge-quantizer" else {})},
-        options={"threads": job.target.threads, "converter": f"litert-torch {v.get('litert-torch', '?')}",
+        options={"threads": job.target.threads,
+                 "converter": (f"onnx2tf {v.get('onnx2tf', '?')}" if result.get("converter") == "onnx2tf"
+                               else f"litert-torch {v.get('litert-torch', '?')}"),
                  "quantization": mode or "none",
                  "quantizer": result["quantize"].get("quantizer") if mode else None,
                  "fused_lstm_layers": result.get("fused_lstm", 0),
@@ -325,6 +388,17 @@ class TFLitePredictor(BasePredictor):
             return _runner(self.model, self.threads) if grow else self._idle.get()
 
     def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feed = {k: v for k, v in feed.items() if k in self.input_shapes}  # constants folded in at conversion
+        if any(i.batch_axis not in (0,) and i.name in feed for i in self.spec.inputs):
+            # a batch on another axis (a state (layers, batch, hidden)): one sample per call via Samples
+            from edgefm.backends.base import Samples
+
+            runner = self._borrow()
+            try:
+                out = Samples.for_spec(self.spec, feed, streams=False).run(runner.run_one, 1)
+            finally:
+                self._idle.put(runner)
+            return {name: out[name] for name in self.spec.output_names}
         for name, arr in feed.items():
             want = self.input_shapes[name][1:]
             if list(arr.shape[1:]) != want:

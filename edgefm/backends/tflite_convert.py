@@ -309,22 +309,23 @@ def _handle(request_path: str) -> None:
     result: dict[str, Any] = {"ok": False, "versions": _versions(), "seconds": {}}
     step = "convert"
     try:
-        import torch
-        import litert_torch
+        if req.get("program"):  # else fp32_out was converted already (ONNX sources: onnx2tf); quantize only
+            import torch
+            import litert_torch
 
-        example = np.load(req["example"])
-        kwargs = {k: torch.from_numpy(example[k]) for k in example.files}
-        t = time.time()
-        if req.get("fused_lstm"):
-            from edgefm.backends import tflite_lstm
+            example = np.load(req["example"])
+            kwargs = {k: torch.from_numpy(example[k]) for k in example.files}
+            t = time.time()
+            if req.get("fused_lstm"):
+                from edgefm.backends import tflite_lstm
 
-            tflite_lstm.register_lowering()  # before loading: the program calls edgefm::lstm_layer
-        program = torch.export.load(req["program"]).module()
-        litert_torch.convert(program, sample_kwargs=kwargs).export(req["fp32_out"])
-        shorten_names(Path(req["fp32_out"]))
-        if req.get("fused_lstm"):
-            result["fused_lstm"] = tflite_lstm.rewrite(Path(req["fp32_out"]))
-        result["seconds"]["convert"] = time.time() - t
+                tflite_lstm.register_lowering()  # before loading: the program calls edgefm::lstm_layer
+            program = torch.export.load(req["program"]).module()
+            litert_torch.convert(program, sample_kwargs=kwargs).export(req["fp32_out"])
+            shorten_names(Path(req["fp32_out"]))
+            if req.get("fused_lstm"):
+                result["fused_lstm"] = tflite_lstm.rewrite(Path(req["fp32_out"]))
+            result["seconds"]["convert"] = time.time() - t
         if req.get("quantize"):
             step = "quantize"
             from edgefm.quantize import litert
@@ -399,6 +400,10 @@ def _calib_feeds(model_path: str, calib_npz: Optional[str]) -> list[dict[str, np
 
     details = Interpreter(model_path=model_path).get_signature_runner().get_input_details()
     data = np.load(calib_npz)
+    if "__per_call__" in data.files:  # one feed per call, each input in its own layout (tflite.save_calib)
+        n = min(data[k].shape[0] for k in details)
+        return [{k: data[k][i].astype(details[k]["dtype"]).reshape(details[k]["shape"]) for k in details}
+                for i in range(n)]
     n = min(data[k].shape[0] for k in data.files)
     b = int(next(iter(details.values()))["shape"][0])
     return [{k: data[k][s:s + b].astype(details[k]["dtype"]) for k in data.files} for s in range(0, n - b + 1, b)]

@@ -77,6 +77,7 @@ class Runner:
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs for every sample of ``feed`` (any number of samples)."""
+        feed = {k: v for k, v in feed.items() if k in self.inputs}  # constants folded in at conversion
         n = int(next(iter(feed.values())).shape[0])
         b = self.batch
         parts: dict[str, list[np.ndarray]] = {k: [] for k in self.outputs}

@@ -30,6 +30,30 @@ class StreamGRU(nn.Module):
         return torch.sigmoid(self.head(out[:, -1])), state_n
 
 
+class StreamLSTM(nn.Module):
+    """Silero's layout: one LSTM layer whose (h, c) travel packed as one state (2, batch, HIDDEN)."""
+
+    __constants__ = ["frames", "width"]
+
+    def __init__(self):
+        super().__init__()
+        self.frames, self.width = FRAMES, CHUNK // FRAMES
+        self.front = nn.Linear(CHUNK // FRAMES, 16)
+        self.rnn = nn.LSTM(16, HIDDEN, batch_first=True)
+        self.head = nn.Linear(HIDDEN, 1)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor, sr: torch.Tensor):
+        scale = sr.to(torch.float32) / 16000.0
+        frames = torch.relu(self.front((x * scale).reshape(x.shape[0], self.frames, self.width)))
+        out, (h, c) = self.rnn(frames, (state[0:1], state[1:2]))
+        return torch.sigmoid(self.head(out[:, -1])), torch.cat([h, c], 0)
+
+
+def stream_lstm() -> nn.Module:
+    torch.manual_seed(0)
+    return StreamLSTM()
+
+
 class ScriptedStreamGRU(nn.Module):
     """The same network with ``sr: int`` and data-dependent control flow, meant for ``torch.jit.script``."""
 

@@ -1,0 +1,178 @@
+"""The onnx2tf converter environment: an isolated venv (it sees none of the main environment's packages) with
+the exact versions of ``onnx2tf.lock``, used to turn ONNX sources into LiteRT models.
+
+Why isolated: onnx2tf hard-pins numpy 1.26, onnx 1.19, onnxruntime 1.23 and tensorflow 2.19 (~2.5 GB), none of
+which may enter the main environment. Same guarantees as the litert-torch environment:
+
+- one environment per key: edgefm version, this interpreter (real path, prefix, Python version) and the lock
+  file's sha256; a change builds a new environment beside the old one, never in place;
+- an environment in use is never deleted (users hold a shared ``flock`` on ``.<name>.use``);
+- the build goes into ``.<name>.build-<pid>`` and is renamed into place once ``import onnx2tf`` works, so a
+  failed or offline build leaves nothing half-built and says so in one line."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import IO
+
+from edgefm.errors import BackendUnavailableError
+
+LOCK_FILE = Path(__file__).with_name("onnx2tf.lock")
+RUNNER = Path(__file__).with_name("onnx2tf_run.py")
+MARKER = "edgefm-env.json"
+_HELD: dict[str, IO] = {}
+
+
+def tools_dir() -> Path:
+    """``$EDGEFM_TOOLS_DIR`` or ``~/.cache/edgefm/tools``."""
+    return Path(os.environ.get("EDGEFM_TOOLS_DIR") or Path.home() / ".cache" / "edgefm" / "tools")
+
+
+def env_key(lock: Path = LOCK_FILE) -> dict[str, str]:
+    import edgefm
+
+    return {"edgefm": edgefm.__version__, "python": os.path.realpath(sys.executable),
+            "prefix": os.path.realpath(sys.prefix), "version": sys.version.split()[0],
+            "lock_sha256": hashlib.sha256(Path(lock).read_bytes()).hexdigest()}
+
+
+def env_dir(lock: Path = LOCK_FILE) -> Path:
+    key = hashlib.sha256(json.dumps(env_key(lock), sort_keys=True).encode()).hexdigest()[:12]
+    return tools_dir() / f"onnx2tf-py{sys.version_info[0]}{sys.version_info[1]}-{key}"
+
+
+def ensure_env(progress=None, lock: Path = LOCK_FILE) -> Path:
+    """The environment's Python, built on first use (a few minutes, ~2.5 GB from PyPI), marked in use."""
+    d = env_dir(lock)
+    with _exclusive(d.parent / f".{d.name}.lock"):
+        if not _valid(d, lock):
+            if d.exists():
+                if _in_use(d):
+                    raise BackendUnavailableError(f"onnx2tf environment {d} is incomplete but in use by another "
+                                                  f"process; remove it once that run has finished")
+                shutil.rmtree(d)
+            if progress:
+                progress(f"creating the onnx2tf converter environment in {d} (once; ~2.5 GB)")
+            _build(d, lock)
+        _hold(d)
+    return d / "bin" / "python"
+
+
+def adopt(built: Path, lock: Path = LOCK_FILE) -> Path:
+    """Move an environment already built from ``lock`` (e.g. the one whose ``pip freeze`` wrote it) into place."""
+    d = env_dir(lock)
+    with _exclusive(d.parent / f".{d.name}.lock"):
+        if not _valid(d, lock):
+            (Path(built) / MARKER).write_text(json.dumps({"key": env_key(lock)}, indent=1))
+            os.rename(built, d)
+    return d
+
+
+def _valid(d: Path, lock: Path) -> bool:
+    try:
+        return (d / "bin" / "python").exists() and json.loads((d / MARKER).read_text()).get("key") == env_key(lock)
+    except (OSError, ValueError):
+        return False
+
+
+def _build(d: Path, lock: Path) -> None:
+    for stale in d.parent.glob(f".{d.name}.build-*"):  # a killed build (we hold the build lock)
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = d.parent / f".{d.name}.build-{os.getpid()}"
+    try:
+        _run([sys.executable, "-m", "venv", str(tmp)], "create the venv", d)
+        py = tmp / "bin" / "python"
+        _run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-input", "--disable-pip-version-check",
+              "-r", str(lock)], f"pip install -r {lock} (offline?)", d)
+        _run([str(py), "-c", "import onnx2tf"], "import onnx2tf in it", d)
+        (tmp / MARKER).write_text(json.dumps({"key": env_key(lock)}, indent=1))
+        os.rename(tmp, d)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _run(cmd: list[str], what: str, d: Path) -> str:
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        tail = " | ".join((r.stderr or r.stdout).strip().splitlines()[-2:])[:400]
+        raise BackendUnavailableError(f"onnx2tf environment {d.name}: could not {what}: {tail}; nothing was left "
+                                      f"behind")
+    return r.stdout
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path):
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _use_file(d: Path) -> Path:
+    return d.parent / f".{d.name}.use"
+
+
+def _hold(d: Path) -> None:
+    import fcntl
+
+    if str(d) in _HELD:
+        return
+    f = open(_use_file(d), "a")
+    fcntl.flock(f, fcntl.LOCK_SH)
+    _HELD[str(d)] = f
+
+
+def _in_use(d: Path) -> bool:
+    import fcntl
+
+    if not _use_file(d).exists():
+        return False
+    with open(_use_file(d), "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
+def convert(python: Path, onnx_path: Path, out: Path, input_shapes: dict[str, list[int]], keep_layout: list[str],
+            timeout: float = 1800) -> dict:
+    """ONNX -> fp32 .tflite at ``out`` with onnx2tf in its environment (a one-shot process that imports only
+    onnx2tf's own packages). Inputs keep the ONNX layout (no NCHW -> NHWC at the boundary) and their names,
+    at the fixed ``input_shapes``. Returns {"versions", "seconds"}; raises ``ExportError`` with onnx2tf's
+    own last error line."""
+    from edgefm.errors import ExportError
+
+    work = Path(out).parent / "onnx2tf"
+    work.mkdir(exist_ok=True)
+    req = {"onnx": str(onnx_path), "out_dir": str(work), "out": str(out), "input_shapes": input_shapes,
+           "keep_layout": keep_layout}
+    (work / "request.json").write_text(json.dumps(req))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}  # nothing of the main env
+    env.update(TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    try:
+        r = subprocess.run([str(python), "-I", str(RUNNER), str(work / "request.json")], capture_output=True,
+                           text=True, timeout=timeout, cwd=work, env=env)
+    except subprocess.TimeoutExpired:  # subprocess.run kills and waits for the child before raising
+        raise ExportError(f"tflite: onnx2tf took longer than {timeout:.0f} s") from None
+    res = work / "result.json"
+    result = json.loads(res.read_text()) if res.exists() else {"ok": False}
+    if not result.get("ok"):
+        why = result.get("error") or " | ".join((r.stderr or r.stdout).strip().splitlines()[-2:])[:400]
+        raise ExportError(f"tflite: onnx2tf {result.get('versions', {}).get('onnx2tf', '')} cannot convert "
+                          f"{Path(onnx_path).name}: {why}")
+    return result
