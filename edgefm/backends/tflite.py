@@ -293,6 +293,14 @@ def _verify_stage(job: CompileJob, name: str, model: Path, source: Path, result:
                   limits: fidelity.Limits) -> StageRecord:
     runner = _runner(model, 1)  # one thread: the check is about values, and build machines are shared
     got = run_samples(runner, job.eval)
+    for k, ref in job.reference.items():
+        if k in got and np.shape(got[k]) != np.shape(ref):
+            how = "onnx2tf" if result.get("converter") == "onnx2tf" else "litert-torch"
+            raise UnsupportedOpError(
+                f"{job.target.name}: the {how} conversion is wrong: output '{k}' comes out as {list(np.shape(got[k]))} "
+                f"where the fp32 ONNX gives {list(np.shape(ref))} on the same eval data"
+                + (" (onnx2tf mis-converts some RNN graphs, e.g. an LSTM's final state with a given initial state); "
+                   "start from the torch checkpoint so litert-torch converts it" if how == "onnx2tf" else ""))
     metrics = fidelity.evaluate(job.spec, job.reference, got, job.eval.labels)
     fidelity.check(f"{name} ({job.target.name}, tflite)", metrics, limits)
     v = result["versions"]

@@ -47,7 +47,8 @@ class Runner:
 
     @property
     def batch(self) -> int:
-        return int(next(iter(self.inputs.values()))["shape"][0])
+        shaped = [v["shape"] for v in self.inputs.values() if len(v["shape"])]  # a scalar input has no batch
+        return int(shaped[0][0]) if shaped else 1
 
     def input_shapes(self) -> dict[str, list[int]]:
         return {k: [int(d) for d in v["shape"]] for k, v in self.inputs.items()}
