@@ -111,3 +111,22 @@ def test_onnx_source_with_external_data_recipe(sources, tmp_path):
     man = compress(cfg)
     assert "fp32/model.onnx.data" in man.files
     _check(tmp_path / "b", "stateN")
+
+
+def test_lstm_with_packed_state_for_all_cpu_targets(sources, tmp_path):
+    """silero's layout (one LSTM, (h, c) packed in one (2, batch, hidden) state) from a state_dict, for ORT,
+    OpenVINO and LiteRT (litert-torch: the initial state makes it unroll the LSTM), each judged by streaming."""
+    from edgefm.config import build_config
+    from edgefm.pipeline import compress
+
+    torch.save(S.stream_lstm().state_dict(), tmp_path / "lstm.pt")
+    cfg = build_config(None, source=tmp_path / "lstm.pt", output=tmp_path / "b",
+                       arch="tests/models/streaming.py:stream_lstm", inputs=S.INPUTS, state=S.STATE,
+                       calib=sources / "calib.npz", targets=TARGETS + ["tflite-arm64"])
+    man = compress(cfg)
+    assert man.targets["tflite-arm64"].precision == "int8"
+    _check(tmp_path / "b", "output")
+    pred = edgefm.load(tmp_path / "b", "tflite-arm64")
+    got = pred({"x": np.zeros((3, 64), np.float32), "state": np.zeros((2, 3, 32), np.float32),
+                "sr": np.array(16000)})
+    assert got["output"].shape == (2, 3, 32) and got["logits"].shape == (3, 1)
