@@ -98,6 +98,11 @@ class Samples:
                 for c in range(one.chunks):
                     yield one.chunk(c, {k: one.inputs[k] for k in one.state})
 
+    def head(self, n: int) -> Feed:
+        """The model feed of the first ``n`` samples (their first chunk with the initial state, for streams)."""
+        part = self.take(slice(0, n))
+        return part.chunk(0, {k: part.inputs[k] for k in part.state}) if part.streamed else part.inputs
+
     def first(self) -> Feed:
         """The model feed of the first sample (its first chunk, for streams)."""
         return next(iter(self.feeds()))

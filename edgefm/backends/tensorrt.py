@@ -132,11 +132,13 @@ def profiles_from_spec(spec: ModelSpec, opts: TensorRTOptions) -> dict[str, dict
     text_len = spec.preprocessing.max_length if spec.preprocessing.kind == "text" else None
     out = {}
     for inp in spec.inputs:
+        if inp.baked:  # folded into the graph at export: not an engine input
+            continue
         lo, opt, hi = [], [], []
         for ax, d in enumerate(inp.shape):
             if isinstance(d, int):
                 trio = (d, d, d)
-            elif ax == 0:
+            elif ax == inp.batch_axis:
                 trio = (opts.min_batch, opts.opt_batch, opts.max_batch)
             elif d in opts.dims:
                 trio = tuple(opts.dims[d])
@@ -185,7 +187,7 @@ def _int8_with_fallback(job: CompileJob, src: Path, artifact: Path, opts: Tensor
     from edgefm.quantize import tensorrt as q
     from edgefm.quantize.onnxruntime import sensitive_tensors
 
-    result = q.quantize_qdq(src, artifact, job.calib.inputs, job.spec.family, opts.quantization,
+    result = q.quantize_qdq(src, artifact, job.calib, job.spec.family, opts.quantization,
                             job.spec.input_names)
     notes += result.notes
     limits = _limits(job, "int8")
@@ -271,7 +273,7 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
             notes.append(f"{precision} numerics are TensorRT's own: they are measured on the device by "
                          f"`edgefm compile` against the fp32 reference")
         final = onnx.load(str(artifact))
-        shapes = {k: tuple(v.shape) for k, v in job.eval.inputs.items()}
+        shapes = {k: tuple(np.shape(v)) for k, v in job.eval.head(len(job.eval)).items()}
         found = rules.check_model(final, trt_version, profiles, shapes)
         errors = [v for v in found if v.severity == "error"]
         if errors:

@@ -165,12 +165,19 @@ class _Reader:
     ``equal_batches`` a last, smaller batch is dropped: ONNX Runtime's histogram calibrators (percentile)
     stack the per-batch outputs with ``np.asarray`` and fail on batches of different sizes."""
 
-    def __init__(self, feeds: dict[str, np.ndarray], batch: int, input_names: list[str], equal_batches: bool):
-        n = len(next(iter(feeds.values())))
+    def __init__(self, feeds, batch: int, input_names: list[str], equal_batches: bool):
+        # ``feeds``: a dict of arrays (samples on axis 0) or ``Samples`` (each input split on its own batch axis;
+        # constants whole)
+        n = len(feeds) if not isinstance(feeds, dict) else len(next(iter(feeds.values())))
         if equal_batches and n > batch:
             n -= n % batch
         self.samples = n
-        self._it: Iterator = iter([{k: feeds[k][s:s + batch] for k in input_names} for s in range(0, n, batch)])
+        if isinstance(feeds, dict):
+            parts = [{k: feeds[k][s:s + batch] for k in input_names} for s in range(0, n, batch)]
+        else:
+            parts = [{k: v for k, v in feeds.take(slice(s, min(n, s + batch))).inputs.items() if k in input_names}
+                     for s in range(0, n, batch)]
+        self._it: Iterator = iter(parts)
 
     def get_next(self) -> Optional[dict]:
         return next(self._it, None)
@@ -298,7 +305,7 @@ def quantize_qdq(fp32_onnx: Path, out_path: Path, calib: dict[str, np.ndarray], 
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    if not calib or len(next(iter(calib.values()))) == 0:
+    if calib is None or len(calib) == 0 or (isinstance(calib, dict) and len(next(iter(calib.values()))) == 0):
         raise CalibrationError(f"TensorRT int8 calibration of {fp32_onnx}: no calibration samples were given")
     model = onnx.load(str(fp32_onnx))
     if any(not n.name for n in model.graph.node):  # placement and fallback address nodes by name

@@ -73,7 +73,7 @@ def test_state_dict_source_via_cli(sources, tmp_path):
             "--calib", str(sources / "calib.npz"), "--state", "state:output"]
     for i in S.INPUTS:
         args += ["--input", i]
-    for t in TARGETS:
+    for t in TARGETS + ["tensorrt"]:  # TensorRT: the Q/DQ ONNX, judged in ONNX Runtime here
         args += ["--target", t]
     r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
