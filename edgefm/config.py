@@ -45,6 +45,8 @@ class CompressConfig(BaseModel):
     state: list[Union[str, dict[str, str]]] = Field(
         default_factory=list, description="Recurrent state pairs STATE_IN:STATE_OUT (or {input, output}): data are "
                                           "streams of chunks, run with the state fed back call to call")
+    state_guess: bool = Field(True, description="Without `state`, pair inputs/outputs named like state/stateN, "
+                                                 "h0/hn (noted in the manifest)")
     calib: Optional[Path] = Field(None, description="Calibration data: .npz, .txt (one sentence a line) or image folder")
     eval: Optional[Path] = Field(None, description="Evaluation data (same formats; .npz may hold 'labels')")
     eval_fraction: float = Field(0.25, gt=0, lt=1, description="Share of --calib held back for eval when --eval is absent")

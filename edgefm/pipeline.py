@@ -129,10 +129,16 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
     t0 = time.perf_counter()
     say(f"loading {config.source}")
     loaded = load_checkpoint(config.source, config.arch, config.inputs)
-    if config.state:
-        from edgefm.models.spec import parse_state_decl
+    from edgefm.models.spec import guess_state_pairs, parse_state_decl
 
+    if config.state:
         loaded.spec.declare_state([parse_state_decl(s) for s in config.state], f"checkpoint {config.source}")
+    elif config.state_guess and guess_state_pairs(loaded.spec):
+        pairs = guess_state_pairs(loaded.spec)
+        loaded.spec.declare_state(pairs, f"checkpoint {config.source}")
+        loaded.notes.append(f"state inferred from the names: {', '.join(f'{p.input} <- {p.output}' for p in pairs)} "
+                            f"(the data are streams); declare --state to change, state_guess: false to turn off")
+        say(loaded.notes[-1])
     spec = loaded.spec
     stages = [StageRecord(name="load", settings={"kind": loaded.kind, "family": spec.family, "task": spec.task},
                           output_sha256=loaded.sha256, seconds=round(time.perf_counter() - t0, 3),
@@ -142,7 +148,12 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
     if spec.preprocessing.kind == "text" and calib.inputs:
         # what the text was really padded to (--max-length, or a fixed length the model declares)
         spec.preprocessing.max_length = int(next(iter(calib.inputs.values())).shape[1])
-    model, extra_stages = _torch_stages(config, loaded, calib, ev, say)
+    if calib.streamed and (config.prune is not None or config.distill is not None):
+        # pruning and distillation see single calls, with the state the original model carried there
+        run = lambda f: _torch_outputs(loaded.module, spec, f)  # noqa: E731
+        model, extra_stages = _torch_stages(config, loaded, calib.steps(run, 32), ev.steps(run, 32), say)
+    else:
+        model, extra_stages = _torch_stages(config, loaded, calib, ev, say)
     stages += extra_stages
     if spec.streaming:
         stages[0].notes.append(f"streaming: state {', '.join(f'{p.input} <- {p.output}' for p in spec.state)}; "

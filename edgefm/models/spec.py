@@ -242,6 +242,24 @@ def input_from_config(item: Union[str, dict], where: str = "recipe inputs") -> I
                           f"name, shape, dtype, batch_axis, value") from None
 
 
+def guess_state_pairs(spec: "ModelSpec") -> list[StatePair]:
+    """State pairs read off the names, as exporters write them: ``state``/``stateN`` (silero), ``h0``/``hn``,
+    ``c0``/``cn``, ``x``/``x_out``, ``new_x``, ``next_x``. Only inputs with a batch axis; each output once."""
+    outs = set(spec.output_names)
+    pairs: list[StatePair] = []
+    for inp in spec.inputs:
+        if inp.constant or inp.batch_axis is None or not inp.shape:
+            continue
+        n = inp.name
+        stem = n[:-1] if n.endswith("0") else n
+        for cand in (f"{n}N", f"{n}n", f"{n}_out", f"{n}_new", f"new_{n}", f"next_{n}", f"out_{n}",
+                     f"{stem}n", f"{stem}N", f"{stem}_n"):
+            if cand in outs and cand != n and all(p.output != cand for p in pairs):
+                pairs.append(StatePair(input=n, output=cand))
+                break
+    return pairs
+
+
 def parse_state_decl(item: Union[str, dict]) -> StatePair:
     """``IN:OUT`` (``--state state:stateN``) or a recipe mapping ``{input: IN, output: OUT}``."""
     if isinstance(item, StatePair):

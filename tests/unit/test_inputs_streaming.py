@@ -88,3 +88,14 @@ def test_streams_feed_the_state_back(tmp_path):
     np.testing.assert_array_equal(again.inputs["x"], s.inputs["x"])
     with pytest.raises(CalibrationError, match=r"streams of chunks: \(streams, chunks, \*\[4\]\)"):
         layout(Samples({"x": x[:, 0]}), spec, "data f.npz")
+
+
+def test_state_pairs_guessed_from_names():
+    from edgefm.models.spec import guess_state_pairs
+
+    spec = ModelSpec(family="rnn", inputs=[parse_input_decl("input:batch,512"), parse_input_decl("state:2,batch,128"),
+                                           parse_input_decl("sr:scalar:int64=16000"), parse_input_decl("h0:1,batch,8")],
+                     outputs=[OutputSpec(name="output"), OutputSpec(name="stateN"), OutputSpec(name="hn")])
+    assert [(p.input, p.output) for p in guess_state_pairs(spec)] == [("state", "stateN"), ("h0", "hn")]
+    plain = ModelSpec(family="cnn", inputs=[parse_input_decl("x:batch,3")], outputs=[OutputSpec(name="logits")])
+    assert guess_state_pairs(plain) == []
