@@ -72,7 +72,19 @@ def adopt(built: Path, lock: Path = LOCK_FILE) -> Path:
         if not _valid(d, lock):
             (Path(built) / MARKER).write_text(json.dumps({"key": env_key(lock)}, indent=1))
             os.rename(built, d)
+            _fix_scripts(Path(built), d)
     return d
+
+
+def _fix_scripts(old: Path, new: Path) -> None:
+    """Console scripts (``onnxsim``, which onnx2tf runs as a command) name their venv's python in the shebang:
+    point them at the folder the venv now lives in."""
+    for f in (new / "bin").iterdir():
+        if not f.is_file() or f.is_symlink():
+            continue
+        head = f.read_bytes()[:256]
+        if head.startswith(b"#!") and str(old).encode() in head.split(b"\n", 1)[0]:
+            f.write_bytes(f.read_bytes().replace(str(old).encode(), str(new).encode(), 1))
 
 
 def _valid(d: Path, lock: Path) -> bool:
@@ -163,7 +175,10 @@ def convert(python: Path, onnx_path: Path, out: Path, input_shapes: dict[str, li
            "keep_layout": keep_layout}
     (work / "request.json").write_text(json.dumps(req))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}  # nothing of the main env
-    env.update(TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    # onnx2tf runs `onnxsim` as a command (it folds shapes: without it an RNN's shapes stay symbolic and
+    # onnx2tf lays its states out wrong): the environment's bin/ comes first on PATH
+    env.update(TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="",
+               PATH=os.pathsep.join([str(Path(python).parent), env.get("PATH", "")]))
     try:
         r = subprocess.run([str(python), "-I", str(RUNNER), str(work / "request.json")], capture_output=True,
                            text=True, timeout=timeout, cwd=work, env=env)

@@ -122,7 +122,8 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
         if job.model is not None:
             result, fallback = _convert(job, python, request, mode, work, example)
         else:
-            result, fallback = _convert_onnx(job, python, request, mode, work, example), None
+            result = _convert_onnx(job, python, request, mode, work, example, opts)
+            fallback, mode = result.pop("fallback", None), result.get("mode", mode)
         export_s = max(0.0, time.time() - t0 - sum(result["seconds"].values()))
         fp32, final = work / "fp32.tflite", work / ("quant.tflite" if mode else "fp32.tflite")
         _check_builtin(final, job.target.name)
@@ -149,6 +150,8 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
             stages.append(stage)
         job.out_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed compile leaves nothing behind
         shutil.copyfile(final, job.out_dir / ARTIFACT)
+        if final.with_suffix(".io.json").is_file():
+            shutil.copyfile(final.with_suffix(".io.json"), (job.out_dir / ARTIFACT).with_suffix(".io.json"))
     return CompileResult(entry=_entry(job, mode, gran, opts, result, stages[-1].metrics), stages=stages)
 
 
@@ -165,7 +168,7 @@ def save_calib(path: Path, calib, limit: int) -> None:
 
 
 def _convert_onnx(job: CompileJob, python: Optional[Path], request: dict, mode: Optional[str], work: Path,
-                  example: dict) -> dict:
+                  example: dict, opts: Optional[TFLiteOptions] = None) -> dict:
     """ONNX source: onnx2tf (its own isolated environment) converts the fp32 ONNX with the constant inputs
     folded in; AI Edge Quantizer (the litert environment) quantizes as for torch sources."""
     from edgefm.backends import onnx2tf_env
@@ -178,12 +181,58 @@ def _convert_onnx(job: CompileJob, python: Optional[Path], request: dict, mode: 
     conv = onnx2tf_env.convert(o2t, src, work / "fp32.tflite", shapes, keep_layout=list(shapes))
     result: dict = {"versions": dict(conv["versions"]), "seconds": dict(conv["seconds"]), "converter": "onnx2tf",
                     "folded_constants": folded}
+    perm = output_layout(work / "fp32.tflite", src, {k: v for k, v in example.items() if k not in folded})
+    if perm:
+        result["output_perm"] = perm
+        for name in ("fp32", "quant"):  # the Runner reads <model>.io.json beside each model
+            (work / f"{name}.io.json").write_text(json.dumps({"output_perm": perm}))
     if mode:
-        q = tflite_convert.convert(python, {k: v for k, v in request.items() if k != "program"}, work)
+        req = {k: v for k, v in request.items() if k != "program"}
+        try:
+            q = tflite_convert.convert(python, req, work)
+        except ExportError as e:
+            # AI Edge Quantizer cannot calibrate some onnx2tf graphs (an RNN becomes a WHILE loop: "Tensor data is
+            # null"); with int8: auto, dynamic-range int8 (no calibration) is the int8 that converts
+            if mode != "full" or (opts is not None and opts.int8 != "auto"):
+                raise
+            req["quantize"] = {**req["quantize"], "mode": "dynamic"}
+            req.pop("calib", None)
+            q = tflite_convert.convert(python, req, work)
+            result["mode"] = "dynamic"
+            result["fallback"] = (f"full-integer int8 failed on the onnx2tf graph ({str(e).split(': ', 1)[-1][:160]}); "
+                                  f"dynamic-range int8 instead (int8: auto)")
         result["versions"].update(q.get("versions", {}))
         result["seconds"].update(q.get("seconds", {}))
         result["quantize"] = q["quantize"]
     return result
+
+
+def output_layout(tflite_path: Path, onnx_path: Path, feed: dict) -> dict[str, list[int]]:
+    """Outputs the converter laid out differently from the ONNX model (onnx2tf writes a 3-D state as NWC):
+    {name: axes} such that ``transpose(tflite_out, axes)`` equals the ONNX output on ``feed``. Found by running
+    both; an output with no such axes is left for the check to refuse."""
+    import itertools
+
+    from edgefm.backends.tflite_run import Runner
+    from edgefm.stages.export import onnx_outputs
+
+    want = onnx_outputs(onnx_path, feed)
+    got = Runner(str(tflite_path), 1).run_one(feed)
+    perms: dict[str, list[int]] = {}
+    for name, ref in want.items():
+        out = got.get(name)
+        if out is None or (out.shape == ref.shape) or out.ndim != ref.ndim or out.ndim > 5:
+            continue
+        best, err = None, np.inf
+        for p in itertools.permutations(range(out.ndim)):
+            cand = np.transpose(out, p)
+            if cand.shape == ref.shape:
+                e = float(np.abs(cand - ref).max())
+                if e < err:
+                    best, err = list(p), e
+        if best is not None and err <= 1e-3 * max(1.0, float(np.abs(ref).max())):
+            perms[name] = best
+    return perms
 
 
 def freeze_constants(src: Path, dst: Path, spec: ModelSpec) -> list[str]:
@@ -344,7 +393,8 @@ def _entry(job: CompileJob, mode, gran, opts: TFLiteOptions, result: dict, metri
     runner = _runner(job.out_dir / ARTIFACT, 1)
     v = result["versions"]
     return TargetEntry(
-        backend="tflite", precision=job.precision, device="cpu", artifact=artifact, files=[artifact],
+        backend="tflite", precision=job.precision, device="cpu", artifact=artifact,
+        files=[artifact] + ([str(Path(artifact).with_suffix(".io.json"))] if result.get("output_perm") else []),
         runtime_versions={"ai-edge-litert": versions()["ai-edge-litert"],
                           **({"onnx2tf": v.get("onnx2tf", "?")} if result.get("converter") == "onnx2tf"
                              else {"litert-torch": v.get("litert-torch", "?")}),
@@ -358,6 +408,7 @@ def _entry(job: CompileJob, mode, gran, opts: TFLiteOptions, result: dict, metri
                  "fused_lstm_layers": result.get("fused_lstm", 0),
                  "weight_granularity": (result["quantize"].get("weight_granularity") or gran) if mode else None,
                  "io": opts.io if mode == "full" else "float", "input_shapes": runner.input_shapes(),
+                 **({"output_perm": result["output_perm"]} if result.get("output_perm") else {}),
                  "batch": runner.batch, "pool": opts.pool},
         metrics=metrics,
         hardware={"arch": job.target.arch, "cpu_core": job.target.cpu_core, **job.target.hardware})

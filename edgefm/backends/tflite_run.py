@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -41,6 +42,10 @@ class Runner:
         self.runner = self.interpreter.get_signature_runner(SIGNATURE)
         self.inputs = self.runner.get_input_details()
         self.outputs = self.runner.get_output_details()
+        # A converter that laid an output out differently (onnx2tf's NWC for a 3-D state) leaves a sidecar
+        # ``<model>.io.json`` {"output_perm": {name: axes}}: outputs are transposed back to the ONNX layout.
+        io = Path(model_path).with_suffix(".io.json")
+        self.output_perm = json.loads(io.read_text()).get("output_perm", {}) if io.is_file() else {}
         # Fused LSTM ops keep their state in variable tensors across invocations; each call starts from zero.
         self.stateful = any(op["op_name"] == "UNIDIRECTIONAL_SEQUENCE_LSTM"
                             for op in self.interpreter._get_ops_details())
@@ -66,7 +71,9 @@ class Runner:
     def _from_model(self, name: str, arr: np.ndarray) -> np.ndarray:
         scale, zero = self.outputs[name]["quantization"]
         if arr.dtype.kind in "iu" and scale:
-            return ((arr.astype(np.float32) - zero) * scale).astype(np.float32)
+            arr = ((arr.astype(np.float32) - zero) * scale).astype(np.float32)
+        if name in self.output_perm:
+            arr = np.transpose(arr, self.output_perm[name])
         return arr
 
     def run_one(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
