@@ -105,11 +105,12 @@ def test_onnx_source_with_external_data_recipe(sources, tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(json.dumps({
         "inputs": [{"name": "sr", "shape": [], "dtype": "int64", "value": 16000}],
-        "state": [{"input": "state", "output": "stateN"}], "targets": TARGETS}))
+        "state": [{"input": "state", "output": "stateN"}], "targets": TARGETS + ["tflite-arm64"]}))
     cfg = build_config(recipe, source=sources / "onnx" / "model.onnx", output=tmp_path / "b",
                        calib=sources / "calib_onnx.npz")
     man = compress(cfg)
     assert "fp32/model.onnx.data" in man.files
+    assert man.targets["tflite-arm64"].options["converter"].startswith("onnx2tf")  # an ONNX-only source
     _check(tmp_path / "b", "stateN")
 
 
