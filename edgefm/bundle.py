@@ -17,6 +17,7 @@ from typing import Any, Iterator, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edgefm.contract import Contract
 from edgefm.errors import BundleError
 from edgefm.models.spec import ModelSpec
 
@@ -73,6 +74,8 @@ class TargetEntry(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict, description="Fidelity/accuracy against fp32")
     hardware: dict[str, Any] = Field(default_factory=dict,
                                      description="What the artifact was built for/on (GPU, versions …)")
+    contract: Optional[Contract] = Field(None, description="The accuracy contract this target was built and "
+                                                           "checked against (None in bundles made before it)")
 
 
 class SourceInfo(BaseModel):

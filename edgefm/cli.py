@@ -64,6 +64,14 @@ def compress(
     quantize: Optional[str] = typer.Option(None, help="int8, fp16 or fp32 for every target (default: the target's)"),
     keep_fp32: Optional[List[str]] = typer.Option(None, "--keep-fp32", help="Node name or op type kept in float"),
     max_accuracy_drop: Optional[float] = typer.Option(None, help="Allowed top-1 drop in points on labeled eval data"),
+    output_kind: Optional[List[str]] = typer.Option(
+        None, "--output-kind", help="What an output means, NAME:KIND[:key=value,...] (repeatable), e.g. "
+                                    "speaker:embedding, vad:binary:threshold=0.5, "
+                                    "det:detections:boxes=0:4,scores=4:,layout=cxcywh,axis=1"),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Your task metric path/to/file.py:fn(ref, got, labels) "
+                                                                "-> float or dict, higher is better (compress only)"),
+    metric_drop: Optional[float] = typer.Option(None, "--metric-drop", help="Largest allowed drop of --metric below "
+                                                                            "fp32 (its units; default 0.01)"),
     max_length: Optional[int] = typer.Option(None, help="Sequence length for text (default 128)"),
     prune: Optional[float] = typer.Option(None, "--prune", help="Share of channels / RNN hidden units / FFN neurons "
                                                                 "to remove, e.g. 0.5 (recipe: prune section)"),
@@ -81,11 +89,14 @@ def compress(
 ):
     """Compress SOURCE into a verified bundle for one or more targets."""
     from edgefm.config import build_config
+    from edgefm.contract import parse_output_decl
     from edgefm.pipeline import compress as run, plan
 
     _setup_logging(verbose)
+    decls = dict(parse_output_decl(d) for d in output_kind or [])
     cfg = build_config(recipe, source=source, output=output, targets=target, arch=arch, inputs=input, calib=calib,
                        eval=eval, quantize=quantize, keep_fp32=keep_fp32, max_accuracy_drop=max_accuracy_drop,
+                       outputs=decls or None, metric=metric, metric_drop=metric_drop,
                        max_length=max_length, force=force or None, dry_run=dry_run or None, verbose=verbose or None,
                        prune=_section(ratio=prune, macs_target=prune_macs, num_layers=prune_layers),
                        distill=(_section(epochs=distill_epochs) or {}) if distill or distill_epochs else None,

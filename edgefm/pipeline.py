@@ -19,6 +19,7 @@ from edgefm.backends import get_backend
 from edgefm.backends.base import CompileJob, Samples
 from edgefm.bundle import Manifest, SourceInfo, StageRecord, finalize, sha256_file, staging
 from edgefm.config import CompressConfig
+from edgefm.contract import resolve
 from edgefm.errors import BundleError, CalibrationError, ConfigError
 from edgefm.fidelity import Limits
 from edgefm.targets import TargetSpec, get_target
@@ -154,10 +155,14 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
         for target in p.targets:
             precision = p.precisions[target.name]
             say(f"compiling {target.name} ({target.backend}, {precision})")
+            contract = resolve(spec, config, precision)
+            say(f"{target.name} contract: {contract.describe()}")
             job = CompileJob(onnx_path=ref_path, spec=spec, target=target, precision=precision, calib=calib,
                              eval=ev, reference=reference, out_dir=tmp / target.name, bundle_dir=tmp,
-                             config=config, model=model, limits=_limits(config, precision), progress=say)
+                             config=config, model=model, limits=_limits(config, precision), contract=contract,
+                             progress=say)
             result = get_backend(target.backend).compile(job)
+            result.entry.contract = contract
             entries[target.name] = result.entry
             stages += result.stages
         manifest = Manifest(edgefm_version=edgefm.__version__,

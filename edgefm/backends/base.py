@@ -52,7 +52,8 @@ class CompileJob:
     bundle_dir: Path
     config: Any  # edgefm.config.CompressConfig
     model: Any = None
-    limits: Any = None  # edgefm.fidelity.Limits for this precision
+    limits: Any = None  # edgefm.fidelity.Limits for this precision (legacy; backends move to ``contract``)
+    contract: Any = None  # edgefm.contract.Contract resolved once for (target, precision) by the pipeline
     progress: Optional[Callable[[str], None]] = None
 
 
