@@ -136,6 +136,19 @@ def target_files(manifest: Manifest, target: str) -> list[str]:
     return sorted(set(entry.files) | {entry.artifact} | set(shared))
 
 
+def read_eval(bundle: Path, manifest: Manifest) -> tuple[dict, dict, Any]:
+    """(inputs, fp32 reference outputs, labels or None) from the bundle's eval data."""
+    import numpy as np
+
+    if not manifest.eval_data:
+        raise BundleError(f"bundle {bundle} has no eval data to verify with")
+    with np.load(Path(bundle) / manifest.eval_data) as z:
+        inputs = {k[3:]: z[k] for k in z.files if k.startswith("in/")}
+        ref = {k[4:]: z[k] for k in z.files if k.startswith("ref/")}
+        labels = z["labels"] if "labels" in z.files else None
+    return inputs, ref, labels
+
+
 def finalize(tmp: Path, manifest: Manifest) -> Manifest:
     """Hash every file in ``tmp`` into the manifest and write it."""
     tmp = Path(tmp)

@@ -181,6 +181,7 @@ def targets(verbose: bool = typer.Option(False, "--verbose", "-v")):
     from rich.table import Table
 
     from edgefm.backends import get_backend
+    from edgefm.backends.base import has
     from edgefm.targets import list_targets
 
     t = Table(title="targets")
@@ -190,7 +191,7 @@ def targets(verbose: bool = typer.Option(False, "--verbose", "-v")):
     for name, spec in sorted(list_targets().items()):
         try:
             mod = get_backend(spec.backend, need_runtime=False)
-            here = mod.availability(spec) if hasattr(mod, "availability") else ("yes" if mod.is_available() else "no")
+            here = mod.availability(spec) if has(mod, "availability") else ("yes" if mod.is_available() else "no")
         except EdgefmError:
             here = "no"
         t.add_row(name, spec.backend, spec.precision, here, spec.description)

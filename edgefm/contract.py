@@ -303,6 +303,25 @@ def resolve(spec: Any, config: Any, precision: str) -> Contract:
     return contract
 
 
+def recorded(manifest: Any, target: str) -> tuple[Contract, str]:
+    """The contract a bundle's target was built against, and a note: the one in its manifest entry, or — for
+    bundles written before the contract existed — the one its recorded config resolves to (said so). Never
+    imports a user metric: its gate is recorded, the function is not re-run."""
+    entry = manifest.targets[target]
+    if entry.contract is not None:
+        return entry.contract, "recorded contract"
+    from edgefm.config import CompressConfig
+
+    cfg = None
+    if manifest.config:
+        try:
+            cfg = CompressConfig.model_validate({**manifest.config, "metric": None})
+        except Exception:  # noqa: BLE001 - an old config this version no longer reads: defaults
+            cfg = None
+    return resolve(manifest.spec, cfg, entry.precision), ("no contract recorded (bundle made before it): derived "
+                                                           "from the recorded config and spec")
+
+
 def load_metric(text: str) -> Callable:
     """Import ``path.py:fn`` (user code named on the command line; only ever at compress time)."""
     import importlib.util

@@ -21,7 +21,6 @@ from edgefm.bundle import Manifest, SourceInfo, StageRecord, finalize, sha256_fi
 from edgefm.config import CompressConfig
 from edgefm.contract import resolve
 from edgefm.errors import BundleError, CalibrationError, ConfigError
-from edgefm.fidelity import Limits
 from edgefm.targets import TargetSpec, get_target
 
 log = logging.getLogger(__name__)
@@ -66,14 +65,6 @@ def plan(config: CompressConfig) -> Plan:
         raise CalibrationError("int8 needs calibration data: pass --calib FILE (.npz, .txt or an image folder), "
                                "or --quantize fp32")
     return Plan(config, targets, precisions)
-
-
-def _limits(config: CompressConfig, precision: str) -> Limits:
-    if precision == "int8":
-        return config.quant_limits()
-    if precision in ("fp16", "bf16"):
-        return config.tolerances.fp16
-    return config.tolerances.compile
 
 
 def _data(config: CompressConfig, loaded) -> tuple[Samples, Samples, list[str]]:
@@ -121,6 +112,9 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
     t0 = time.perf_counter()
     say(f"loading {config.source}")
     loaded = load_checkpoint(config.source, config.arch, config.inputs)
+    from edgefm.models.output_kinds import declare, infer_kinds
+
+    loaded.spec = declare(loaded.spec, config.outputs)  # a wrong output name fails before minutes of work
     spec = loaded.spec
     stages = [StageRecord(name="load", settings={"kind": loaded.kind, "family": spec.family, "task": spec.task},
                           output_sha256=loaded.sha256, seconds=round(time.perf_counter() - t0, 3),
@@ -145,6 +139,10 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
                                          say=say))
         _write_sensitivity(tmp, stages)
         reference = batched_outputs(lambda f: onnx_outputs(ref_path, f), ev, 32)
+        spec, guesses = infer_kinds(spec, ref_path, reference)
+        for note in guesses:
+            say(note)
+        stages[-1].notes += guesses
         _save_eval(tmp / "eval.npz", ev, reference)
         if loaded.tokenizer_dir is not None:
             _copy_tokenizer(loaded.tokenizer_dir, tmp / "tokenizer")
@@ -159,10 +157,10 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
             say(f"{target.name} contract: {contract.describe()}")
             job = CompileJob(onnx_path=ref_path, spec=spec, target=target, precision=precision, calib=calib,
                              eval=ev, reference=reference, out_dir=tmp / target.name, bundle_dir=tmp,
-                             config=config, model=model, limits=_limits(config, precision), contract=contract,
+                             config=config, model=model, contract=contract,
                              progress=say)
             result = get_backend(target.backend).compile(job)
-            result.entry.contract = contract
+            result.entry.contract = result.entry.contract or contract  # a backend may say what it was held to
             entries[target.name] = result.entry
             stages += result.stages
         manifest = Manifest(edgefm_version=edgefm.__version__,
