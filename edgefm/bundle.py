@@ -76,6 +76,19 @@ class TargetEntry(BaseModel):
                                      description="What the artifact was built for/on (GPU, versions …)")
     contract: Optional[Contract] = Field(None, description="The accuracy contract this target was built and "
                                                            "checked against (None in bundles made before it)")
+    notes: list[str] = Field(default_factory=list, description="What a user of this artifact should know (e.g. an "
+                                                               "int8 artifact no smaller than fp32)")
+
+
+class FailedTarget(BaseModel):
+    """A target asked for that could not be built; the other targets of the bundle are unaffected."""
+
+    model_config = ConfigDict(extra="forbid")
+    backend: str
+    precision: str
+    error: str = Field(description="Exception type, e.g. AccuracyError")
+    reason: str = Field(description="The one-line message the user saw")
+    contract: Optional[Contract] = None
 
 
 class SourceInfo(BaseModel):
@@ -98,6 +111,8 @@ class Manifest(BaseModel):
     reference: Optional[str] = Field(None, description="The verified fp32 ONNX, relative to the bundle")
     eval_data: Optional[str] = Field(None, description=".npz with eval inputs, labels and fp32 reference outputs")
     targets: dict[str, TargetEntry] = Field(default_factory=dict)
+    failed: dict[str, FailedTarget] = Field(default_factory=dict,
+                                            description="Targets that were asked for and failed, with the reason")
     stages: list[StageRecord] = Field(default_factory=list)
     files: dict[str, str] = Field(default_factory=dict, description="relative path -> sha256 of every file")
 

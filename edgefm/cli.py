@@ -107,6 +107,10 @@ def compress(
     with console.status("starting") as status:
         manifest = run(cfg, progress=lambda msg: (status.update(msg), console.log(msg)))
     _print_targets(manifest)
+    if manifest.failed:  # the others were written and verify; the run as a whole did not do all it was asked
+        console.print(f"[bold red]error:[/] {len(manifest.failed)} of {len(manifest.failed) + len(manifest.targets)} "
+                      f"targets failed ({', '.join(manifest.failed)}); the bundle holds the others")
+        raise typer.Exit(1)
 
 
 def _section(**fields) -> Optional[dict]:
@@ -124,12 +128,15 @@ def _print_targets(manifest) -> None:
     t.add_column("artifact")
     t.add_column("fidelity to fp32")
     for name, e in manifest.targets.items():
-        t.add_row(name, e.backend, e.precision, e.artifact, _fidelity_text(e.metrics))
+        text = _fidelity_text(e.metrics) + "".join(f"\n[yellow]note:[/] {n}" for n in e.notes)
+        t.add_row(name, e.backend, e.precision, e.artifact, text)
+    for name, f in manifest.failed.items():
+        t.add_row(name, f.backend, f.precision, "[red]FAILED[/]", f"[red]{f.error}:[/] {f.reason}")
     out.print(t)
 
 
 def _fidelity_text(metrics: dict) -> str:
-    from edgefm.fidelity import summarize
+    from edgefm.contract import summarize
 
     return summarize(metrics)
 

@@ -43,6 +43,10 @@ class AccuracyError(EdgefmError):
 HIGHER_IS_BETTER = {"cosine", "min_cosine", "top1_agreement", "top1", "top5", "int8_layers"}
 
 
+class TargetFailedError(EdgefmError):
+    """Every target of a compress failed (each one's reason is in the message)."""
+
+
 class BackendUnavailableError(EdgefmError):
     """The runtime a target needs is not installed (the message names the pip extra)."""
 

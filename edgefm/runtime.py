@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 
 def choose_target(manifest: Manifest, target: Optional[str], bundle: Path) -> str:
     if target is not None:
+        if target in manifest.failed:
+            raise BundleError(f"bundle {bundle}: target '{target}' failed when the bundle was made "
+                              f"({manifest.failed[target].reason}); it has: {', '.join(manifest.targets)}")
         if target not in manifest.targets:
             raise BundleError(f"bundle {bundle} has no target '{target}'; it has: {', '.join(manifest.targets)}")
         return target
