@@ -128,11 +128,15 @@ def _print_targets(manifest) -> None:
     t.add_column("artifact")
     t.add_column("fidelity to fp32")
     for name, e in manifest.targets.items():
-        text = _fidelity_text(e.metrics) + "".join(f"\n[yellow]note:[/] {n}" for n in e.notes)
-        t.add_row(name, e.backend, e.precision, e.artifact, text)
+        t.add_row(name, e.backend, e.precision, e.artifact, _fidelity_text(e.metrics))
     for name, f in manifest.failed.items():
-        t.add_row(name, f.backend, f.precision, "[red]FAILED[/]", f"[red]{f.error}:[/] {f.reason}")
+        t.add_row(name, f.backend, f.precision, "[red]FAILED[/]", f"[red]{f.error}[/]")
     out.print(t)
+    for name, e in manifest.targets.items():  # whole lines, so they can be read (and grepped) unwrapped
+        for n in e.notes:
+            out.print(f"[yellow]note[/] {name}: {n}", soft_wrap=True, highlight=False)
+    for name, f in manifest.failed.items():
+        out.print(f"[red]FAILED[/] {name}: {f.reason}", soft_wrap=True, highlight=False)
 
 
 def _fidelity_text(metrics: dict) -> str:
