@@ -123,6 +123,9 @@ class Contract(BaseModel):
     metric_replaces_gates: bool = False
     accuracy_drop: Optional[float] = Field(None, description="Largest top-1 drop in points with labels")
     accuracy_output: Optional[str] = Field(None, description="Output the labels are compared with")
+    fidelity_drop: Optional[float] = Field(
+        None, description="--max-accuracy-drop without labels: the mean cosine to fp32 of every output that has "
+                          "one (class scores, embeddings) may drop this many points (100 x (1 - cosine))")
     _metric_fn: Optional[Callable] = PrivateAttr(None)
 
     def output(self, name: str) -> Optional[OutputContract]:
@@ -140,6 +143,8 @@ class Contract(BaseModel):
             parts.append(f"{o.name}: {o.kind} ({'guessed' if o.inferred else 'declared'}; {gs})")
         if self.accuracy_drop is not None and self.accuracy_output:
             parts.append(f"labels: top-1 drop <= {self.accuracy_drop:g} points on {self.accuracy_output}")
+        if self.fidelity_drop is not None:
+            parts.append(f"no labels: cosine drop <= {self.fidelity_drop:g} points")
         if self.metric_gate:
             parts.append(f"{self.metric}: task_drop <= {self.metric_gate.limit:g}")
         return "; ".join(parts)
@@ -290,6 +295,8 @@ def resolve(spec: Any, config: Any, precision: str) -> Contract:
         if drop is None and getattr(config, "tolerances", None) is not None:
             drop = config.tolerances.quantize.accuracy_drop
         contract.accuracy_drop = 1.0 if drop is None and config is None else drop
+        # the user's bound means the same on every backend: top-1 points with labels, cosine points without
+        contract.fidelity_drop = getattr(config, "max_accuracy_drop", None)
     # labels are compared with the output that says so (labels=true), else the first classifier
     contract.accuracy_output = next((o.name for o in outs if o.params.get("labels")), None) or next(
         (o.name for o in outs if o.kind in CLASSIFIERS and o.params.get("labels") is not False), None)
@@ -414,6 +421,12 @@ def judge(contract: Contract, ref: Mapping[str, np.ndarray], got: Mapping[str, n
             continue
         m = metrics[g.output]
         checks.append((g, m.get(g.metric)))
+    if labels is None and contract.fidelity_drop is not None:
+        for name, m in metrics.items():
+            if not name.startswith("_") and "cosine" in m:
+                m["cosine_drop_points"] = 100.0 * (1.0 - m["cosine"])
+                checks.append((Gate(output=name, metric="cosine_drop_points", limit=contract.fidelity_drop,
+                                    direction="max"), m["cosine_drop_points"]))
     if "_accuracy" in metrics and contract.accuracy_drop is not None:
         checks.append((Gate(output=contract.accuracy_output or "labels", metric="accuracy_drop_points",
                             limit=contract.accuracy_drop, direction="max"), metrics["_accuracy"]["drop_points"]))
