@@ -21,7 +21,11 @@ state          drift (relative error; per step with ``step_axis``) <= .1/.01/.00
 other          sqnr_db >= 14/27/40 dB (integer outputs: agreement >= .95/.99/.999)
 =============  ==============================================================================================
 
-With labels, ``accuracy_drop`` (points of top-1) gates the first classifier output. A user metric
+Every kind also takes ``max_abs`` (largest |got - ref| of the raw output); the ``tolerances`` section of the
+config still counts (its cosine / top1_agreement / max_abs set the matching gates of its tier; fp32 has
+max_abs <= 1e-3 by default). With labels, ``accuracy_drop`` (points of top-1) gates the first classifier
+output; ``--max-accuracy-drop`` without labels bounds the cosine drop (100 x (1 - cosine)) of every output
+that has a cosine. A user metric
 (``--metric file.py:fn``) adds the gate ``task_drop`` <= ``metric_drop``."""
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ PARAMS: dict[str, set[str]] = {
     "detections": {"boxes", "scores", "objectness", "axis", "layout", "score_threshold", "iou", "scores_output",
                    "scores_axis", "score_logits"},
 }
+UNIVERSAL_GATES = {"max_abs": "max"}  # declarable on every kind (largest |got - ref| of the raw output)
 BOUNDED = {"top1_agreement", "prob_cosine", "decision_agreement", "within_k", "cosine", "min_cosine", "knn_recall",
            "precision", "recall", "agreement"}
 
@@ -209,11 +214,11 @@ def check_decl(name: str, decl: Mapping[str, Any], where: str) -> None:
     kind = decl.get("kind")
     if kind not in KINDS:
         raise ConfigError(f"{where}: output '{name}' kind '{kind}' is not one of {', '.join(KINDS)}")
-    allowed = PARAMS[kind] | set(DEFAULT_GATES[kind]) | {"kind"}
+    allowed = PARAMS[kind] | set(DEFAULT_GATES[kind]) | set(UNIVERSAL_GATES) | {"kind"}
     bad = sorted(set(decl) - allowed)
     if bad:
         raise ConfigError(f"{where}: output '{name}' ({kind}) has unknown params {bad}; valid: {sorted(allowed - {'kind'})}")
-    for k in set(decl) & set(DEFAULT_GATES[kind]):
+    for k in set(decl) & (set(DEFAULT_GATES[kind]) | set(UNIVERSAL_GATES)):
         if decl[k] is not None and not isinstance(decl[k], (int, float)):
             raise ConfigError(f"{where}: output '{name}' limit {k}={decl[k]!r} is not a number (or none)")
 
@@ -252,14 +257,15 @@ def output_gates(name: str, kind: str, params: Mapping[str, Any], precision: str
         if legacy and metric in legacy and metric != "max_abs" and kind != "ordinal":
             limit = legacy[metric]
         gates[metric] = Gate(output=name, metric=metric, limit=float(limit), direction=direction)
-    if legacy and "max_abs" in legacy and t == 2 and kind == "other":
+    if legacy and "max_abs" in legacy:  # the tolerances section's max_abs (fp32 default 1e-3) holds for every kind
         gates["max_abs"] = Gate(output=name, metric="max_abs", limit=float(legacy["max_abs"]), direction="max")
-    for metric in list(gates) + [m for m in params if m in DEFAULT_GATES[kind] and m not in gates]:
+    directions = {**UNIVERSAL_GATES, **{m: d for m, (d, _) in DEFAULT_GATES[kind].items()}}
+    for metric in list(gates) + [m for m in params if m in directions and m not in gates]:
         if metric in params:
             if params[metric] is None:
                 gates.pop(metric, None)
             else:
-                direction = DEFAULT_GATES[kind][metric][0]
+                direction = directions[metric]
                 gates[metric] = Gate(output=name, metric=metric, limit=float(params[metric]), direction=direction)
     return list(gates.values())
 
@@ -362,8 +368,12 @@ def _measure(oc: OutputContract, ref: Mapping[str, np.ndarray], got: Mapping[str
                             hint=f"reference shape {r.shape} vs {g.shape}")
     if oc.kind == "detections":
         so = oc.params.get("scores_output")
-        return om.detections(r, g, oc.params, ref.get(so) if so else None, got.get(so) if so else None)
-    return om.MEASURES[oc.kind](r, g, oc.params)
+        m = om.detections(r, g, oc.params, ref.get(so) if so else None, got.get(so) if so else None)
+    else:
+        m = om.MEASURES[oc.kind](r, g, oc.params)
+    if "max_abs" not in m:  # on the raw output, for every kind (the tolerances section may gate it)
+        m["max_abs"] = float(np.abs(om.f64(r) - om.f64(g)).max()) if r.size else 0.0
+    return m
 
 
 def _accuracy(scores: np.ndarray, labels: np.ndarray, params: Mapping[str, Any]) -> dict[str, float]:
