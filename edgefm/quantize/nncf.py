@@ -191,7 +191,7 @@ def validation_metric(spec: ModelSpec, eval_: Samples, reference: Feed) -> Valid
     """Top-1 accuracy in points when ``eval_`` has labels, else mean cosine to the fp32 reference in
     points (100 = identical direction). Either way a drop of 1.0 is one point."""
     names = [o.name for o in spec.outputs] or list(reference)
-    logits = [o.name for o in spec.outputs if o.kind == "logits"] or names[:1]
+    logits = [o.name for o in spec.outputs if o.kind in ("logits", "probabilities", "ordinal")] or names[:1]
     labels = eval_.labels
     items = [({k: v[i:i + 1] for k, v in eval_.inputs.items()},
               {k: reference[k][i:i + 1] for k in names},
