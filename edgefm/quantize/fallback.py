@@ -89,7 +89,7 @@ class Round:
     def line(self) -> str:
         added = ", ".join(f"'{k}' ({v:.1f} dB)" for k, v in self.added.items())
         state = "ok" if self.ok else "still: " + "; ".join(self.failures[:2])
-        return f"fallback round {self.index}: kept {added}; {len(self.kept)} node(s) now out of int8: {state}"
+        return f"accuracy fallback round {self.index}: kept {added}; {len(self.kept)} node(s) now out of int8: {state}"
 
     def record(self) -> dict[str, Any]:
         return {"round": self.index, "added": {k: round(v, 2) for k, v in self.added.items()},
@@ -114,10 +114,10 @@ class FallbackResult:
     def notes(self) -> list[str]:
         out = [r.line() for r in self.rounds]
         if self.ok:
-            out.append(f"fallback: {len(self.kept)} node(s) kept in {self.precision_kept} so that the contract "
+            out.append(f"accuracy fallback: {len(self.kept)} node(s) kept in {self.precision_kept} so that the contract "
                        f"holds: {self.kept}")
         else:
-            out.append(f"fallback: gave up ({self.stopped}) with {len(self.kept)} node(s) in {self.precision_kept}")
+            out.append(f"accuracy fallback: gave up ({self.stopped}) with {len(self.kept)} node(s) in {self.precision_kept}")
         return out
 
     def record(self) -> dict[str, Any]:
