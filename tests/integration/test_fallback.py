@@ -69,5 +69,6 @@ def test_outlier_int8_is_refused_then_the_fallback_meets_the_bound(outlier_cnn, 
     ref = m["targets"][target]["metrics"]["_accuracy"]["fp32_top1"]
     top1 = float((logits.argmax(1) == ev["labels"]).mean())
     assert 100 * (ref - top1) <= BOUND + 1e-9, (top1, ref)
+    print(f"\n{target}: kept {kept}; rounds {[(r['added'], r['ok']) for r in record['rounds']]}; top-1 {top1:.4f} (fp32 {ref:.4f})")
     code, text = cli("verify", out)
     assert code == 0, text
