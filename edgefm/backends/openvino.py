@@ -276,7 +276,7 @@ def _settings(job: CompileJob, opts: OpenVINOOptions, nq: Any, model: Any) -> An
 
 def _quantize(job: CompileJob, opts: OpenVINOOptions, model: Any, f32: Any, f32_metrics: dict, nq: Any
               ) -> tuple[Any, StageRecord]:
-    """int8 through NNCF; with ``max_accuracy_drop`` and a missed bound, NNCF accuracy control."""
+    """int8 through NNCF; with ``max_accuracy_drop`` and a missed bound, the shared accuracy fallback."""
     t0 = time.perf_counter()
     s = _settings(job, opts, nq, model)
     step = f"openvino int8 ({job.target.name})"
