@@ -23,16 +23,18 @@ from typing import Any, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from edgefm import fidelity
-from edgefm.backends.base import CompileJob, CompileResult, LoadOptions
+from edgefm.backends.base import CompileJob, CompileResult, LoadOptions, judge_job
 from edgefm.bundle import StageRecord, TargetEntry, sha256_file
-from edgefm.errors import (AccuracyError, BackendUnavailableError, ConfigError, TargetError,
+from edgefm.contract import enforce
+from edgefm.errors import (BackendUnavailableError, ConfigError, TargetError,
                            UnsupportedOpError)
 from edgefm.models.spec import ModelSpec
 from edgefm.quantize.tensorrt import TrtQuantConfig
 from edgefm.targets import TargetSpec, backend_options
 
 EXTRA = "tensorrt"
+# optional verbs (edgefm.backends.base.CAPABILITIES)
+CAPABILITIES = frozenset({"availability", "check_rules", "check_rules_for", "compile_on_device"})
 BUILD_FILE = "build.json"
 BUILD_FORMAT = 1
 log = logging.getLogger(__name__)
@@ -160,20 +162,6 @@ def _ort_outputs(path: Path, job: CompileJob) -> dict[str, np.ndarray]:
     return ort_backend.eval_outputs(path, job, ort_backend.Options())
 
 
-def _limits(job: CompileJob, precision: str) -> fidelity.Limits:
-    from edgefm.pipeline import _limits as pipeline_limits
-
-    return job.limits if job.limits is not None else pipeline_limits(job.config, precision)
-
-
-def _passes(metrics, limits) -> bool:
-    try:
-        fidelity.check("probe", metrics, limits)
-        return True
-    except AccuracyError:
-        return False
-
-
 class TrtFallback:
     """Fallback hooks (edgefm.quantize.fallback) on the TensorRT Q/DQ graph: units are the quantized activations
     ranked by ONNX Runtime's QDQ debugger (per-channel SQNR); keeping one drops the Q/DQ in front of the layers
@@ -225,20 +213,19 @@ def _int8_with_fallback(job: CompileJob, src: Path, artifact: Path, opts: Tensor
     layers reading the most damaged activations in fp16 until the contract holds or ``max_fallback_fraction``
     of the activations is used. Returns (metrics, fallback result or None)."""
     from edgefm.quantize import tensorrt as q
-    from edgefm.quantize.fallback import Candidate, figures, judge_for, run_fallback
+    from edgefm.quantize.fallback import Candidate, figures, run_fallback
 
     result = q.quantize_qdq(src, artifact, job.calib.inputs, job.spec.family, opts.quantization,
                             job.spec.input_names)
     notes += result.notes
-    limits = _limits(job, "int8")
-    metrics = fidelity.evaluate(job.spec, job.reference, _ort_outputs(artifact, job), job.eval.labels)
+    verdict = judge_job(job, _ort_outputs(artifact, job), "int8")
     allowed_fallback = job.config is not None and job.config.max_accuracy_drop is not None
-    if _passes(metrics, limits) or not allowed_fallback or result.qdq_pairs == 0:
-        fidelity.check(step, metrics, limits, hint=_hint(opts, allowed_fallback))
-        return metrics, None
+    if verdict.ok or not allowed_fallback or result.qdq_pairs == 0:
+        enforce(step, verdict, hint=_hint(opts, allowed_fallback))
+        return verdict.metrics, None
     hooks = TrtFallback(job, src, artifact)
-    res = run_fallback(hooks, judge_for(job, limits), Candidate(artifact), max_share=opts.max_fallback_fraction,
-                       progress=job.progress)
+    res = run_fallback(hooks, lambda got: judge_job(job, got, "int8"), Candidate(artifact),
+                       max_share=opts.max_fallback_fraction, progress=job.progress)
     notes += res.notes()
     for p in hooks.made:
         if res.candidate is not None and p == res.candidate.path:
@@ -246,14 +233,13 @@ def _int8_with_fallback(job: CompileJob, src: Path, artifact: Path, opts: Tensor
         else:
             p.unlink(missing_ok=True)
     if res.ok:
-        first = metrics
-        metrics = fidelity.evaluate(job.spec, job.reference, _ort_outputs(artifact, job), job.eval.labels)
+        metrics = res.verdict.metrics
         metrics["_fallback"] = {"activations": sum(len(r.added) for r in res.rounds), "layers": len(res.kept),
-                                "rounds": len(res.rounds), "first_try": first}
+                                "rounds": len(res.rounds), "first_try": verdict.metrics}
         return metrics, res
-    fidelity.check(step, metrics, limits, hint=f"the fp16 fallback ({res.stopped}) did not reach it either "
-                                               f"({figures(res.verdict)}); {_hint(opts, True)}")
-    return metrics, res  # pragma: no cover - check raised
+    enforce(step, verdict, hint=f"the fp16 fallback ({res.stopped}) did not reach it either "
+                                f"({figures(res.verdict)}); {_hint(opts, True)}")
+    return verdict.metrics, res  # pragma: no cover - enforce raised
 
 
 def _hint(opts: TensorRTOptions, fallback_tried: bool) -> str:
@@ -309,9 +295,10 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
             artifact = out / "model.onnx" if opts.sparsity else Path(job.onnx_path)
             if opts.sparsity:
                 shutil.copyfile(src, artifact)
-            metrics = fidelity.evaluate(spec, job.reference, _ort_outputs(artifact, job), job.eval.labels)
+            verdict = judge_job(job, _ort_outputs(artifact, job))
+            metrics = verdict.metrics
             if opts.sparsity:
-                fidelity.check(step, metrics, _limits(job, precision), hint=_hint(opts, False))
+                enforce(step, verdict, hint=_hint(opts, False))
             notes.append(f"{precision} numerics are TensorRT's own: they are measured on the device by "
                          f"`edgefm compile` against the fp32 reference")
         final = onnx.load(str(artifact))

@@ -21,17 +21,18 @@ from typing import Any, Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgefm import fidelity
 from edgefm.backends import tflite_convert, tflite_lstm
-from edgefm.backends.base import CompileJob, CompileResult, LoadOptions
+from edgefm.backends.base import CompileJob, CompileResult, LoadOptions, judge_job
 from edgefm.bundle import StageRecord, TargetEntry, sha256_file
+from edgefm.contract import enforce
 from edgefm.errors import (AccuracyError, BackendUnavailableError, CalibrationError, ConfigError, ExportError,
                            UnsupportedOpError)
 from edgefm.models.spec import ModelSpec
-from edgefm.runtime import BasePredictor
+from edgefm.predictor import BasePredictor
 from edgefm.targets import backend_options
 
 EXTRA = "tflite"
+CAPABILITIES = frozenset({"verify_emulated"})  # optional verbs (edgefm.backends.base.CAPABILITIES)
 ARTIFACT = "model.tflite"
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
         fp32, final = work / "fp32.tflite", work / ("quant.tflite" if mode else "fp32.tflite")
         _check_builtin(final, job.target.name)
         stages = [_verify_stage(job, "convert", fp32, work / "model.pt2", result,
-                                export_s + result["seconds"].get("convert", 0.0), _limits(job, None))]
+                                export_s + result["seconds"].get("convert", 0.0), "fp32")]
         if result.get("fused_lstm"):
             stages[0].settings["fused_lstm_layers"] = result["fused_lstm"]
             stages[0].notes.append(f"{result['fused_lstm']} nn.LSTM module(s) as fused UNIDIRECTIONAL_SEQUENCE_LSTM ops")
@@ -134,20 +135,20 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
             stages[0].notes.append(fallback)
         fallback = None
         if mode:
+            precision = "fp16" if mode == "fp16" else "int8"
+            flag = getattr(job.config, "max_accuracy_drop", None) is not None
+            hint = "" if flag or mode == "fp16" else (
+                "allow a bounded drop with --max-accuracy-drop (the most damaged ops then stay in float), keep ops "
+                "in float with --keep-fp32, or use --quantize fp16/fp32")
             try:
                 stage = _verify_stage(job, "quantize", final, fp32, result, result["seconds"].get("quantize", 0.0),
-                                      _limits(job, mode))
-            except AccuracyError as e:
-                if getattr(job.config, "max_accuracy_drop", None) is None and mode != "fp16":
-                    raise AccuracyError(e.step, e.output, e.metric, e.value, e.limit,
-                                        hint="allow a bounded drop with --max-accuracy-drop (the most damaged ops then "
-                                             "stay in float), keep ops in float with --keep-fp32, or use --quantize "
-                                             "fp16/fp32") from None
-                if not _may_fall_back(job, mode, result):
+                                      precision, hint)
+            except AccuracyError:
+                if not (flag and _may_fall_back(job, mode, result)):
                     raise
-                fallback = _fallback(job, python, request, work, final, e)
+                fallback = _fallback(job, python, request, work, final)
                 stage = _verify_stage(job, "quantize", final, fp32, result, result["seconds"].get("quantize", 0.0),
-                                      _limits(job, mode))
+                                      precision)
                 stage.settings["fallback"] = fallback.record()
                 stage.notes += fallback.notes()
             # Sizes live in settings: metrics hold only per-output figures and _accuracy (the CLI reads them so).
@@ -220,17 +221,18 @@ class LiteRTFallback:
                                                 for s in self.job.spec.inputs})
 
 
-def _fallback(job: CompileJob, python: Path, request: dict, work: Path, final: Path, error: Exception):
+def _fallback(job: CompileJob, python: Path, request: dict, work: Path, final: Path):
     """The shared accuracy fallback on the quantized ``final``; on success ``final`` is replaced by the passing
-    candidate, else the plain int8 error is raised again with the fallback's figures."""
-    from edgefm.quantize.fallback import Candidate, figures, judge_for, run_fallback
+    candidate, else the plain int8 verdict is enforced with the fallback's figures in the hint."""
+    from edgefm.quantize.fallback import Candidate, figures, run_fallback
 
     hooks = LiteRTFallback(job, python, request, work)
-    res = run_fallback(hooks, judge_for(job, _limits(job, "full")), Candidate(final), progress=job.progress)
+    res = run_fallback(hooks, lambda got: judge_job(job, got, "int8"), Candidate(final), progress=job.progress)
     if not res.ok:
-        raise AccuracyError(error.step, error.output, error.metric, error.value, error.limit,
-                            hint=f"the accuracy fallback kept {len(res.kept)} op(s) in float and gave up "
-                                 f"({res.stopped}; last try: {figures(res.verdict)})")
+        plain = judge_job(job, hooks.run(Candidate(final)), "int8")
+        enforce(f"quantize ({job.target.name}, tflite)", plain,
+                hint=f"the accuracy fallback kept {len(res.kept)} op(s) in float and gave up ({res.stopped}; last "
+                     f"try: {figures(res.verdict)})")
     shutil.copyfile(res.candidate.path, final)
     return res
 
@@ -299,25 +301,13 @@ def _convert(job: CompileJob, python: Path, request: dict, mode: Optional[str], 
     return result, fallback
 
 
-def _limits(job: CompileJob, mode: Optional[str]) -> fidelity.Limits:
-    from edgefm.config import Tolerances
-
-    tol = job.config.tolerances if job.config is not None else Tolerances()
-    if mode is None:
-        return tol.compile
-    if mode == "fp16":
-        return tol.fp16
-    if job.limits is not None:
-        return job.limits
-    return job.config.quant_limits() if job.config is not None else tol.quantize
-
-
 def _verify_stage(job: CompileJob, name: str, model: Path, source: Path, result: dict, seconds: float,
-                  limits: fidelity.Limits) -> StageRecord:
+                  precision: str, hint: str = "") -> StageRecord:
     runner = _runner(model, 1)  # one thread: the check is about values, and build machines are shared
     got = runner.run({s.name: np.asarray(job.eval.inputs[s.name]).astype(s.dtype) for s in job.spec.inputs})
-    metrics = fidelity.evaluate(job.spec, job.reference, got, job.eval.labels)
-    fidelity.check(f"{name} ({job.target.name}, tflite)", metrics, limits)
+    verdict = judge_job(job, got, precision)
+    metrics = verdict.metrics
+    enforce(f"{name} ({job.target.name}, tflite)", verdict, hint=hint)
     v = result["versions"]
     if name == "convert":
         settings = {"converter": tflite_convert.CONVERTER, "converter_version": v.get("litert-torch"),

@@ -8,7 +8,8 @@ runs out. Every round is recorded: what was kept, and the verdict after.
 The loop knows nothing about gates or runtimes. It takes
 
 - ``judge(got) -> verdict`` with ``ok``, ``margin`` (>= 0 iff ok; larger is better) and ``failures``: the
-  contract's judge (``edgefm.contract``), or ``fidelity_judge`` below over ``edgefm.fidelity``;
+  contract's judge (``edgefm.backends.base.judge_job``, i.e. ``edgefm.contract.judge`` with the job's contract),
+  so the fallback stops exactly when the gate the backend enforces holds;
 - three backend hooks (``FallbackHooks``): ``sensitivity(candidate)`` ranks the units of the current
   candidate worst first, ``build(keep)`` quantizes again with those units kept in higher precision, and
   ``run(candidate)`` returns its outputs on the eval data. A unit is what the backend can keep out of int8:
@@ -20,9 +21,8 @@ whose Relu was excluded now quantizes its own output)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
+from typing import Any, Callable, Mapping, Optional, Protocol
 
 import numpy as np
 
@@ -166,79 +166,12 @@ def run_fallback(hooks: FallbackHooks, judge: Judge, start: Candidate, *, max_ro
                           getattr(hooks, "precision_kept", "float"), stopped)
 
 
-# --- a judge over edgefm.fidelity, until edgefm.contract lands ---------------------------------------------
-
-@dataclass
-class FidelityVerdict:
-    """Verdict-like result of ``fidelity_judge``: the same fields the contract's ``Verdict`` has."""
-
-    ok: bool
-    metrics: dict[str, dict[str, float]]
-    failures: list[str]
-    margin: float
-
-
-def _slack(value: float, limit: float, higher_is_better: bool) -> float:
-    """Normalized slack of one gate: >= 0 when it holds."""
-    scale = max(abs(limit), 1e-9) if higher_is_better else max(abs(limit), 1e-3)
-    return (value - limit) / scale if higher_is_better else (limit - value) / scale
-
-
-def fidelity_judge(spec: Any, reference: Mapping[str, np.ndarray], labels: Optional[np.ndarray], limits: Any
-                   ) -> Callable[[Mapping[str, np.ndarray]], FidelityVerdict]:
-    """``judge(got)`` over ``edgefm.fidelity.evaluate`` and the gates of ``limits`` (an ``edgefm.fidelity.Limits``):
-    every gate is checked (not just the first failing), so the verdict lists every failure and a margin."""
-    from edgefm.fidelity import evaluate
-
-    def judge(got: Mapping[str, np.ndarray]) -> FidelityVerdict:
-        metrics = evaluate(spec, reference, got, labels)
-        failures, slacks = [], []
-        for out, m in metrics.items():
-            if out.startswith("_"):
-                continue
-            for metric, limit, hib in (("max_abs", limits.max_abs, False), ("cosine", limits.cosine, True),
-                                       ("top1_agreement", limits.top1_agreement, True)):
-                if limit is None or metric not in m:
-                    continue
-                s = _slack(m[metric], limit, hib)
-                slacks.append(s)
-                if s < 0:
-                    failures.append(f"output '{out}': {metric} {m[metric]:.6g} {'<' if hib else '>'} limit {limit:.6g}")
-        acc = metrics.get("_accuracy")
-        if acc and limits.accuracy_drop is not None:
-            drop = 100.0 * (acc["fp32_top1"] - acc["top1"])
-            s = (limits.accuracy_drop - drop) / max(limits.accuracy_drop, 0.1)
-            slacks.append(s)
-            if s < 0:
-                failures.append(f"labels: top-1 drop {drop:.3g} points > limit {limits.accuracy_drop:.3g}")
-        margin = min(slacks) if slacks else 0.0
-        return FidelityVerdict(not failures, metrics, failures, float(margin if math.isfinite(margin) else -1.0))
-
-    return judge
-
-
 def figures(verdict: Any) -> str:
     """The verdict's failures on one line, for errors ("... ; ..."), or its headline metrics when it passed."""
     if verdict is None:
         return "no candidate was judged"
     if verdict.failures:
         return "; ".join(verdict.failures)
-    from edgefm.fidelity import summarize
+    from edgefm.contract import summarize
 
     return summarize(getattr(verdict, "metrics", {}) or {})
-
-
-def unit_names(units: Sequence[Unit]) -> list[str]:
-    return [u.name for u in units]
-
-
-def judge_for(job: Any, limits: Any = None) -> Callable[[Mapping[str, np.ndarray]], Any]:
-    """The judge of ``job``: the contract's (``job.contract`` with ``edgefm.contract.judge``) where the job
-    carries one, else ``fidelity_judge`` over ``limits`` (default ``job.limits``)."""
-    contract = getattr(job, "contract", None)
-    if contract is not None:
-        from edgefm.contract import judge
-
-        inputs = getattr(job.eval, "inputs", None)
-        return lambda got: judge(contract, job.reference, dict(got), job.eval.labels, inputs)
-    return fidelity_judge(job.spec, job.reference, job.eval.labels, limits if limits is not None else job.limits)

@@ -21,8 +21,8 @@ from typing import Any, Literal, Optional, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgefm.backends.base import Samples
 from edgefm.errors import CalibrationError, ConfigError
+from edgefm.samples import Samples
 
 log = logging.getLogger(__name__)
 

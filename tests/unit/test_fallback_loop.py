@@ -1,15 +1,18 @@
-"""The shared accuracy-fallback loop (edgefm.quantize.fallback) on a small NumPy "model": a chain of layers
-whose int8 form adds noise in proportion to a per-layer damage; keeping a layer in float removes its noise.
+"""The shared accuracy-fallback loop (edgefm.quantize.fallback) on a small NumPy "model", judged by the
+contract (edgefm.contract): a chain of layers whose int8 form adds noise in proportion to a per-layer damage;
+keeping a layer in float removes its noise.
 The runtime hooks are exercised by tests/integration/test_fallback.py on the four real runtimes."""
 
 import numpy as np
 
-from edgefm.fidelity import Limits
+from edgefm.contract import judge, resolve
 from edgefm.models.spec import InputSpec, ModelSpec, OutputSpec
-from edgefm.quantize.fallback import Candidate, Unit, fidelity_judge, run_fallback
+from edgefm.quantize.fallback import Candidate, Unit, run_fallback
 
-SPEC = ModelSpec(family="cnn", task="image-classification", inputs=[InputSpec(name="x", shape=["batch", 16])],
-                 outputs=[OutputSpec(name="logits", kind="logits")], num_classes=16)
+
+def _spec(**params):
+    return ModelSpec(family="other", task="regression", inputs=[InputSpec(name="x", shape=["batch", 16])],
+                     outputs=[OutputSpec(name="y", kind="regression", params=params)])
 
 
 class Chain:
@@ -36,16 +39,18 @@ class Chain:
     def run(self, candidate):
         rng = np.random.default_rng(1)
         level = sum(v for k, v in self.noise.items() if k not in candidate.kept)
-        return {"logits": self.ref + rng.normal(scale=level, size=self.ref.shape)}
+        return {"y": self.ref + rng.normal(scale=level, size=self.ref.shape)}
 
 
-def _judge(chain, **limits):
-    return fidelity_judge(SPEC, {"logits": chain.ref}, None, Limits(**limits))
+def _judge(chain, rel_error):
+    """The contract's judge (edgefm.contract) with one relative-error gate, as backends call it."""
+    contract = resolve(_spec(rel_error=rel_error), None, "int8")
+    return lambda got: judge(contract, {"y": chain.ref}, got)
 
 
 def test_keeps_the_worst_first_and_stops_when_the_verdict_is_ok():
     chain = Chain({"a": 0.01, "b": 8.0, "c": 0.02, "d": 3.0, "e": 0.01, "f": 0.0, "g": 0.0, "h": 0.0})
-    judge = _judge(chain, cosine=0.995)
+    judge = _judge(chain, rel_error=0.5)
     start = Candidate(None)
     assert not judge(chain.run(start)).ok
     res = run_fallback(chain, judge, start)
@@ -59,7 +64,7 @@ def test_keeps_the_worst_first_and_stops_when_the_verdict_is_ok():
 
 def test_the_share_budget_stops_it_and_says_so():
     chain = Chain({k: 1.0 for k in "abcdefgh"})  # every layer as bad: no small set helps
-    res = run_fallback(chain, _judge(chain, cosine=0.9999), Candidate(None), max_share=0.25)
+    res = run_fallback(chain, _judge(chain, rel_error=0.01), Candidate(None), max_share=0.25)
     assert not res.ok and res.candidate is None
     assert res.budget["max_units"] == 2 and sum(len(r.added) for r in res.rounds) == 2
     assert "share budget (2 of 8 units)" in res.stopped
@@ -68,14 +73,13 @@ def test_the_share_budget_stops_it_and_says_so():
 
 def test_the_round_budget_stops_it():
     chain = Chain({k: 1.0 for k in "abcdefghijklmnop"})
-    res = run_fallback(chain, _judge(chain, cosine=0.9999), Candidate(None), max_rounds=2, max_share=1.0)
+    res = run_fallback(chain, _judge(chain, rel_error=0.01), Candidate(None), max_rounds=2, max_share=1.0)
     assert not res.ok and len(res.rounds) == 2 and res.stopped == "2 rounds"
 
 
-def test_fidelity_judge_lists_every_failed_gate_with_figures():
+def test_the_contract_verdict_names_the_failed_gate_with_figures():
     chain = Chain({"a": 5.0})
-    v = _judge(chain, cosine=0.999, top1_agreement=0.99, max_abs=0.1)(chain.run(Candidate(None)))
-    assert not v.ok and v.margin < 0
-    assert [f.split(":")[1].split()[0] for f in v.failures] == ["max_abs", "cosine", "top1_agreement"]
-    ok = _judge(chain, cosine=0.5)({"logits": chain.ref})
+    v = _judge(chain, rel_error=0.1)(chain.run(Candidate(None)))
+    assert not v.ok and v.margin < 0 and len(v.failures) == 1 and "rel_error" in v.failures[0]
+    ok = _judge(chain, rel_error=0.1)({"y": chain.ref})
     assert ok.ok and ok.failures == [] and ok.margin >= 0
