@@ -33,20 +33,26 @@ def test_plain_int8_misses_and_the_fallback_meets_a_tight_bound(outlier_cnn, tmp
 
 
 def test_without_the_flag_plain_int8_fails_with_a_hint(outlier_cnn, tmp_path):
-    with pytest.raises(AccuracyError, match=r"cosine = 0\.9.*--max-accuracy-drop"):
-        build_bundle(outlier_cnn, target("openvino-cpu", compare_precisions=False), tmp_path / "b")
+    """The same 0.5-point bound given as a tolerance, not with the flag: no fallback, a refusal that says how."""
+    from edgefm.config import Tolerances
+    from edgefm.fidelity import Limits
+
+    tol = Tolerances(quantize=Limits(cosine=0.98, top1_agreement=0.95, accuracy_drop=0.5))
+    with pytest.raises(AccuracyError, match=r"but the limit is.*--max-accuracy-drop"):
+        build_bundle(outlier_cnn, target("openvino-cpu", compare_precisions=False), tmp_path / "b", tolerances=tol)
+    assert not (tmp_path / "b").exists()
 
 
 def test_a_bound_out_of_budget_is_an_error_with_figures(outlier_cnn, tmp_path):
-    """A max-abs gate no int8 model meets, with the budget capped at two quantizers: the fallback gives up and
-    the error names the gate, the budget and the last try's figures; no bundle is written."""
+    """A cosine gate 1e-8 from exact, which no int8 model meets, with the budget capped at two quantizers: the
+    fallback gives up and the error names the gate, the budget and the last try's figures; no bundle is written."""
     from edgefm.config import Tolerances
     from edgefm.fidelity import Limits
 
     tgt = target("openvino-cpu", compare_precisions=False, max_fallback_fraction=0.1)
     with pytest.raises(AccuracyError, match=r"even after the accuracy fallback kept 2 layer\(s\).*share budget.*"
-                                            r"max_abs") as err:
+                                            r"prob_cosine") as err:
         build_bundle(outlier_cnn, tgt, tmp_path / "b", max_accuracy_drop=0.5,
-                     tolerances=Tolerances(quantize=Limits(max_abs=1e-5)))
-    assert err.value.metric == "max_abs"
+                     tolerances=Tolerances(quantize=Limits(cosine=1 - 1e-8)))
+    assert err.value.metric == "prob_cosine"
     assert not (tmp_path / "b").exists()
