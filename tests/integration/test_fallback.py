@@ -72,3 +72,25 @@ def test_outlier_int8_is_refused_then_the_fallback_meets_the_bound(outlier_cnn, 
     print(f"\n{target}: kept {kept}; rounds {[(r['added'], r['ok']) for r in record['rounds']]}; top-1 {top1:.4f} (fp32 {ref:.4f})")
     code, text = cli("verify", out)
     assert code == 0, text
+
+
+def test_without_labels_the_fallback_works_to_the_contract_gates(outlier_cnn, tmp_path):
+    """Unlabeled eval data: the same flag, and the bound is the contract's gates (top-1 agreement and
+    probability cosine of the logits); the fallback meets them and records the verdict of every round."""
+    ckpt, _ = outlier_cnn
+    ev = np.load(CALIB / "digits_eval.npz")
+    np.savez(tmp_path / "eval.npz", x=ev["x"])
+    args = [ckpt, "--arch", "edgefm.zoo:digits_cnn", "--input", "x:1,1,8,8", "--calib", CALIB / "digits_calib.npz",
+            "--eval", tmp_path / "eval.npz", "--target", "onnxruntime-cpu", "--quantize", "int8"]
+    code, text = cli("compress", "-o", tmp_path / "strict", *args)
+    assert code == 2 and "but the limit is" in " ".join(text.split()), text
+    code, text = cli("compress", "-o", tmp_path / "b", *args, "--max-accuracy-drop", BOUND)
+    assert code == 0, text
+    entry = json.loads((tmp_path / "b/manifest.json").read_text())["targets"]["onnxruntime-cpu"]
+    assert entry["kept_in_float"] and "_accuracy" not in entry["metrics"]
+    gates = {g["metric"]: g["limit"] for o in entry["contract"]["outputs"] for g in o["gates"]}
+    assert entry["metrics"]["logits"]["top1_agreement"] >= gates["top1_agreement"]
+    rounds = entry["fallback"]["rounds"]
+    assert all(r["failures"] for r in rounds[:-1]) and not rounds[-1]["failures"]  # each round's verdict
+    code, text = cli("verify", tmp_path / "b")
+    assert code == 0, text
