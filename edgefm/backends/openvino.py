@@ -320,11 +320,13 @@ class OvFallback:
 
     def __init__(self, job: CompileJob, model: Any, s: Any, cfg: dict, nq: Any):
         self.job, self.model, self.s, self.cfg, self.nq = job, model, s, cfg, nq
+        # NNCF's ignored scope takes names of the float model (it refuses others): readers NNCF created are dropped
+        self.names = {op.get_friendly_name() for op in model.get_ordered_ops()}
 
     def sensitivity(self, candidate):
         from edgefm.quantize.fallback import Unit
 
-        return [Unit(name, sqnr, readers)
+        return [Unit(name, sqnr, [r for r in readers if r in self.names])
                 for name, sqnr, readers in self.nq.sensitive_fake_quantizes(candidate.handle, self.job.calib)]
 
     def build(self, keep):
