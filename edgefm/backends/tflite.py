@@ -133,24 +133,28 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
             stages[0].notes.append(f"{result['fused_lstm']} nn.LSTM module(s) as fused UNIDIRECTIONAL_SEQUENCE_LSTM ops")
         if fallback:
             stages[0].notes.append(fallback)
-        fallback = None
+        accuracy_fallback = None
         if mode:
             precision = "fp16" if mode == "fp16" else "int8"
             flag = getattr(job.config, "max_accuracy_drop", None) is not None
-            hint = "" if flag or mode == "fp16" else (
+            hint = "" if mode == "fp16" else (
                 "allow a bounded drop with --max-accuracy-drop (the most damaged ops then stay in float), keep ops "
                 "in float with --keep-fp32, or use --quantize fp16/fp32")
+            if flag and mode != "fp16":
+                hint = "" if _may_fall_back(job, mode, result) else (
+                    "no accuracy fallback here: fused LSTM ops are quantized by TFLite's own calibrator, which "
+                    "keeps no op in float; set the target option lstm: unrolled, or use --quantize fp16/fp32")
             try:
                 stage = _verify_stage(job, "quantize", final, fp32, result, result["seconds"].get("quantize", 0.0),
                                       precision, hint)
             except AccuracyError:
                 if not (flag and _may_fall_back(job, mode, result)):
                     raise
-                fallback = _fallback(job, python, request, work, final)
+                accuracy_fallback = _fallback(job, python, request, work, final)
                 stage = _verify_stage(job, "quantize", final, fp32, result, result["seconds"].get("quantize", 0.0),
                                       precision)
-                stage.settings["fallback"] = fallback.record()
-                stage.notes += fallback.notes()
+                stage.settings["fallback"] = accuracy_fallback.record()
+                stage.notes += accuracy_fallback.notes()
             # Sizes live in settings: metrics hold only per-output figures and _accuracy (the CLI reads them so).
             stage.settings["fp32_bytes"] = fp32.stat().st_size
             stage.settings["size_ratio"] = round(final.stat().st_size / fp32.stat().st_size, 4)
@@ -165,8 +169,8 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
         job.out_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed compile leaves nothing behind
         shutil.copyfile(final, job.out_dir / ARTIFACT)
     entry = _entry(job, mode, gran, opts, result, stages[-1].metrics)
-    if fallback is not None:
-        entry.kept_in_float, entry.fallback = list(fallback.kept), fallback.record()
+    if accuracy_fallback is not None:
+        entry.kept_in_float, entry.fallback = list(accuracy_fallback.kept), accuracy_fallback.record()
     return CompileResult(entry=entry, stages=stages)
 
 
