@@ -175,7 +175,11 @@ def sensitive_tensors(fp32: Path, quant: Path, feeds: Sequence[Mapping[str, np.n
 
     from edgefm.quantize.onnxruntime import channel_sqnr
 
-    f = Interpreter(model_path=str(fp32), experimental_preserve_all_tensors=True)
+    import warnings
+
+    with warnings.catch_warnings():  # "intended for debugging": it is, and the model is small enough to keep
+        warnings.simplefilter("ignore", UserWarning)
+        f = Interpreter(model_path=str(fp32), experimental_preserve_all_tensors=True)
     runner = f.get_signature_runner()
     details = {t["index"]: t for t in f.get_tensor_details()}
     by_name = {t["name"]: t for t in details.values() if t["name"] and np.dtype(t["dtype"]) == np.float32}
