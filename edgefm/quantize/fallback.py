@@ -85,16 +85,17 @@ class Round:
     ok: bool
     margin: float
     failures: list[str]
+    figures: str = ""  # the verdict's headline metrics after this round
 
     def line(self) -> str:
         added = ", ".join(f"'{k}' ({v:.1f} dB)" for k, v in self.added.items())
-        state = "ok" if self.ok else "still: " + "; ".join(self.failures[:2])
+        state = f"ok ({self.figures})" if self.ok else "still: " + "; ".join(self.failures[:2])
         return f"accuracy fallback round {self.index}: kept {added}; {len(self.kept)} node(s) now out of int8: {state}"
 
     def record(self) -> dict[str, Any]:
         return {"round": self.index, "added": {k: round(v, 2) for k, v in self.added.items()},
                 "kept_nodes": len(self.kept), "ok": self.ok, "margin": round(self.margin, 6),
-                "failures": self.failures}
+                "failures": self.failures, "figures": self.figures}
 
 
 @dataclass
@@ -158,7 +159,7 @@ def run_fallback(hooks: FallbackHooks, judge: Judge, start: Candidate, *, max_ro
         verdict = judge(hooks.run(current))
         kept_now = current.kept or list(nodes)
         rounds.append(Round(index, {u.name: u.score for u in take}, kept_now, bool(verdict.ok),
-                            float(verdict.margin), list(verdict.failures)))
+                            float(verdict.margin), list(verdict.failures), _headline(verdict)))
         if verdict.ok:
             return FallbackResult(True, kept_now, rounds, current, verdict, budget,
                                   getattr(hooks, "precision_kept", "float"), "ok")
@@ -166,12 +167,17 @@ def run_fallback(hooks: FallbackHooks, judge: Judge, start: Candidate, *, max_ro
                           getattr(hooks, "precision_kept", "float"), stopped)
 
 
+def _headline(verdict: Any) -> str:
+    metrics = getattr(verdict, "metrics", None)
+    if not metrics:
+        return ""
+    from edgefm.contract import summarize
+
+    return summarize(metrics)
+
+
 def figures(verdict: Any) -> str:
     """The verdict's failures on one line, for errors ("... ; ..."), or its headline metrics when it passed."""
     if verdict is None:
         return "no candidate was judged"
-    if verdict.failures:
-        return "; ".join(verdict.failures)
-    from edgefm.contract import summarize
-
-    return summarize(getattr(verdict, "metrics", {}) or {})
+    return "; ".join(verdict.failures) if verdict.failures else _headline(verdict)

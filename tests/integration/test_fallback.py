@@ -92,5 +92,6 @@ def test_without_labels_the_fallback_works_to_the_contract_gates(outlier_cnn, tm
     assert entry["metrics"]["logits"]["top1_agreement"] >= gates["top1_agreement"]
     rounds = entry["fallback"]["rounds"]
     assert all(r["failures"] for r in rounds[:-1]) and not rounds[-1]["failures"]  # each round's verdict
+    assert "top-1" in rounds[-1]["figures"] or "agree" in rounds[-1]["figures"], rounds[-1]  # and its figures
     code, text = cli("verify", tmp_path / "b")
     assert code == 0, text
