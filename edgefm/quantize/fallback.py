@@ -67,12 +67,14 @@ class FallbackHooks(Protocol):
 
 
 class Verdictish(Protocol):
+    """What the loop reads of a verdict (edgefm.contract.Verdict has these and more)."""
+
     ok: bool
     margin: float
     failures: list[str]
 
 
-Judge = Callable[[Mapping[str, np.ndarray]], Any]
+Judge = Callable[[Mapping[str, np.ndarray]], Verdictish]
 
 
 @dataclass
