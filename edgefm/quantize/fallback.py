@@ -118,7 +118,8 @@ class FallbackResult:
         out = [r.line() for r in self.rounds]
         if self.ok:
             out.append(f"accuracy fallback: {len(self.kept)} node(s) kept in {self.precision_kept} so that the contract "
-                       f"holds: {self.kept}")
+                       f"holds: {self.kept} (chosen by judging the eval data: its figures are measured on the data "
+                       f"the choice was made on)")
         else:
             out.append(f"accuracy fallback: gave up ({self.stopped}) with {len(self.kept)} node(s) in {self.precision_kept}")
         return out
