@@ -175,7 +175,8 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle folder"),
     for i in m.spec.inputs:
         io.add_row(f"in: {i.name}", str(i.shape), i.dtype)
     for o in m.spec.outputs:
-        io.add_row(f"out: {o.name}", "", o.kind)
+        why = "declared" if o.declared else f"guessed: {o.reason}" if o.reason else ""
+        io.add_row(f"out: {o.name}", "", f"{o.kind} ({why})" if why else o.kind)
     out.print(io)
     _print_targets(m)
     st = Table(title="stages")

@@ -98,3 +98,25 @@ def test_all_targets_failing_writes_nothing(vad, tmp_path):
     code, text = cli("compress", vad / "vad.onnx", "-o", out, "--calib", vad / "calib.npz",
                      "--target", "tflite-arm64", "--target", "rpi5")
     assert code == 2 and "every target failed" in text and not out.exists()
+
+
+def test_user_metric_refuses_at_compress_and_is_not_rerun_by_verify(vad, tmp_path):
+    """The user's task metric gates the artifact at compress time; verify never imports it (it says so)."""
+    metric = tmp_path / "task.py"
+    metric.write_text("import numpy as np\n"
+                      "def speech_frames(ref, got, labels):\n"
+                      "    # share of frames where the artifact agrees with fp32 on speech, to 1e-9\n"
+                      "    return float(np.mean(np.abs(got['speech_prob'] - ref['speech_prob']) < 1e-9))\n")
+    code, text = cli("compress", vad / "vad.onnx", "-o", tmp_path / "refused", "--calib", vad / "calib.npz",
+                     "--metric", f"{metric}:speech_frames", "--metric-drop", "0.01")
+    assert code == 2 and "task_drop" in text and not (tmp_path / "refused").exists()
+    out = tmp_path / "b"
+    code, text = cli("compress", vad / "vad.onnx", "-o", out, "--calib", vad / "calib.npz", "--quantize", "fp32",
+                     "--metric", f"{metric}:speech_frames")
+    assert code == 0, text
+    entry = read_manifest(out).targets["onnxruntime-cpu"]
+    assert entry.contract.metric.endswith("task.py:speech_frames") and entry.metrics["_task"]["task_drop"] == 0.0
+    metric.write_text("raise SystemExit('verify must not import this file')\n")
+    [report] = verify_bundle(out)
+    fid = next(c for c in report.checks if c.name == "fidelity")
+    assert report.ok and "not re-run" in fid.detail
