@@ -366,11 +366,16 @@ def _measure(oc: OutputContract, ref: Mapping[str, np.ndarray], got: Mapping[str
     if r.shape != g.shape:
         raise AccuracyError("judge", oc.name, "shape", float("nan"), float("nan"),
                             hint=f"reference shape {r.shape} vs {g.shape}")
-    if oc.kind == "detections":
-        so = oc.params.get("scores_output")
-        m = om.detections(r, g, oc.params, ref.get(so) if so else None, got.get(so) if so else None)
-    else:
-        m = om.MEASURES[oc.kind](r, g, oc.params)
+    try:
+        if oc.kind == "detections":
+            so = oc.params.get("scores_output")
+            if so and (so not in ref or so not in got):
+                raise ValueError(f"scores_output '{so}' is not an output of the model")
+            m = om.detections(r, g, oc.params, ref.get(so) if so else None, got.get(so) if so else None)
+        else:
+            m = om.MEASURES[oc.kind](r, g, oc.params)
+    except (ValueError, IndexError, np.exceptions.AxisError) as e:  # params that do not fit the output's shape
+        raise ConfigError(f"output '{oc.name}' ({oc.kind}, shape {list(r.shape)}, params {oc.params}): {e}") from None
     if "max_abs" not in m:  # on the raw output, for every kind (the tolerances section may gate it)
         m["max_abs"] = float(np.abs(om.f64(r) - om.f64(g)).max()) if r.size else 0.0
     return m
@@ -411,9 +416,14 @@ def judge(contract: Contract, ref: Mapping[str, np.ndarray], got: Mapping[str, n
         metrics[oc.name] = m
     if labels is not None and contract.accuracy_output in got:
         oc = contract.output(contract.accuracy_output)
-        a, a_ref = _accuracy(got[oc.name], labels, oc.params), _accuracy(ref[oc.name], labels, oc.params)
-        metrics["_accuracy"] = {**a, **{f"fp32_{k}": v for k, v in a_ref.items()},
-                                "drop_points": 100.0 * (a_ref["top1"] - a["top1"])}
+        rows = int(np.prod(np.delete(np.shape(got[oc.name]), int(oc.params.get("axis", -1)))))
+        if rows != np.size(labels):
+            notes.append(f"labels ({np.size(labels)}) do not match the rows of output '{oc.name}' ({rows}): "
+                         f"accuracy not computed")
+        else:
+            a, a_ref = _accuracy(got[oc.name], labels, oc.params), _accuracy(ref[oc.name], labels, oc.params)
+            metrics["_accuracy"] = {**a, **{f"fp32_{k}": v for k, v in a_ref.items()},
+                                    "drop_points": 100.0 * (a_ref["top1"] - a["top1"])}
     fn = metric_fn or contract._metric_fn
     if contract.metric and fn is not None:
         metrics["_task"] = _task_metric(fn, contract.metric, ref, got, labels)

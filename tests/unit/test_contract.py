@@ -337,3 +337,10 @@ def test_detections_with_a_separate_scores_tensor():
     assert ok.ok and ok.metrics["boxes"]["ref_detections"] == 10
     v = judge(contract, {"boxes": boxes, "scores": scores}, {"boxes": boxes, "scores": lost})
     assert v.metrics["boxes"]["recall"] == pytest.approx(0.5) and not v.ok
+
+
+def test_detection_params_that_do_not_fit_are_one_clear_error():
+    ref = np.zeros((1, 7, 50), np.float32)
+    contract = _contract([("d", "detections")], d={"kind": "detections", "boxes": "0:3", "axis": 1})
+    with pytest.raises(ConfigError, match=r"output 'd' \(detections, shape \[1, 7, 50\].*boxes=0:3 selects 3 fields"):
+        judge(contract, {"d": ref}, {"d": ref})
