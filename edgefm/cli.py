@@ -231,7 +231,8 @@ def verify(bundle: Path = typer.Argument(..., help="Bundle folder"),
         t.add_column(c, no_wrap=c != "result")
     for r in reports:
         for c in r.checks:
-            t.add_row(r.target, c.name, f"[green]ok[/] {c.detail}" if c.ok else f"[red]FAIL[/] {c.detail}")
+            mark = "[yellow]skipped[/]" if c.skipped else "[green]ok[/]" if c.ok else "[red]FAIL[/]"
+            t.add_row(r.target, c.name, f"{mark} {c.detail}")
     out.print(t)
     if not all(r.ok for r in reports):
         raise typer.Exit(1)

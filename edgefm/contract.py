@@ -147,9 +147,9 @@ class Contract(BaseModel):
             gs = ", ".join(f"{g.metric} {'>=' if g.direction == 'min' else '<='} {g.limit:g}" for g in o.gates)
             parts.append(f"{o.name}: {o.kind} ({'guessed' if o.inferred else 'declared'}; {gs})")
         if self.accuracy_drop is not None and self.accuracy_output:
-            parts.append(f"labels: top-1 drop <= {self.accuracy_drop:g} points on {self.accuracy_output}")
+            parts.append(f"with labels: top-1 drop <= {self.accuracy_drop:g} points on {self.accuracy_output}")
         if self.fidelity_drop is not None:
-            parts.append(f"no labels: cosine drop <= {self.fidelity_drop:g} points")
+            parts.append(f"without labels: cosine drop <= {self.fidelity_drop:g} points")
         if self.metric_gate:
             parts.append(f"{self.metric}: task_drop <= {self.metric_gate.limit:g}")
         return "; ".join(parts)
