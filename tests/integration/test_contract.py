@@ -63,7 +63,7 @@ def test_kinds_guessed_declared_recorded_and_verified(vad, tmp_path):
     assert "cosine" not in entry.metrics["speech_prob"]  # no meaningless cosine of one column any more
     # every MatMul kept in float: the "int8" file is not smaller than fp32, and the entry and summary say so
     assert (out / entry.artifact).stat().st_size >= (out / "fp32/model.onnx").stat().st_size
-    assert any("not smaller than fp32" in n for n in entry.notes) and "not smaller than fp32" in text
+    assert any("not smaller than the fp32" in n for n in entry.notes) and "not smaller than the fp32" in text
     [report] = verify_bundle(out)
     fid = next(c for c in report.checks if c.name == "fidelity")
     assert report.ok and "recorded contract" in fid.detail
