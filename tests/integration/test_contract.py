@@ -120,3 +120,35 @@ def test_user_metric_refuses_at_compress_and_is_not_rerun_by_verify(vad, tmp_pat
     [report] = verify_bundle(out)
     fid = next(c for c in report.checks if c.name == "fidelity")
     assert report.ok and "not re-run" in fid.detail
+
+
+def test_packed_detector_declared_on_the_command_line(tmp_path):
+    """A YOLOv8-style head (1 tensor: (batch, 4 + C, N), boxes cxcywh then class scores) declared with
+    --output-kind: the contract decodes it and records precision/recall of matched detections."""
+    rng = np.random.default_rng(1)
+    n, classes = 64, 3
+    inits = {"wb": rng.uniform(0, 40, size=(8, 4 * n)).astype(np.float32),
+             "ws": rng.normal(size=(8, classes * n)).astype(np.float32),
+             "shape_b": np.array([-1, 4, n], np.int64), "shape_s": np.array([-1, classes, n], np.int64)}
+    nodes = [helper.make_node("MatMul", ["x", "wb"], ["b0"]), helper.make_node("Reshape", ["b0", "shape_b"], ["boxes"]),
+             helper.make_node("MatMul", ["x", "ws"], ["s0"]), helper.make_node("Reshape", ["s0", "shape_s"], ["s1"]),
+             helper.make_node("Sigmoid", ["s1"], ["scores"]),
+             helper.make_node("Concat", ["boxes", "scores"], ["output0"], axis=1)]
+    graph = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+                              [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", 4 + classes, n])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "det.onnx"))
+    np.savez(tmp_path / "calib.npz", x=rng.uniform(0, 1, size=(32, 8)).astype(np.float32))
+    out = tmp_path / "b"
+    code, text = cli("compress", tmp_path / "det.onnx", "-o", out, "--calib", tmp_path / "calib.npz",
+                     "--quantize", "fp32", "--output-kind",
+                     "output0:detections:boxes=0:4,scores=4:,layout=cxcywh,axis=1,score_threshold=0.5")
+    assert code == 0, text
+    entry = read_manifest(out).targets["onnxruntime-cpu"]
+    m = entry.metrics["output0"]
+    assert m["ref_detections"] > 20 and m["precision"] == 1.0 and m["recall"] == 1.0
+    o = entry.contract.output("output0")
+    assert o.kind == "detections" and o.params["layout"] == "cxcywh" and not o.inferred
+    assert {g.metric for g in o.gates} >= {"precision", "recall"}
