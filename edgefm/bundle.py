@@ -100,21 +100,94 @@ class Manifest(BaseModel):
 
 
 def read_manifest(bundle: Path) -> Manifest:
+    """Read and check ``bundle/manifest.json``: a valid manifest whose every path is a relative path inside
+    the bundle (no absolute path, no ``..``, no symlink leading out) and whose artifacts, reference, eval
+    data, path-valued options and tokenizer files are all listed (hashed) in ``files``. A bundle is data:
+    nothing named in it is imported or run. Raises ``BundleError`` naming the field."""
     bundle = Path(bundle)
     path = bundle / MANIFEST
     if not bundle.is_dir():
         raise BundleError(f"bundle {bundle}: no such folder")
     if not path.is_file():
         raise BundleError(f"bundle {bundle}: no {MANIFEST} (is this an edgefm bundle?)")
+    _inside(bundle, MANIFEST, MANIFEST)
     try:
-        return Manifest.model_validate_json(path.read_text())
-    except (ValidationError, ValueError) as e:
+        manifest = Manifest.model_validate_json(path.read_text())
+    except ValidationError as e:
+        from edgefm.errors import describe_validation
+
+        raise BundleError(f"bundle {bundle}: {MANIFEST} is not a valid manifest ({describe_validation(e)})") from None
+    except (ValueError, OSError) as e:
         raise BundleError(f"bundle {bundle}: {MANIFEST} is not a valid manifest ({str(e).splitlines()[0]})") from None
+    check_paths(bundle, manifest)
+    return manifest
+
+
+#: option keys whose value is a file of the bundle (TensorRT: the Q/DQ ONNX, the build settings, the engine)
+OPTION_PATHS = ("onnx", "build", "engine")
+
+
+def _inside(bundle: Path, rel: Any, field: str) -> Path:
+    """``bundle/rel`` when ``rel`` is a plain relative path that stays inside the bundle, symlinks resolved."""
+    where = f"bundle {bundle}: {MANIFEST} {field}"
+    if not isinstance(rel, str) or not rel or "\\" in rel or "\x00" in rel:
+        raise BundleError(f"{where} = {rel!r}: must be a relative path inside the bundle")
+    parts = Path(rel).parts
+    if Path(rel).is_absolute() or rel.startswith("~") or ".." in parts or (parts and ":" in parts[0]):
+        raise BundleError(f"{where} = {rel!r}: must be a relative path inside the bundle (no absolute path, "
+                          f"no '..')")
+    root = bundle.resolve()
+    target = (bundle / rel).resolve()
+    if target != root and root not in target.parents:
+        raise BundleError(f"{where} = {rel!r}: leads outside the bundle (through a symlink) to {target}")
+    return target
+
+
+def check_paths(bundle: Path, manifest: Manifest) -> None:
+    """Every path the manifest names is inside the bundle and every file a target or the runtime reads is
+    listed, with its sha256, in ``files``. Raises ``BundleError`` naming the field."""
+    bundle = Path(bundle)
+    for rel, digest in manifest.files.items():
+        _inside(bundle, rel, f"files[{rel!r}]")
+        if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+            raise BundleError(f"bundle {bundle}: {MANIFEST} files[{rel!r}] = {digest!r}: not a sha256 hex digest")
+
+    def listed(rel: Any, field: str) -> None:
+        _inside(bundle, rel, field)
+        if rel not in manifest.files:
+            raise BundleError(f"bundle {bundle}: {MANIFEST} {field} = {rel!r} is not a listed, hashed file of "
+                              f"the bundle (not in 'files')")
+
+    for field in ("reference", "eval_data"):
+        if getattr(manifest, field) is not None:
+            listed(getattr(manifest, field), field)
+    for name, entry in manifest.targets.items():
+        listed(entry.artifact, f"targets.{name}.artifact")
+        for i, rel in enumerate(entry.files):
+            listed(rel, f"targets.{name}.files[{i}]")
+        for key in OPTION_PATHS:
+            if entry.options.get(key) is not None:
+                listed(entry.options[key], f"targets.{name}.options.{key}")
+    tok = manifest.spec.preprocessing.tokenizer
+    if tok is not None:
+        field = "spec.preprocessing.tokenizer"
+        folder = _inside(bundle, tok, field)
+        prefix = tok.rstrip("/") + "/"
+        if not any(rel.startswith(prefix) for rel in manifest.files):
+            raise BundleError(f"bundle {bundle}: {MANIFEST} {field} = {tok!r}: no file of that folder is listed "
+                              f"(hashed) in 'files'")
+        if folder.is_dir():
+            for p in sorted(folder.rglob("*")):
+                rel = str(p.relative_to(bundle.resolve()))
+                if (p.is_file() or p.is_symlink()) and rel not in manifest.files:
+                    raise BundleError(f"bundle {bundle}: tokenizer file '{rel}' is not listed (hashed) in "
+                                      f"{MANIFEST}; the tokenizer was changed after the bundle was written")
 
 
 def verify_files(bundle: Path, manifest: Manifest, only: Optional[list[str]] = None) -> None:
-    """Raise ``BundleError`` when a listed file is missing or its sha256 differs."""
+    """Raise ``BundleError`` when a listed file is missing, leads out of the bundle or its sha256 differs."""
     bundle = Path(bundle)
+    check_paths(bundle, manifest)
     for rel, digest in manifest.files.items():
         if only is not None and rel not in only:
             continue
@@ -127,10 +200,62 @@ def verify_files(bundle: Path, manifest: Manifest, only: Optional[list[str]] = N
 
 
 def target_files(manifest: Manifest, target: str) -> list[str]:
-    """Files one target needs (its own, plus the shared reference and eval data)."""
+    """Files one target needs: its own (artifact, files, path-valued options), the shared reference and
+    eval data, and the tokenizer's files."""
     entry = manifest.targets[target]
     shared = [p for p in (manifest.reference, manifest.eval_data) if p]
-    return sorted(set(entry.files) | {entry.artifact} | set(shared))
+    opts = [entry.options[k] for k in OPTION_PATHS if isinstance(entry.options.get(k), str)]
+    tok = manifest.spec.preprocessing.tokenizer
+    tokenizer = [r for r in manifest.files if tok and r.startswith(tok.rstrip("/") + "/")]
+    return sorted(set(entry.files) | {entry.artifact} | set(shared) | set(opts) | set(tokenizer))
+
+
+#: an .npz may unpack to at most this many times its size on disk (and at least NPZ_MIN_CAP bytes): a
+#: crafted 0.5 MB file must not expand to 512 MB; real eval data (floats, token ids) compresses far less
+NPZ_RATIO = 64
+NPZ_MIN_CAP = 64 << 20
+
+
+def read_npz(path: Path, what: str = "eval data") -> dict[str, Any]:
+    """Every array of an ``.npz``, read without pickle and only after checking that the zip members'
+    declared sizes and the arrays' headers stay within ``NPZ_RATIO`` × the file size (``NPZ_MIN_CAP`` at
+    least). Raises ``CalibrationError`` naming the file."""
+    import zipfile
+
+    import numpy as np
+
+    from edgefm.errors import CalibrationError
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        cap = max(NPZ_RATIO * size, NPZ_MIN_CAP)
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+            total = sum(i.file_size for i in infos)
+            if total > cap:
+                raise CalibrationError(f"{what} {path}: unpacks to {total / 2**20:.0f} MiB from {size / 2**20:.1f} "
+                                       f"MiB on disk, more than the {cap / 2**20:.0f} MiB allowed; refused")
+            for info in infos:
+                with z.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                              else np.lib.format.read_array_header_2_0)
+                    shape, _, dtype = header(f, max_header_size=10000)
+                    if dtype.hasobject:
+                        raise CalibrationError(f"{what} {path}: array '{info.filename}' holds Python objects "
+                                               f"(needs pickle); only numeric arrays are read")
+                    need = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+                    if need > info.file_size:
+                        raise CalibrationError(f"{what} {path}: array '{info.filename}' declares {need} bytes "
+                                               f"but holds {info.file_size}; corrupt or crafted file")
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except CalibrationError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CalibrationError(f"{what} {path}: cannot be read as .npz ({why})") from None
 
 
 def finalize(tmp: Path, manifest: Manifest) -> Manifest:

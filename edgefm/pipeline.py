@@ -119,7 +119,7 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
     p = plan(config)
     t0 = time.perf_counter()
     say(f"loading {config.source}")
-    loaded = load_checkpoint(config.source, config.arch, config.inputs)
+    loaded = load_checkpoint(config.source, config.arch, config.inputs, trust_source=config.trust_source)
     spec = loaded.spec
     stages = [StageRecord(name="load", settings={"kind": loaded.kind, "family": spec.family, "task": spec.task},
                           output_sha256=loaded.sha256, seconds=round(time.perf_counter() - t0, 3),

@@ -39,12 +39,14 @@ class TargetReport:
 
 def read_eval(bundle: Path, manifest: Manifest) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], Any]:
     """(inputs, fp32 reference outputs, labels or None) from the bundle's eval.npz."""
+    from edgefm.bundle import read_npz
+
     if not manifest.eval_data:
         raise BundleError(f"bundle {bundle} has no eval data to verify with")
-    with np.load(Path(bundle) / manifest.eval_data) as z:
-        inputs = {k[3:]: z[k] for k in z.files if k.startswith("in/")}
-        ref = {k[4:]: z[k] for k in z.files if k.startswith("ref/")}
-        labels = z["labels"] if "labels" in z.files else None
+    z = read_npz(Path(bundle) / manifest.eval_data, "bundle eval data")
+    inputs = {k[3:]: v for k, v in z.items() if k.startswith("in/")}
+    ref = {k[4:]: v for k, v in z.items() if k.startswith("ref/")}
+    labels = z.get("labels")
     return inputs, ref, labels
 
 
@@ -53,7 +55,15 @@ def limits_for(manifest: Manifest, precision: str) -> Limits:
     from edgefm.config import CompressConfig
     from edgefm.pipeline import _limits
 
-    cfg = CompressConfig.model_validate(manifest.config) if manifest.config else None
+    from pydantic import ValidationError
+
+    from edgefm.errors import describe_validation
+
+    try:
+        cfg = CompressConfig.model_validate(manifest.config) if manifest.config else None
+    except ValidationError as e:
+        raise BundleError(f"manifest.json config is not a valid CompressConfig ({describe_validation(e, 'config.')})"
+                          ) from None
     if cfg is None:
         return Limits()
     return _limits(cfg, precision)
