@@ -7,19 +7,25 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgefm.errors import BundleError
 from edgefm.models.spec import ModelSpec
 
+log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 
@@ -267,34 +273,173 @@ def finalize(tmp: Path, manifest: Manifest) -> Manifest:
     return manifest
 
 
-@contextlib.contextmanager
-def staging(out: Path, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside ``out``; on success it is renamed to ``out``, on failure removed.
+def check_replaceable(out: Path, force: bool, protect: Iterable[Optional[Path]] = ()) -> None:
+    """Raise ``BundleError`` unless ``out`` may be written: it does not exist, or ``force`` is given and it is
+    an edgefm bundle (a folder whose ``manifest.json`` is valid and lists every file in it) that holds none
+    of the ``protect`` paths (the source, the calibration data …). Touches nothing."""
+    out = Path(out)
+    if not os.path.lexists(out):
+        return
+    if not force:
+        raise BundleError(f"{out} exists already; pass --force to replace it (only an edgefm bundle is replaced)")
+    what = ("a symlink" if out.is_symlink() else "a file" if not out.is_dir() else None)
+    if what is None:
+        try:
+            manifest = read_manifest(out)
+        except BundleError as e:
+            what = f"a folder that is not a valid edgefm bundle ({e})"
+        else:
+            stray = [str(p.relative_to(out)) for p in sorted(out.rglob("*"))
+                     if not p.is_dir() and p.name != MANIFEST and str(p.relative_to(out)) not in manifest.files]
+            if stray:
+                what = f"a folder with files no edgefm bundle lists ({', '.join(stray[:3])})"
+    if what is None:
+        root = out.resolve()
+        for p in protect:
+            if p is not None and (Path(p).resolve() == root or root in Path(p).resolve().parents):
+                what = f"the folder holding {p}, an input of this run"
+                break
+    if what is not None:
+        raise BundleError(f"--output {out} is {what}; --force only replaces an edgefm bundle, so nothing was "
+                          f"touched. Choose another --output")
 
-    ``out`` existing is refused unless ``force``; with ``force`` the old bundle is only removed once the
-    new one is complete."""
-    out = Path(out).resolve()
-    if out.exists() and not force:
-        raise BundleError(f"{out} exists already; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+
+# Staging and replaced-bundle folders carry their writer's pid and that process's start time, so a later run
+# can tell a killed run's leftovers (pid gone, or reused by another process) from a live run's.
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.edgefm-(?:staging|old)-(?P<pid>\d+)-(?P<start>\d+)-\w+$")
+
+
+def _start_time(pid: int) -> Optional[str]:
+    """A process's start time (clock ticks since boot, from /proc) as a string; None when no such process.
+    Without /proc: "0" for any live pid."""
     try:
-        yield tmp
-        if not (tmp / MANIFEST).is_file():
-            raise BundleError(f"internal: bundle for {out} was not finalized")
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a bundle gets the user's usual permissions
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{tmp.name[-8:]}"
-            out.rename(old)
-        tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except FileNotFoundError:
+        if Path("/proc/self/stat").exists():
+            return None
+    except (OSError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except OSError:
+        pass
+    return "0"
+
+
+def reap_stale(parent: Path) -> list[Path]:
+    """Remove staging folders in ``parent`` left by runs that were killed (SIGKILL, power loss): those whose
+    writer pid is gone or now belongs to a process started at another time. Returns what was removed."""
+    removed = []
+    try:
+        entries = list(Path(parent).iterdir())
+    except OSError:
+        return removed
+    for p in entries:
+        m = _LEFTOVER.match(p.name)
+        if m and p.is_dir() and not p.is_symlink() and _start_time(int(m["pid"])) != m["start"]:
+            shutil.rmtree(p, ignore_errors=True)
+            log.info("removed %s, left by a run that was killed", p)
+            removed.append(p)
+    return removed
+
+
+@contextlib.contextmanager
+def _lock(out: Path) -> Iterator[None]:
+    """Hold ``.<name>.edgefm-lock`` beside ``out`` (flock, released by the kernel if this process dies).
+    A second writer of the same ``out`` fails at once instead of silently replacing the first one's bundle."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): single-writer use only
+        yield
+        return
+    path = out.parent / f".{out.name}.edgefm-lock"
+    for _ in range(5):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise BundleError(f"{out}: another edgefm run (pid {holder}) is writing this bundle now; wait for it "
+                              f"to finish or choose another --output") from None
+        try:  # the file we locked must still be the one at ``path`` (its last holder unlinks it on exit)
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    else:
+        raise BundleError(f"{out}: could not take the lock {path}")
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (kill, a container stop) unwinds like Ctrl-C, so the staging folder is removed either way."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@contextlib.contextmanager
+def staging(out: Path, force: bool = False, protect: Iterable[Optional[Path]] = ()) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out``; on success it is renamed to ``out``, on failure (an error,
+    Ctrl-C or SIGTERM) removed. ``out`` existing is refused unless ``force`` and it is an edgefm bundle
+    (``check_replaceable``); the old bundle is only removed once the new one is complete. One writer per
+    ``out`` at a time (a lock); staging folders of killed runs are reaped first. A full disk is one
+    ``BundleError`` with nothing left behind."""
+    out = Path(out).absolute()
+    check_replaceable(out, force, protect)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    reap_stale(out.parent)
+    tag = f"{os.getpid()}-{_start_time(os.getpid()) or 0}"
+    with sigterm_as_interrupt(), _lock(out):
+        check_replaceable(out, force, protect)  # again, now that no other edgefm run can change it
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.edgefm-staging-{tag}-", dir=out.parent))
+        try:
+            yield tmp
+            if not (tmp / MANIFEST).is_file():
+                raise BundleError(f"internal: bundle for {out} was not finalized")
+            umask = os.umask(0)
+            os.umask(umask)
+            tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; a bundle gets the user's usual permissions
+            check_replaceable(out, force, protect)
+            old = None
+            if os.path.lexists(out):
+                old = out.parent / f".{out.name}.edgefm-old-{tag}-{tmp.name.rsplit('-', 1)[-1]}"
+                out.rename(old)
+            tmp.rename(out)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise BundleError(f"{out}: no space left on the device while writing {e.filename or 'the bundle'}; "
+                                  f"nothing was written. Free some space or choose another --output") from None
+            raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def manifest_summary(manifest: Manifest) -> dict[str, Any]:

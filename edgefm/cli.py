@@ -95,7 +95,9 @@ def compress(
     if cfg.dry_run:
         out.print_json(json.dumps(plan(cfg).describe()))
         return
-    with console.status("starting") as status:
+    from edgefm.bundle import sigterm_as_interrupt
+
+    with sigterm_as_interrupt(), console.status("starting") as status:  # SIGTERM cleans up like Ctrl-C
         manifest = run(cfg, progress=lambda msg: (status.update(msg), console.log(msg)))
     _print_targets(manifest)
 
