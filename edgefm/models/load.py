@@ -44,8 +44,9 @@ def load_checkpoint(source: Path, arch: Optional[str] = None,
 
     A torch.export program (``.pt2``, whatever its name: the kind is judged by content) is only loaded with
     ``trust_source=True`` (``--trust-source``): ``torch.export.load`` unpickles parts of the archive with
-    ``weights_only=False`` and resolves names in it, so a crafted file runs code. ``inputs`` are ``--input`` declarations (``NAME:DIMS[:DTYPE]`` strings or ``InputSpec``): they define the
-    inputs of state_dict/TorchScript modules and override same-named inputs of the other kinds. Raises
+    ``weights_only=False`` and resolves names in it, so a crafted file runs code.
+
+    ``inputs`` are ``--input`` declarations (``NAME:DIMS[:DTYPE]`` strings or ``InputSpec``): they define the inputs of state_dict/TorchScript modules and override same-named inputs of the other kinds. Raises
     ``CheckpointError`` (file problems) or ``ConfigError`` (bad ``--arch``/``--input``)."""
     source = Path(source)
     decls = [d if isinstance(d, InputSpec) else parse_input_decl(d) for d in inputs]
