@@ -46,7 +46,8 @@ def load_checkpoint(source: Path, arch: Optional[str] = None,
     ``trust_source=True`` (``--trust-source``): ``torch.export.load`` unpickles parts of the archive with
     ``weights_only=False`` and resolves names in it, so a crafted file runs code.
 
-    ``inputs`` are ``--input`` declarations (``NAME:DIMS[:DTYPE]`` strings or ``InputSpec``): they define the inputs of state_dict/TorchScript modules and override same-named inputs of the other kinds. Raises
+    ``inputs`` are ``--input`` declarations (``NAME:DIMS[:DTYPE]`` strings or ``InputSpec``): they define the
+    inputs of state_dict/TorchScript modules and override same-named inputs of the other kinds. Raises
     ``CheckpointError`` (file problems) or ``ConfigError`` (bad ``--arch``/``--input``)."""
     source = Path(source)
     decls = [d if isinstance(d, InputSpec) else parse_input_decl(d) for d in inputs]
