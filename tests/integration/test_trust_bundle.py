@@ -17,52 +17,7 @@ from typer.testing import CliRunner
 
 import edgefm
 from edgefm.errors import EdgefmError
-
-ARCH_V1 = '''import torch
-
-
-class Net(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.fc = torch.nn.Linear(8, 4)
-
-    def forward(self, x):
-        return self.fc(x)
-
-
-def make():
-    return Net()
-'''
-
-
-def write_arch(folder: Path, body: str = ARCH_V1) -> Path:
-    path = folder / "tinynet.py"
-    path.write_text(body)
-    return path
-
-
-def tiny_checkpoint(folder: Path) -> tuple[Path, Path]:
-    """(state_dict file, arch file) of an 8 → 4 Linear model."""
-    import torch
-
-    folder.mkdir(parents=True, exist_ok=True)
-    arch = write_arch(folder)
-    torch.manual_seed(0)
-    net = torch.nn.Sequential()  # the weights only; the class comes from the arch file
-    state = {"fc.weight": torch.randn(4, 8), "fc.bias": torch.randn(4)}
-    ckpt = folder / "net.pt"
-    torch.save(state, ckpt)
-    del net
-    return ckpt, arch
-
-
-def compress_tiny(ckpt: Path, arch: Path, out: Path, **extra):
-    from edgefm.config import CompressConfig
-    from edgefm.pipeline import compress
-
-    cfg = CompressConfig(source=ckpt, output=out, arch=f"{arch}:make", inputs=["x:batch,8:float32"],
-                         quantize="fp32", **extra)
-    return compress(cfg)
+from tests.integration.tiny import ARCH_V1, compress_tiny, tiny_checkpoint, write_arch
 
 
 def add_tokenizer(bundle: Path) -> None:
