@@ -19,7 +19,7 @@ from edgefm.backends import get_backend
 from edgefm.backends.base import CompileJob, Samples
 from edgefm.bundle import Manifest, SourceInfo, StageRecord, check_replaceable, finalize, sha256_file, staging
 from edgefm.config import CompressConfig
-from edgefm.errors import BundleError, CalibrationError, ConfigError
+from edgefm.errors import CalibrationError, ConfigError
 from edgefm.fidelity import Limits
 from edgefm.targets import TargetSpec, get_target
 
