@@ -306,7 +306,7 @@ def check_replaceable(out: Path, force: bool, protect: Iterable[Optional[Path]] 
 
 # Staging and replaced-bundle folders carry their writer's pid and that process's start time, so a later run
 # can tell a killed run's leftovers (pid gone, or reused by another process) from a live run's.
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.edgefm-(?:staging|old)-(?P<pid>\d+)-(?P<start>\d+)-\w+$")
+_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.edgefm-(?P<kind>staging|old)-(?P<pid>\d+)-(?P<start>\d+)-\w+$")
 
 
 def _start_time(pid: int) -> Optional[str]:
@@ -340,6 +340,11 @@ def reap_stale(parent: Path) -> list[Path]:
     for p in entries:
         m = _LEFTOVER.match(p.name)
         if m and p.is_dir() and not p.is_symlink() and _start_time(int(m["pid"])) != m["start"]:
+            out = p.parent / m["name"]
+            if m["kind"] == "old" and not os.path.lexists(out):
+                p.rename(out)  # killed between moving the old bundle aside and putting the new one in place
+                log.info("restored %s from %s, left by a run that was killed", out, p)
+                continue
             shutil.rmtree(p, ignore_errors=True)
             log.info("removed %s, left by a run that was killed", p)
             removed.append(p)
@@ -415,8 +420,9 @@ def staging(out: Path, force: bool = False, protect: Iterable[Optional[Path]] = 
     tag = f"{os.getpid()}-{_start_time(os.getpid()) or 0}"
     with sigterm_as_interrupt(), _lock(out):
         check_replaceable(out, force, protect)  # again, now that no other edgefm run can change it
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.edgefm-staging-{tag}-", dir=out.parent))
+        tmp = None
         try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.edgefm-staging-{tag}-", dir=out.parent))
             yield tmp
             if not (tmp / MANIFEST).is_file():
                 raise BundleError(f"internal: bundle for {out} was not finalized")
@@ -428,17 +434,24 @@ def staging(out: Path, force: bool = False, protect: Iterable[Optional[Path]] = 
             if os.path.lexists(out):
                 old = out.parent / f".{out.name}.edgefm-old-{tag}-{tmp.name.rsplit('-', 1)[-1]}"
                 out.rename(old)
-            tmp.rename(out)
+            try:
+                tmp.rename(out)
+            except BaseException:
+                if old is not None:  # put the old bundle back: a failed replace loses nothing
+                    old.rename(out)
+                raise
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
         except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise BundleError(f"{out}: no space left on the device while writing {e.filename or 'the bundle'}; "
                                   f"nothing was written. Free some space or choose another --output") from None
             raise
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
             raise
 
 

@@ -319,3 +319,18 @@ def test_sigterm_in_the_cli_says_interrupted(tmp_path):
     err = proc.stderr.read()
     assert proc.returncode == 130 and "interrupted" in err, err
     assert not tmp.exists() and list((tmp_path / "out").iterdir()) == []
+
+
+def test_reaper_restores_a_bundle_moved_aside_by_a_killed_run(tmp_path):
+    """Killed between moving the old bundle aside and putting the new one in place: the old one comes back."""
+    from edgefm.bundle import reap_stale
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(gone.stdout)
+    aside = tmp_path / f".b.edgefm-old-{pid}-12345-abcd1234"
+    aside.mkdir()
+    (aside / "manifest.json").write_text("{}")
+    staged = tmp_path / f".b.edgefm-staging-{pid}-12345-efgh5678"
+    staged.mkdir()
+    reap_stale(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"] and (tmp_path / "b" / "manifest.json").is_file()
