@@ -246,7 +246,8 @@ def _export_cached(config: CompressConfig, loaded, model, calib: Samples, out: P
                             hit_onnx, str(e).splitlines()[0] if str(e) else type(e).__name__)
                 out.unlink(missing_ok=True)
             else:
-                record.notes.append(f"reused the export from the cache ({hit_onnx}), verified against torch again")
+                record.notes.append(f"reused the verified export from the cache ({hit_onnx}); verified against torch "
+                                    f"again with the same limits")
                 say("reusing the ONNX export from the cache (verified against torch again)")
                 return record
     say("exporting to ONNX and verifying against torch")
