@@ -21,7 +21,7 @@ from edgefm.bundle import (FailedTarget, Manifest, SourceInfo, StageRecord, chec
                            staging)
 from edgefm.config import CompressConfig
 from edgefm.contract import resolve
-from edgefm.errors import BundleError, CalibrationError, ConfigError, EdgefmError, TargetFailedError
+from edgefm.errors import CalibrationError, ConfigError, EdgefmError, TargetFailedError
 from edgefm.targets import TargetSpec, get_target
 
 log = logging.getLogger(__name__)
