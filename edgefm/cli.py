@@ -66,7 +66,17 @@ def compress(
     eval: Optional[Path] = typer.Option(None, "--eval", help="Evaluation data (same formats; .npz may hold labels)"),
     quantize: Optional[str] = typer.Option(None, help="int8, fp16 or fp32 for every target (default: the target's)"),
     keep_fp32: Optional[List[str]] = typer.Option(None, "--keep-fp32", help="Node name or op type kept in float"),
-    max_accuracy_drop: Optional[float] = typer.Option(None, help="Allowed top-1 drop in points on labeled eval data"),
+    max_accuracy_drop: Optional[float] = typer.Option(
+        None, help="Allowed top-1 drop in points on labeled eval data; also lets every target keep the int8 parts "
+                   "that break the accuracy contract in higher precision until it holds (listed in the manifest)"),
+    output_kind: Optional[List[str]] = typer.Option(
+        None, "--output-kind", help="What an output means, NAME:KIND[:key=value,...] (repeatable), e.g. "
+                                    "speaker:embedding, vad:binary:threshold=0.5, "
+                                    "det:detections:boxes=0:4,scores=4:,layout=cxcywh,axis=1"),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Your task metric path/to/file.py:fn(ref, got, labels) "
+                                                                "-> float or dict, higher is better (compress only)"),
+    metric_drop: Optional[float] = typer.Option(None, "--metric-drop", help="Largest allowed drop of --metric below "
+                                                                            "fp32 (its units; default 0.01)"),
     max_length: Optional[int] = typer.Option(None, help="Sequence length for text (default 128)"),
     prune: Optional[float] = typer.Option(None, "--prune", help="Share of channels / RNN hidden units / FFN neurons "
                                                                 "to remove, e.g. 0.5 (recipe: prune section)"),
@@ -79,26 +89,38 @@ def compress(
                                                                          "optional); default --calib"),
     recipe: Optional[Path] = typer.Option(None, help="Recipe YAML with CompressConfig fields; flags override it"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved configuration and stop"),
-    force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it exists"),
+    force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it is an edgefm bundle"),
+    trust_source: bool = typer.Option(False, "--trust-source", help="Load a torch.export program (.pt2): its "
+                                                                    "loading unpickles and can run code"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs and tracebacks"),
 ):
     """Compress SOURCE into a verified bundle for one or more targets."""
     from edgefm.config import build_config
+    from edgefm.contract import parse_output_decl
     from edgefm.pipeline import compress as run, plan
 
     _setup_logging(verbose)
+    decls = dict(parse_output_decl(d) for d in output_kind or [])
     cfg = build_config(recipe, source=source, output=output, targets=target, arch=arch, inputs=input, state=state, calib=calib,
                        eval=eval, quantize=quantize, keep_fp32=keep_fp32, max_accuracy_drop=max_accuracy_drop,
-                       max_length=max_length, force=force or None, dry_run=dry_run or None, verbose=verbose or None,
+                       outputs=decls or None, metric=metric, metric_drop=metric_drop,
+                       max_length=max_length, force=force or None, trust_source=trust_source or None,
+                       dry_run=dry_run or None, verbose=verbose or None,
                        prune=_section(ratio=prune, macs_target=prune_macs, num_layers=prune_layers),
                        distill=(_section(epochs=distill_epochs) or {}) if distill or distill_epochs else None,
                        train_data=train_data)
     if cfg.dry_run:
         out.print_json(json.dumps(plan(cfg).describe()))
         return
-    with console.status("starting") as status:
+    from edgefm.bundle import sigterm_as_interrupt
+
+    with sigterm_as_interrupt(), console.status("starting") as status:  # SIGTERM cleans up like Ctrl-C
         manifest = run(cfg, progress=lambda msg: (status.update(msg), console.log(msg)))
     _print_targets(manifest)
+    if manifest.failed:  # the others were written and verify; the run as a whole did not do all it was asked
+        console.print(f"[bold red]error:[/] {len(manifest.failed)} of {len(manifest.failed) + len(manifest.targets)} "
+                      f"targets failed ({', '.join(manifest.failed)}); the bundle holds the others")
+        raise typer.Exit(1)
 
 
 def _section(**fields) -> Optional[dict]:
@@ -117,11 +139,18 @@ def _print_targets(manifest) -> None:
     t.add_column("fidelity to fp32")
     for name, e in manifest.targets.items():
         t.add_row(name, e.backend, e.precision, e.artifact, _fidelity_text(e.metrics))
+    for name, f in manifest.failed.items():
+        t.add_row(name, f.backend, f.precision, "[red]FAILED[/]", f"[red]{f.error}[/]")
     out.print(t)
+    for name, e in manifest.targets.items():  # whole lines, so they can be read (and grepped) unwrapped
+        for n in e.notes:
+            out.print(f"[yellow]note[/] {name}: {n}", soft_wrap=True, highlight=False)
+    for name, f in manifest.failed.items():
+        out.print(f"[red]FAILED[/] {name}: {f.reason}", soft_wrap=True, highlight=False)
 
 
 def _fidelity_text(metrics: dict) -> str:
-    from edgefm.fidelity import summarize
+    from edgefm.contract import summarize
 
     return summarize(metrics)
 
@@ -136,15 +165,18 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle folder"),
 
     from edgefm.bundle import read_manifest, verify_files
 
-    m = read_manifest(bundle)
-    if json_out:
-        out.print_json(m.model_dump_json())
-        return
+    m = read_manifest(bundle)  # refuses paths leading out of the bundle, unlisted artifacts and tokenizer files
     try:
         verify_files(bundle, m)
-        integrity = "[green]all files match their sha256[/]"
+        integrity, intact = "[green]all files match their sha256[/]", True
     except EdgefmError as e:
-        integrity = f"[red]{e}[/]"
+        integrity, intact = f"[red]{e}[/]", False
+        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+    if json_out:
+        out.print_json(m.model_dump_json())
+        if not intact:
+            raise typer.Exit(1)
+        return
     out.print(f"[bold]{bundle}[/]  edgefm {m.edgefm_version}, created {m.created}")
     out.print(f"source: {m.source.path} ({m.source.kind}, sha256 {str(m.source.sha256)[:12]}…)")
     out.print(f"model: {m.spec.family} / {m.spec.task}; integrity: {integrity}")
@@ -154,7 +186,8 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle folder"),
     for i in m.spec.inputs:
         io.add_row(f"in: {i.name}", str(i.shape), i.dtype)
     for o in m.spec.outputs:
-        io.add_row(f"out: {o.name}", "", o.kind)
+        why = "declared" if o.declared else f"guessed: {o.reason}" if o.reason else ""
+        io.add_row(f"out: {o.name}", "", f"{o.kind} ({why})" if why else o.kind)
     out.print(io)
     _print_targets(m)
     st = Table(title="stages")
@@ -164,6 +197,8 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle folder"),
         settings = ", ".join(f"{k}={v}" for k, v in s.settings.items() if k not in ("op_types", "limits"))
         st.add_row(s.name, s.target or "", f"{s.seconds:.1f}", settings[:160], _fidelity_text(s.metrics) or "")
     out.print(st)
+    if not intact:  # a modified bundle is shown, but not as if it were fine
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -173,6 +208,7 @@ def targets(verbose: bool = typer.Option(False, "--verbose", "-v")):
     from rich.table import Table
 
     from edgefm.backends import get_backend
+    from edgefm.backends.base import has
     from edgefm.targets import list_targets
 
     t = Table(title="targets")
@@ -182,7 +218,7 @@ def targets(verbose: bool = typer.Option(False, "--verbose", "-v")):
     for name, spec in sorted(list_targets().items()):
         try:
             mod = get_backend(spec.backend, need_runtime=False)
-            here = mod.availability(spec) if hasattr(mod, "availability") else ("yes" if mod.is_available() else "no")
+            here = mod.availability(spec) if has(mod, "availability") else ("yes" if mod.is_available() else "no")
         except EdgefmError:
             here = "no"
         t.add_row(name, spec.backend, spec.precision, here, spec.description)
@@ -208,7 +244,8 @@ def verify(bundle: Path = typer.Argument(..., help="Bundle folder"),
         t.add_column(c, no_wrap=c != "result")
     for r in reports:
         for c in r.checks:
-            t.add_row(r.target, c.name, f"[green]ok[/] {c.detail}" if c.ok else f"[red]FAIL[/] {c.detail}")
+            mark = "[yellow]skipped[/]" if c.skipped else "[green]ok[/]" if c.ok else "[red]FAIL[/]"
+            t.add_row(r.target, c.name, f"{mark} {c.detail}")
     out.print(t)
     if not all(r.ok for r in reports):
         raise typer.Exit(1)
@@ -227,6 +264,12 @@ def bench(
     runs: Optional[int] = typer.Option(None, help="Fixed number of timed runs (instead of --seconds)"),
     seconds: Optional[float] = typer.Option(None, help="Time budget of the timed runs per measurement (default 2)"),
     no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip the fp32 ONNX and torch eager baselines"),
+    torch_source: Optional[Path] = typer.Option(None, "--torch-source", help="The bundle's source checkpoint, for the "
+                                                                             "torch eager baseline (never read from "
+                                                                             "the bundle)"),
+    arch: Optional[str] = typer.Option(None, help="--arch of --torch-source when it is a state_dict"),
+    trust_source: bool = typer.Option(False, "--trust-source", help="--torch-source may be a .pt2 (its loading "
+                                                                    "unpickles and can run code)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result JSON (edgefm.bench schema)"),
     md: Optional[Path] = typer.Option(None, "--md", help="Write the Markdown table"),
     plots: Optional[Path] = typer.Option(None, "--plots", help="Write pareto.png and latency.png into this folder"),
@@ -239,7 +282,8 @@ def bench(
     _setup_logging(verbose)
     cfg = build(BenchConfig, bundle=bundle, targets=target or None, eval=eval, batches=batch or None,
                 threads=threads, warmup=warmup, runs=runs, seconds=seconds, baselines=False if no_baselines else None,
-                json_out=json_out, md_out=md, plots=plots, verbose=verbose or None)
+                torch_source=torch_source, arch=arch, trust_source=trust_source or None, json_out=json_out,
+                md_out=md, plots=plots, verbose=verbose or None)
     run(cfg, echo=print, progress=lambda msg: console.log(msg))
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgefm.errors import ConfigError, describe_validation
 from edgefm.fidelity import Limits
@@ -64,14 +64,44 @@ class CompressConfig(BaseModel):
     keep_fp32: list[str] = Field(default_factory=list,
                                  description="Node names or op types left in float when quantizing")
     max_accuracy_drop: Optional[float] = Field(
-        None, ge=0, description="Allowed top-1 drop in points (labels) — overrides tolerances.quantize.accuracy_drop")
+        None, ge=0, description="Allowed top-1 drop in points (labels) — overrides tolerances.quantize.accuracy_drop; "
+                                "also turns on the accuracy fallback (edgefm.quantize.fallback) on every target")
     tolerances: Tolerances = Field(default_factory=Tolerances)
+    outputs: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="What outputs mean: name -> {kind: logits|probabilities|binary|ordinal|embedding|regression|"
+                    "detections|state|other, <params/limits>} (CLI: --output-kind NAME:KIND[:k=v,...]); "
+                    "undeclared outputs get a guessed kind, printed and recorded")
+    metric: Optional[str] = Field(
+        None, description="Your task metric 'path/to/file.py:fn', fn(ref_outputs, got_outputs, labels) -> float or "
+                          "dict (key 'score' or the first is gated), higher is better; run at compress time only")
+    metric_drop: Optional[float] = Field(
+        None, ge=0, description="Largest allowed drop of --metric below its fp32 value, in the metric's units "
+                                "(default 0.01)")
+    metric_replaces_gates: bool = Field(
+        False, description="With --metric: gate on it alone instead of on it and every output's gates")
     opset: Optional[int] = Field(None, description="ONNX opset; None picks the exporter's default")
     seed: int = Field(0, description="Seed for sampling and splits")
     cache_dir: Optional[Path] = Field(None, description="Cache of verified ONNX exports by content hash (default ~/.cache/edgefm; EDGEFM_CACHE_DIR=0 turns it off)")
-    force: bool = Field(False, description="Replace OUT if it exists")
+    force: bool = Field(False, description="Replace OUT if it is an edgefm bundle (anything else is refused)")
+    trust_source: bool = Field(False, description="Load a torch.export program (.pt2), whose loading unpickles "
+                                                  "parts of the file and can run code: only for files you trust")
     dry_run: bool = Field(False, description="Print the resolved configuration and stop")
     verbose: bool = Field(False, description="Show tracebacks and debug logs")
+
+    @field_validator("outputs")
+    @classmethod
+    def _check_outputs(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from edgefm.contract import check_decl
+
+        for name, decl in v.items():
+            if not isinstance(decl, dict):
+                raise ValueError(f"output '{name}': expected a mapping such as {{kind: embedding}}")
+            try:
+                check_decl(name, decl, where="outputs")
+            except ConfigError as e:
+                raise ValueError(str(e)) from None
+        return v
 
     def quant_limits(self) -> Limits:
         lim = self.tolerances.quantize.model_copy()
@@ -96,6 +126,8 @@ def load_recipe(path: Path) -> dict[str, Any]:
 def build_config(recipe: Optional[Path] = None, **fields: Any) -> CompressConfig:
     """Merge a recipe (lowest priority) with explicitly given fields (None = not given)."""
     data = load_recipe(recipe) if recipe else {}
+    if "trust_source" in data:  # trusting a file that can run code is the user's own, explicit choice
+        raise ConfigError(f"recipe {recipe}: trust_source can only be given on the command line (--trust-source)")
     for k, v in fields.items():
         if v is None or v == []:
             continue

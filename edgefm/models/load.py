@@ -39,8 +39,12 @@ class LoadedModel:
 
 
 def load_checkpoint(source: Path, arch: Optional[str] = None,
-                    inputs: Sequence[Union[str, InputSpec]] = ()) -> LoadedModel:
+                    inputs: Sequence[Union[str, InputSpec]] = (), trust_source: bool = False) -> LoadedModel:
     """Load ``source`` (HF folder, state_dict + ``arch``, TorchScript, ``.pt2``, ``.onnx``).
+
+    A torch.export program (``.pt2``, whatever its name: the kind is judged by content) is only loaded with
+    ``trust_source=True`` (``--trust-source``): ``torch.export.load`` unpickles parts of the archive with
+    ``weights_only=False`` and resolves names in it, so a crafted file runs code.
 
     ``inputs`` are ``--input`` declarations (``NAME:DIMS[:DTYPE]`` strings or ``InputSpec``): they define the
     inputs of state_dict/TorchScript modules and override same-named inputs of the other kinds. Raises
@@ -52,6 +56,11 @@ def load_checkpoint(source: Path, arch: Optional[str] = None,
         raise ConfigError(f"--arch '{arch}' is only used with a state_dict, but {source} is a {kind} checkpoint")
     loader = {"hf": _hf, "state_dict": _state_dict, "torchscript": _torchscript,
               "exported_program": _exported_program, "onnx": _onnx}[kind]
+    if kind == "exported_program" and not trust_source:
+        raise CheckpointError(
+            f"checkpoint {source}: a torch.export program (.pt2); edgefm does not load it by default because "
+            f"torch.export.load unpickles parts of the file, which can run arbitrary code. Pass --trust-source "
+            f"(trust_source=True) only for a file you made or trust, or export it to ONNX and pass the .onnx")
     loaded = loader(source, arch, decls)
     if kind == "onnx":
         from edgefm.models.onnx_graph import source_sha256
@@ -117,11 +126,21 @@ def _hf(source: Path, arch, decls) -> LoadedModel:
         inputs = [i if i.name in declared else InputSpec(name=i.name, shape=["batch", fixed[0]], dtype=i.dtype)
                   for i in inputs]
     spec = ModelSpec(family="transformer", task=hf.task, inputs=inputs,
-                     outputs=[OutputSpec(name=hf.output, kind=hf.output_kind)], num_classes=hf.num_classes,
+                     outputs=[OutputSpec(name=hf.output, kind=hf.output_kind, reason=_hf_reason(hf))],
+                     num_classes=hf.num_classes,
                      arch=hf.arch, preprocessing=Preprocessing(kind="text", tokenizer=str(hf.model_dir),
                                                                max_length=fixed[0] if fixed else hf.max_length))
     wrap.probe(module, example_inputs(spec), source)  # e.g. an encoder-decoder that needs decoder inputs fails here
     return LoadedModel(module, spec, "hf", source, "", tokenizer_dir=hf.model_dir, notes=hf.notes)
+
+
+def _hf_reason(hf) -> str:
+    """Why the one output of a Hugging Face model has its kind (a strong guess, kept by later inference)."""
+    if hf.output == "sentence_embedding":
+        return "sentence-transformers pooling: a sentence embedding"
+    if hf.output == "last_hidden_state":
+        return "Hugging Face base model: per-token hidden states, judged as embeddings"
+    return f"Hugging Face {hf.task} head: class scores"
 
 
 def _state_dict(source: Path, arch, decls) -> LoadedModel:

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from edgefm.backends.base import Samples
+from edgefm.samples import Samples
 from edgefm.bundle import StageRecord, sha256_file
 from edgefm.errors import AccuracyError, ExportError
 from edgefm.fidelity import Limits, check, compare
@@ -88,15 +88,24 @@ def _export_once(module, spec: ModelSpec, example: dict[str, np.ndarray], out: P
             prog.save(str(out), external_data=False)
 
 
-def _why(err: Exception) -> str:
-    """One line for an exporter failure; a TorchScript interpreter error names the scripted line instead of
-    the interpreter's boilerplate first line."""
-    text = str(err)
-    if "TorchScript" in text:
-        from edgefm.models.wrap import script_error
+def verify_onnx(module, spec: ModelSpec, calib: Samples, path: Path, limits: Limits) -> dict[str, Any]:
+    """Check an existing ONNX file against ``module`` exactly as ``export_onnx`` checks a fresh export (the
+    same samples, batch 1 and batch ``VERIFY_BATCH``, the same ``limits``); returns the merged metrics or
+    raises ``AccuracyError``. Used for a cached export, which must be as verified as a new one."""
+    import onnx
 
-        return script_error(text, Path("model")).split(": ", 1)[1][:400]
-    return f"{type(err).__name__}: {text.splitlines()[0][:200] if text else ''}"
+    onnx.checker.check_model(str(path))
+    verify_set = calib.take(slice(0, min(len(calib), 4 * VERIFY_BATCH)))
+    ref = batched_outputs(lambda f: _torch_outputs(module, spec, f), verify_set, VERIFY_BATCH)
+    got_b1 = batched_outputs(lambda f: onnx_outputs(path, f), verify_set.take(slice(0, 4)), 1)
+    got_bn = batched_outputs(lambda f: onnx_outputs(path, f), verify_set, VERIFY_BATCH)
+    metrics = compare(ref, got_bn, spec)
+    n1 = len(verify_set.take(slice(0, 4)))
+    metrics_b1 = compare({k: np.take(v, np.arange(n1), axis=verify_set.out_axes.get(k, 0)) for k, v in ref.items()},
+                         got_b1, spec)
+    check("export (torch vs ONNX, batch %d)" % VERIFY_BATCH, metrics, limits)
+    check("export (torch vs ONNX, batch 1)", metrics_b1, limits)
+    return {k: {**m, **{f"batch1_{mk}": mv for mk, mv in metrics_b1.get(k, {}).items()}} for k, m in metrics.items()}
 
 
 def export_onnx(module, spec: ModelSpec, calib: Samples, out: Path, limits: Limits,

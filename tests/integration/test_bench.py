@@ -67,7 +67,7 @@ def build_digits_bundle(out: Path, ckpt: Path) -> Path:
                 **base.options, "recipes": ["static-qdq-u8s8-per-channel-minmax"]}})
             job = CompileJob(onnx_path=ref_path, spec=SPEC, target=target, precision=precision, calib=calib_s,
                              eval=eval_s, reference=reference, out_dir=tmp / name, bundle_dir=tmp, config=cfg,
-                             model=model, limits=cfg.quant_limits())
+                             model=model)
             entries[name] = ort_backend.compile(job).entry
         manifest = Manifest(edgefm_version="test", source=SourceInfo(path=str(ckpt), kind="state_dict"), spec=SPEC,
                             config=cfg.model_dump(mode="json"), reference="fp32/model.onnx", eval_data="eval.npz",
@@ -82,11 +82,12 @@ def bundle(tmp_path_factory, digits_cnn_ckpt) -> Path:
 
 
 @pytest.fixture(scope="module")
-def result(bundle, tmp_path_factory) -> tuple[BenchResult, Path]:
+def result(bundle, tmp_path_factory, digits_cnn_ckpt) -> tuple[BenchResult, Path]:
     from edgefm.bench.cli import bench
 
     out = tmp_path_factory.mktemp("bench-out")
-    cfg = BenchConfig(bundle=bundle, batches=[1, 8], json_out=out / "r.json", md_out=out / "r.md", plots=out,
+    # the torch baseline comes only from the command line (--torch-source, --arch), never from the bundle
+    cfg = BenchConfig(bundle=bundle, batches=[1, 8], torch_source=digits_cnn_ckpt[0], arch="edgefm.zoo:digits_cnn", json_out=out / "r.json", md_out=out / "r.md", plots=out,
                       **FAST)
     return bench(cfg, echo=lambda s: None, progress=None), out
 
