@@ -59,22 +59,8 @@ def compare(ref: Mapping[str, np.ndarray], got: Mapping[str, np.ndarray], spec: 
         kind = kinds.get(name, "logits" if r.ndim == 2 and r.shape[-1] > 1 else "other")
         if kind == "logits":
             m["top1_agreement"] = float((r.argmax(-1) == g.argmax(-1)).mean())
-        elif kind == "state" and r.ndim >= 2:
-            m.update(state_drift(r, g))
         result[name] = m
     return result
-
-
-def state_drift(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
-    """How a fed-back state's error grows over a stream. ``ref``/``got`` are streamed outputs (chunks first):
-    error at the first and last chunk, and their ratio (``drift_ratio`` > 1: the error accumulates). Recorded
-    for the ``state`` kind; the gate on it belongs to the accuracy contract."""
-    r, g = np.asarray(ref, np.float64), np.asarray(got, np.float64)
-    first, last = np.abs(r[0] - g[0]).mean(), np.abs(r[-1] - g[-1]).mean()
-    return {"first_chunk_mean_abs": float(first), "last_chunk_mean_abs": float(last),
-            "last_chunk_cosine": float(cosine_per_sample(r[-1:], g[-1:]).mean()),
-            "drift_ratio": float(last / first) if first > 0 else (1.0 if last == 0 else float("inf")),
-            "chunks": float(r.shape[0])}
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:

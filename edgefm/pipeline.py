@@ -135,7 +135,7 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
         loaded.spec.declare_state([parse_state_decl(s) for s in config.state], f"checkpoint {config.source}")
     elif config.state_guess and guess_state_pairs(loaded.spec):
         pairs = guess_state_pairs(loaded.spec)
-        loaded.spec.declare_state(pairs, f"checkpoint {config.source}")
+        loaded.spec.declare_state(pairs, f"checkpoint {config.source}", how="state pair guessed from the names")
         loaded.notes.append(f"state inferred from the names: {', '.join(f'{p.input} <- {p.output}' for p in pairs)} "
                             f"(the data are streams); declare --state to change, state_guess: false to turn off")
         say(loaded.notes[-1])

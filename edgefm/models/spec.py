@@ -141,7 +141,7 @@ class ModelSpec(BaseModel):
     def state_map(self) -> dict[str, str]:
         return {p.input: p.output for p in self.state}
 
-    def declare_state(self, pairs: list[StatePair], where: str) -> None:
+    def declare_state(self, pairs: list[StatePair], where: str, how: str = "declared with --state") -> None:
         """Record ``pairs`` (checked against the inputs/outputs); state outputs get their input's batch axis
         and kind ``state``."""
         for p in pairs:
@@ -156,7 +156,10 @@ class ModelSpec(BaseModel):
                 raise ConfigError(f"{where}: state input '{p.input}' is a constant/scalar; a state has a batch axis")
             for o in self.outputs:
                 if o.name == p.output:
-                    o.batch_axis, o.kind = inp.batch_axis, "state"
+                    # streamed outputs carry the chunks on axis 0: the contract's state gate reads the drift there
+                    o.batch_axis, o.kind, o.declared = inp.batch_axis, "state", True
+                    o.params = {**o.params, "step_axis": 0}
+                    o.reason = f"fed back to input '{p.input}' ({how})"
         self.state = list(pairs)
 
     @property

@@ -48,9 +48,8 @@ def _check(bundle, state_out: str):
     assert man.spec.state and man.spec.state[0].output == state_out
     assert any("streaming: state" in n for n in man.stages[0].notes)
     for name, e in man.targets.items():
-        m = e.metrics[state_out]
-        assert m["chunks"] == 6 and m["last_chunk_cosine"] > 0.99, (name, m)
-        assert m["drift_ratio"] < 20, (name, m)  # int8 error must not blow up along the stream
+        m = e.metrics[state_out]  # the contract's state gate, read along the stream (chunks on axis 0)
+        assert m["steps"] == 6 and m["final_drift"] <= m["drift"] < 0.1, (name, m)
     reports = verify_bundle(bundle)
     assert all(c.ok for r in reports for c in r.checks), reports
     # the device's loop: a Predictor fed chunk by chunk, state carried, reproduces the bundle's reference
