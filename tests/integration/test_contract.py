@@ -72,31 +72,39 @@ def test_kinds_guessed_declared_recorded_and_verified(vad, tmp_path):
 
 
 def test_one_failing_target_keeps_the_others(vad, tmp_path):
-    """tflite converts from torch, so it cannot build an ONNX-only source: that target fails, onnxruntime's
-    is written, the failure is recorded, the CLI exits 1 and the bundle verifies for what it holds."""
+    """An OpenVINO target told to convert from the torch model cannot build an ONNX-only source: that target
+    fails, onnxruntime's is written, the failure is recorded, the CLI exits 1 and the bundle verifies for what
+    it holds."""
     out = tmp_path / "b"
+    torch_only = tmp_path / "ov-from-torch.yaml"
+    torch_only.write_text("name: ov-from-torch\nbackend: openvino\nprecision: int8\ndevice: cpu\narch: x86_64\n"
+                          "options:\n  convert_from: torch\n")
     code, text = cli("compress", vad / "vad.onnx", "-o", out, "--calib", vad / "calib.npz",
-                     "--target", "onnxruntime-cpu", "--target", "tflite-arm64")
+                     "--target", "onnxruntime-cpu", "--target", torch_only)
     assert code == 1, text
-    assert "1 of 2 targets failed" in text and "tflite-arm64" in text
+    assert "1 of 2 targets failed" in text and "ov-from-torch" in text
     m = read_manifest(out)
     assert list(m.targets) == ["onnxruntime-cpu"]
-    f = m.failed["tflite-arm64"]
-    assert f.error == "ConfigError" and "ONNX file only" in f.reason and f.contract is not None
-    assert not (out / "tflite-arm64").exists()
+    f = m.failed["ov-from-torch"]
+    assert f.error == "ConfigError" and "needs the torch model" in f.reason and f.contract is not None
+    assert not (out / "ov-from-torch").exists()
     reports = verify_bundle(out)
-    assert all(r.ok for r in reports) and {r.target for r in reports} == {"onnxruntime-cpu", "tflite-arm64"}
+    assert all(r.ok for r in reports) and {r.target for r in reports} == {"onnxruntime-cpu", "ov-from-torch"}
     assert edgefm.load(out)({"x": np.zeros((2, 16), np.float32)})["speech_prob"].shape == (2, 1)
     with pytest.raises(edgefm.errors.BundleError, match="failed when the bundle was made"):
-        edgefm.load(out, "tflite-arm64")
-    code, text = cli("verify", out, "--target", "tflite-arm64")
+        edgefm.load(out, "ov-from-torch")
+    code, text = cli("verify", out, "--target", "ov-from-torch")
     assert code == 1
 
 
 def test_all_targets_failing_writes_nothing(vad, tmp_path):
     out = tmp_path / "b"
-    code, text = cli("compress", vad / "vad.onnx", "-o", out, "--calib", vad / "calib.npz",
-                     "--target", "tflite-arm64", "--target", "rpi5")
+    targets = []
+    for name in ("ov-a", "ov-b"):  # OpenVINO told to convert from the torch model: impossible from an ONNX file
+        (tmp_path / f"{name}.yaml").write_text(f"name: {name}\nbackend: openvino\nprecision: int8\ndevice: cpu\n"
+                                               f"arch: x86_64\noptions:\n  convert_from: torch\n")
+        targets += ["--target", tmp_path / f"{name}.yaml"]
+    code, text = cli("compress", vad / "vad.onnx", "-o", out, "--calib", vad / "calib.npz", *targets)
     assert code == 2 and "every target failed" in text and not out.exists()
 
 
