@@ -112,3 +112,24 @@ def search_config(section: dict, **overrides) -> SearchConfig:
         return SearchConfig(**data)
     except ValidationError as e:
         raise ConfigError(f"invalid search configuration (recipe search: / flags): {describe_validation(e)}") from None
+
+
+def from_recipe(recipe: Optional[Path], fields: dict, search_overrides: dict):
+    """(base CompressConfig, SearchConfig) from a recipe YAML — its ``search:`` section fills the
+    SearchConfig, the rest the CompressConfig every trial starts from — refined by flags (None = not given)."""
+    from edgefm.config import build_config, load_recipe
+
+    data = load_recipe(recipe) if recipe else {}
+    section = data.pop("search", None) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"recipe {recipe}: 'search' must be a mapping (space, budget, trials, ...)")
+    if "trust_source" in data:
+        raise ConfigError(f"recipe {recipe}: trust_source can only be given on the command line (--trust-source)")
+    merged = {**data, **{k: v for k, v in fields.items() if v is not None and v != []}}
+    try:
+        base = build_config(None, **merged)
+    except ConfigError as e:
+        raise ConfigError(f"recipe {recipe}: {e}" if recipe else str(e)) from None
+    space = dict(section.get("space") or {})
+    space.update({k: v for k, v in (search_overrides.pop("space", None) or {}).items() if v is not None and v != []})
+    return base, search_config({**section, "space": space}, **search_overrides)
