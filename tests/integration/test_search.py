@@ -17,6 +17,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+# Ray 2.5x clusters authenticate by token, and Ray reads it once per process: the nodes the cluster test starts
+# and this driver must share it, so it is set before Ray is first imported
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN", __import__("secrets").token_hex(32))
 pytest.importorskip("ray")
 pytest.importorskip("optuna")
 
@@ -105,3 +109,119 @@ def test_search_refused_inputs_are_one_line(tmp_path, digits_cnn_ckpt):
     res = CliRunner().invoke(app, ["search", str(ckpt), "--arch", "edgefm.zoo:digits_cnn", "--input", "x:1,1,8,8",
                                    "--prune-choices", "none,half", "--storage", str(tmp_path / "s")])
     assert res.exit_code == 2 and "--prune-choices" in res.output and "'half'" in res.output
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ours(temp_dir: str) -> list:
+    """Every process of the cluster this test started: those naming its private temp dir, and their children
+    (ended by pid: other Ray sessions on the machine are left alone, unlike a blanket `ray stop`)."""
+    import psutil
+
+    procs = {}
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if temp_dir in " ".join(p.info["cmdline"] or []):
+                procs[p.pid] = p
+                for c in p.children(recursive=True):
+                    procs[c.pid] = c
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return list(procs.values())
+
+
+@pytest.fixture
+def two_node_cluster(monkeypatch):
+    """A real Ray cluster on this machine: a head with 1 CPU and a second node with 1 CPU and resource
+    'node2', on 127.0.0.1, with its own temp dir (short: Ray's socket paths have a length limit)."""
+    import psutil
+
+    temp_dir = f"/tmp/efr{os.getpid()}"
+    port = _free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--temp-dir", temp_dir, "--disable-usage-stats",
+              "--object-store-memory", str(100 * 1024 ** 2)]
+    try:
+        subprocess.run([ray_bin, "start", "--head", "--port", str(port), "--include-dashboard", "false", *common],
+                       env=env, check=True, capture_output=True, timeout=180)
+        subprocess.run([ray_bin, "start", "--address", f"127.0.0.1:{port}", "--resources", '{"node2": 1}', *common],
+                       env=env, check=True, capture_output=True, timeout=180)
+        yield f"127.0.0.1:{port}"
+    finally:
+        procs = _ours(temp_dir)
+        for p in procs:
+            try:
+                p.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=15)
+        for p in alive:
+            p.kill()
+        import shutil
+
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_search_on_two_node_cluster_survives_a_killed_node(digits_cnn_ckpt, tmp_path, two_node_cluster):
+    """Trials run on both nodes; the second node's raylet is killed while it runs a trial, and that trial is
+    retried on the head and finishes."""
+    import psutil
+    import ray
+
+    from edgefm.config import CompressConfig
+    from edgefm.search import SearchConfig, search
+
+    ckpt, _ = digits_cnn_ckpt
+    store = tmp_path / "store"
+    base = CompressConfig(source=ckpt, output=tmp_path / "unused", arch="edgefm.zoo:digits_cnn", inputs=["x:1,1,8,8"],
+                          calib=CALIB / "digits_calib.npz", eval=CALIB / "digits_eval.npz")
+    cfg = SearchConfig(space={"prune": [None, 0.25, 0.5], "quantize": ["int8"],
+                              "targets": ["onnxruntime-cpu", "openvino-cpu"]},
+                       budget=BUDGET, trials=6, sampler="grid", storage=store, ray_address=two_node_cluster,
+                       timing_runs=100, memory_gb=0.5)
+    killed: dict = {}
+
+    def kill_node2_mid_trial():
+        deadline = time.time() + 600
+        while time.time() < deadline and not killed:
+            time.sleep(0.5)
+            if not ray.is_initialized():
+                continue
+            try:
+                node2 = next(n for n in ray.nodes() if n["Alive"] and "node2" in n["Resources"])
+            except (StopIteration, Exception):  # noqa: BLE001 - the driver may be connecting
+                continue
+            for log in store.glob("trials/*/attempts.log"):
+                running = not (log.parent / "result.json").exists()
+                if running and any(json.loads(line)["node"] == node2["NodeID"] for line in log.read_text().splitlines()):
+                    flag = f"--node_id={node2['NodeID']}"
+                    for p in psutil.process_iter(["name", "cmdline"]):
+                        if "raylet" in (p.info["name"] or "") and flag in " ".join(p.info["cmdline"] or []):
+                            p.send_signal(signal.SIGKILL)
+                            killed.update(node=node2["NodeID"], trial=log.parent.name, pid=p.pid)
+                            return
+
+    watcher = threading.Thread(target=kill_node2_mid_trial, daemon=True)
+    watcher.start()
+    s = search(base, cfg)
+    watcher.join(timeout=5)
+    assert killed, "the second node never ran a trial, so it could not be killed mid-trial"
+    trials = {t["key"]: t for t in s["trials"]}
+    victim = trials[killed["trial"]]
+    assert victim["status"] == "ok"
+    nodes = [a["node"] for a in victim["attempts"]]
+    assert nodes[0] == killed["node"] and len(nodes) >= 2 and nodes[-1] != killed["node"], nodes
+    assert all(t["status"] == "ok" for t in s["trials"])
+    assert len(s["nodes"]) == 2  # trials visibly spread over both nodes
+    spread = {n: sum(t["attempts"][-1]["node"] == n for t in s["trials"]) for n in s["nodes"]}
+    print(f"\ncluster search: {len(s['trials'])} trials in {s['wall_s']} s; finishing node per trial {spread}; "
+          f"killed node2 raylet pid {killed['pid']} during trial {killed['trial'][:8]}, retried: {nodes}; "
+          f"load {open('/proc/loadavg').read().split()[:3]}")
