@@ -4,6 +4,7 @@ the output folder and one ``report.md``. A model that fails is reported; the oth
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import time
@@ -70,7 +71,8 @@ def compress_one(fields: dict[str, Any], output: str) -> dict[str, Any]:
         pass
     name = fields["name"]
     t0 = time.perf_counter()
-    row: dict[str, Any] = {"name": name, "host": socket.gethostname(), "node": _node()}
+    row: dict[str, Any] = {"name": name, "host": socket.gethostname(), "node": _node(), "pid": os.getpid(),
+                           "start": time.time()}
     try:
         cfg = build_config(None, output=Path(output), force=True, **{k: v for k, v in fields.items() if k != "name"})
         m = edgefm.compress(cfg, progress=lambda msg: None)
@@ -82,6 +84,7 @@ def compress_one(fields: dict[str, Any], output: str) -> dict[str, Any]:
     except EdgefmError as e:
         row.update(status="failed", reason=str(e).splitlines()[0][:300])
     row["seconds"] = round(time.perf_counter() - t0, 2)
+    row["end"] = time.time()
     return row
 
 

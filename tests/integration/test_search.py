@@ -229,3 +229,55 @@ def test_search_on_two_node_cluster_survives_a_killed_node(digits_cnn_ckpt, tmp_
     print(f"\ncluster search: {len(s['trials'])} trials in {s['wall_s']} s; finishing node per trial {spread}; "
           f"killed node2 raylet pid {killed['pid']} during trial {killed['trial'][:8]}, retried: {[n[:8] for n in nodes]}; "
           f"load {open('/proc/loadavg').read().split()[:3]}")
+
+
+def test_compress_zoo_three_models_in_parallel(digits_cnn_ckpt, digits_lstm_ckpt, tmp_path):
+    """Three models (CNN, LSTM, GRU) in one zoo file, compressed as parallel Ray tasks: three bundles that
+    verify, and one report naming each."""
+    import torch
+
+    from edgefm import zoo as models
+
+    torch.manual_seed(0)
+    gru = models.digits_gru()
+    models.train_digits(gru, sequence=True, epochs=15)
+    gru_path = tmp_path / "gru.pt"
+    torch.save(gru.state_dict(), gru_path)
+    seq = {"calib": str(CALIB / "digits_seq_calib.npz"), "eval": str(CALIB / "digits_seq_eval.npz"),
+           "inputs": ["x:1,8,8"]}
+    zoo_file = tmp_path / "zoo.yaml"
+    zoo_file.write_text(yaml.safe_dump({
+        "defaults": {"targets": ["onnxruntime-cpu"]},
+        "models": [
+            {"name": "cnn", "source": str(digits_cnn_ckpt[0]), "arch": "edgefm.zoo:digits_cnn",
+             "inputs": ["x:1,1,8,8"], "calib": str(CALIB / "digits_calib.npz"),
+             "eval": str(CALIB / "digits_eval.npz"), "prune": {"ratio": 0.25}},
+            {"name": "lstm", "source": str(digits_lstm_ckpt[0]), "arch": "edgefm.zoo:digits_lstm", **seq},
+            {"name": "gru", "source": "gru.pt", "arch": "edgefm.zoo:digits_gru", **seq},  # relative to the zoo
+        ]}))
+    out = tmp_path / "bundles"
+    res = CliRunner().invoke(app, ["compress-zoo", str(zoo_file), "-o", str(out), "--num-cpus", "2"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "report.json").read_text())
+    assert [m["name"] for m in rep["models"]] == ["cnn", "lstm", "gru"] and rep["ok"] == 3
+    from edgefm.verify import verify_bundle
+
+    for name in ("cnn", "lstm", "gru"):
+        assert all(r.ok for r in verify_bundle(out / name)), name
+    md = (out / "report.md").read_text()
+    assert all(f"| {n} | ok | onnxruntime-cpu |" in md for n in ("cnn", "lstm", "gru")), md
+    # in parallel: two models were being compressed at the same time, by two worker processes
+    ms = rep["models"]
+    overlap = [(a["name"], b["name"]) for a in ms for b in ms
+               if a["name"] < b["name"] and a["start"] < b["end"] and b["start"] < a["end"] and a["pid"] != b["pid"]]
+    assert overlap, [(m["name"], m["start"], m["end"]) for m in ms]
+    print(f"\nzoo: 3 models in {rep['wall_s']} s wall, concurrent {overlap} (sum of model times "
+          f"{sum(m['seconds'] for m in rep['models']):.1f} s); load {open('/proc/loadavg').read().split()[:3]}")
+
+
+def test_compress_zoo_bad_file_is_one_line(tmp_path):
+    bad = tmp_path / "zoo.yaml"
+    bad.write_text(yaml.safe_dump({"models": [{"name": "a/b", "source": "x.pt"}]}))
+    res = CliRunner().invoke(app, ["compress-zoo", str(bad), "-o", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "models[0].name" in res.output
+    assert not (tmp_path / "o").exists()
