@@ -336,6 +336,12 @@ def _handle(request_path: str) -> None:
                 result["quantize"] = litert.quantize(Path(req["fp32_out"]), Path(req["out"]), calib=calib,
                                                      **req["quantize"])
             result["seconds"]["quantize"] = time.time() - t
+        if result.get("fused_lstm") and req.get("lstm_state", "reset") == "reset":
+            # After quantization (the zeroing ops' values are chosen, not calibrated): every call starts from
+            # a zero state in any LiteRT. "carry" (a caller that declared the state) keeps it between calls.
+            for name in ("fp32_out", "out"):
+                if req.get(name) and Path(req[name]).exists():
+                    result["lstm_state_reset"] = tflite_lstm.reset_state_after_call(Path(req[name]))
         result["ok"] = True
     except _Reported:
         pass

@@ -41,9 +41,8 @@ class Runner:
         self.runner = self.interpreter.get_signature_runner(SIGNATURE)
         self.inputs = self.runner.get_input_details()
         self.outputs = self.runner.get_output_details()
-        # Fused LSTM ops keep their state in variable tensors across invocations; each call starts from zero.
-        self.stateful = any(op["op_name"] == "UNIDIRECTIONAL_SEQUENCE_LSTM"
-                            for op in self.interpreter._get_ops_details())
+        # No state handling here: edgefm's fused LSTM models zero their own state at the end of every call
+        # (tflite_lstm.reset_state_after_call), so they give the same results in any LiteRT as here.
 
     @property
     def batch(self) -> int:
@@ -79,8 +78,6 @@ class Runner:
             if got < b:  # pad the last chunk to the compiled batch, drop the padding after
                 chunk = {k: np.concatenate([v, np.repeat(v[-1:], b - got, 0)]) for k, v in chunk.items()}
             out = self.runner(**{k: self._to_model(k, v) for k, v in chunk.items()})
-            if self.stateful:  # allocation zeroed the state; zero it again for the next call
-                self.interpreter.reset_all_variables()
             for k in parts:
                 parts[k].append(self._from_model(k, np.asarray(out[k]))[:got])
         if n == 0:  # no samples: empty outputs of the right trailing shape
