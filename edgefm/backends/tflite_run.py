@@ -9,7 +9,9 @@ arrays (first axis = samples), OUT gets ``out/<name>``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 
 import numpy as np
@@ -25,6 +27,20 @@ def litert_version() -> str:
         return "unknown"
 
 
+@contextlib.contextmanager
+def _stderr_to_devnull():
+    """File descriptor 2 to /dev/null for the duration (C++ writes bypass sys.stderr)."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 class Runner:
     """One interpreter and its signature runner. Not thread-safe (LiteRT interpreters are not): the
     Predictor keeps a pool of these.
@@ -38,6 +54,11 @@ class Runner:
 
         # AUTO applies XNNPACK, the fast CPU path on x86 and ARM.
         self.interpreter = Interpreter(model_path=str(model_path), num_threads=threads)
+        if os.environ.get("EDGEFM_QUIET") == "1":
+            # The first allocation in a process applies XNNPACK, and LiteRT prints "INFO: Created TensorFlow
+            # Lite XNNPACK delegate for CPU." on stderr (C++, no switch): the edgefm CLI asks for quiet output.
+            with _stderr_to_devnull():
+                self.interpreter.allocate_tensors()
         self.runner = self.interpreter.get_signature_runner(SIGNATURE)
         self.inputs = self.runner.get_input_details()
         self.outputs = self.runner.get_output_details()

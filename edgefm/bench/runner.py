@@ -302,8 +302,10 @@ def add_ratios(ms: list[Measurement]) -> None:
 
 
 def bundle_info(bundle: Path, manifest: Manifest) -> BundleInfo:
-    src = Path(manifest.source.path)
-    return BundleInfo(path=str(bundle), model=src.stem if src.suffix else src.name, family=manifest.spec.family,
+    from edgefm.bench.report import model_name
+
+    name = model_name(manifest.source.path, (manifest.config or {}).get("arch"), manifest.spec.arch)
+    return BundleInfo(path=str(bundle), model=name, family=manifest.spec.family,
                       task=manifest.spec.task, arch=manifest.spec.arch, source=manifest.source.path,
                       created=manifest.created)
 
