@@ -39,6 +39,10 @@ def _setup_logging(verbose: bool) -> None:
     logging.captureWarnings(True)  # warnings.warn -> the "py.warnings" logger, filtered like the rest
     if verbose:
         return
+    # Libraries that log through the root logger (ONNX Runtime's quantizer: "Please consider to run
+    # pre-processing...") are cut there; edgefm's own loggers keep WARNING.
+    logging.getLogger().setLevel(logging.ERROR)
+    logging.getLogger("edgefm").setLevel(logging.WARNING)
     # Before torch is imported (it resets its loggers on import); inherited by the converter subprocess.
     os.environ.setdefault("TORCH_LOGS", "-torch")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

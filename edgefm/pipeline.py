@@ -151,7 +151,7 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
             spec.preprocessing.tokenizer = "tokenizer"
 
         entries = {}
-        for target in p.targets:
+        for i, target in enumerate(p.targets):
             precision = p.precisions[target.name]
             say(f"compiling {target.name} ({target.backend}, {precision})")
             job = CompileJob(onnx_path=ref_path, spec=spec, target=target, precision=precision, calib=calib,
@@ -160,6 +160,8 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
             result = get_backend(target.backend).compile(job)
             entries[target.name] = result.entry
             stages += result.stages
+            del job, result
+            _release(target.backend, [t.backend for t in p.targets[i + 1:]])
         manifest = Manifest(edgefm_version=edgefm.__version__,
                             source=SourceInfo(path=str(config.source.resolve()), kind=loaded.kind,
                                               sha256=loaded.sha256),
@@ -168,6 +170,25 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
         finalize(tmp, manifest)
     say(f"wrote {config.output} in {time.perf_counter() - t0:.1f} s")
     return manifest
+
+
+def _release(backend: str, later: list[str]) -> None:
+    """Between targets: a backend no later target uses gives back what it keeps (the LiteRT converter
+    process), and memory the finished target freed goes back to the system, so that a multi-target compress
+    peaks at its heaviest target rather than at the sum of them."""
+    import gc
+
+    if backend not in later:
+        release = getattr(get_backend(backend), "release", None)
+        if release is not None:
+            release()
+    gc.collect()
+    try:  # glibc keeps freed heap pages mapped; hand them back (no-op elsewhere)
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _cache_dir(config: CompressConfig) -> Optional[Path]:

@@ -288,6 +288,15 @@ def _entry(job: CompileJob, mode, gran, opts: TFLiteOptions, result: dict, metri
         hardware={"arch": job.target.arch, "cpu_core": job.target.cpu_core, **job.target.hardware})
 
 
+def release() -> None:
+    """The compress is done with LiteRT targets: stop the converter process (it holds torch, litert-torch and
+    the last converted model: ~1 GB for MiniLM) and drop the reuse cache."""
+    tflite_convert.close_workers()
+    for old in _DONE.values():
+        shutil.rmtree(old[1], ignore_errors=True)
+    _DONE.clear()
+
+
 # --- load / run --------------------------------------------------------------------------------------
 
 def _runner(model: Path, threads: Optional[int]):

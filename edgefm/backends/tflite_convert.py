@@ -219,9 +219,12 @@ _WORKERS_LOCK = threading.Lock()
 
 
 @atexit.register
-def _close_workers() -> None:
-    for w in _WORKERS.values():
-        w.close()
+def close_workers() -> None:
+    """Stop every converter process (the next conversion starts a new one)."""
+    with _WORKERS_LOCK:
+        for w in _WORKERS.values():
+            w.close()
+        _WORKERS.clear()
 
 
 def convert(python: Path, request: dict[str, Any], workdir: Path, timeout: float = 3600) -> dict[str, Any]:

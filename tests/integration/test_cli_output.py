@@ -101,3 +101,15 @@ def test_inspect_piped_keeps_whole_values(quiet_compress):
     import json
 
     assert json.loads(res.stdout)["targets"].keys() == m.targets.keys()
+
+
+def test_bench_shows_steps_with_seconds(quiet_compress):
+    out, _ = quiet_compress
+    res = _edgefm("bench", out, "-t", "onnxruntime-cpu", "--no-baselines", "--runs", "5", "--warmup", "1")
+    assert res.returncode == 0, res.stderr[-3000:]
+    said = re.findall(r"^\[\s*\d+\.\d s\] (.+)$", res.stderr, re.M)
+    assert "onnxruntime-cpu: accuracy on the eval data" in said and "onnxruntime-cpu: timing batch 1" in said, said
+    assert not [m.group(0) for m in THIRD_PARTY.finditer(res.stdout + res.stderr)]
+    # the table names the machine and the model on each row; the model is the checkpoint's, not a folder's
+    row = next(line for line in res.stdout.splitlines() if "| onnxruntime-cpu |" in line)
+    assert "| digits_cnn |" in row, row
