@@ -12,16 +12,17 @@ from typing import Any, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgefm.backends.base import CompileJob, CompileResult, LoadOptions
+from edgefm.backends.base import CompileJob, CompileResult, LoadOptions, judge_job
 from edgefm.bundle import StageRecord, TargetEntry, sha256_file
+from edgefm.contract import enforce
 from edgefm.errors import AccuracyError, ConfigError
-from edgefm.fidelity import check, evaluate
 from edgefm.models.spec import ModelSpec
-from edgefm.runtime import BasePredictor
+from edgefm.predictor import BasePredictor
 from edgefm.targets import TargetSpec, backend_options
 
 log = logging.getLogger(__name__)
 EXTRA = "onnxruntime"  # part of the core install
+CAPABILITIES: frozenset = frozenset()  # no optional verbs (edgefm.backends.base.CAPABILITIES)
 EVAL_BATCH = 32
 PREFERENCE_MARGIN = 1.2  # an earlier recipe within 20 % of the fastest is kept
 
@@ -119,17 +120,18 @@ def _int8(job: CompileJob, opts: Options, out: Path) -> tuple[dict[str, Any], di
         except Exception as e:  # noqa: BLE001 - a recipe ORT cannot apply is recorded and skipped
             notes.append(f"recipe {recipe.name} failed: {type(e).__name__}: {str(e)[:200]}")
             continue
-        metrics = evaluate(job.spec, job.reference, eval_outputs(path, job, opts), job.eval.labels)
+        verdict = judge_job(job, eval_outputs(path, job, opts))
+        metrics = verdict.metrics
         ms = quick_latency_ms(path, one, threads=job.target.threads or 0)
         try:
-            check(f"quantize int8 ({recipe.name})", metrics, job.limits)
+            enforce(f"quantize int8 ({recipe.name})", verdict)
             error = None
         except AccuracyError as e:
             error = e
         summary = {k: {m: round(v, 5) for m, v in d.items()} for k, d in metrics.items()}
         notes.append(f"recipe {recipe.name}: {ms:.3f} ms at batch 1 (fp32 {base_ms:.3f}), "
                      f"{'within limits' if error is None else 'rejected: ' + str(error)}; {summary}")
-        candidates.append((recipe, settings, metrics, ms, path, error))
+        candidates.append((recipe, settings, verdict, ms, path, error))
     ok = [c for c in candidates if c[5] is None]
     if not ok and job.config.max_accuracy_drop is not None:
         # The user stated a bound: keep the most damaged nodes in float until it holds (recorded).
@@ -139,7 +141,7 @@ def _int8(job: CompileJob, opts: Options, out: Path) -> tuple[dict[str, Any], di
             c[4].unlink(missing_ok=True)
         if not candidates:
             raise AccuracyError("quantize int8", "-", "recipes_applied", 0, 1, hint="; ".join(notes))
-        best = max(candidates, key=lambda c: _worst_cosine(c[2]))
+        best = max(candidates, key=lambda c: c[2].margin)
         raise AccuracyError(best[5].step, best[5].output, best[5].metric, best[5].value, best[5].limit,
                             hint="no int8 recipe met the limits; relax them in a recipe's tolerances, allow a "
                                  "bounded drop with --max-accuracy-drop (which also lets the most sensitive nodes "
@@ -154,7 +156,8 @@ def _int8(job: CompileJob, opts: Options, out: Path) -> tuple[dict[str, Any], di
     def beaten(c) -> bool:
         return any(d[3] * PREFERENCE_MARGIN < c[3] and size[id(d)] <= 1.1 * size[id(c)] for d in ok)
 
-    recipe, settings, metrics, ms, path, _ = next(c for c in ok if not beaten(c))
+    recipe, settings, verdict, ms, path, _ = next(c for c in ok if not beaten(c))
+    metrics = verdict.metrics
     for c in candidates:
         if c[4] != path:
             c[4].unlink(missing_ok=True)
@@ -165,56 +168,62 @@ def _int8(job: CompileJob, opts: Options, out: Path) -> tuple[dict[str, Any], di
     return settings, metrics, notes
 
 
-FALLBACK_ROUNDS = 8
+class OrtFallback:
+    """Fallback hooks (edgefm.quantize.fallback) for ORT's static QDQ: units are quantized activations ranked
+    by ORT's QDQ debugger (per-channel SQNR, ``sensitive_tensors``); keeping one excludes the nodes that
+    produce or consume it (in QDQ form a producer quantizes its output, a consumer its input)."""
+
+    precision_kept = "float"
+
+    def __init__(self, job: CompileJob, opts: Options, out: Path, recipe):
+        self.job, self.opts, self.out, self.recipe = job, opts, out, recipe
+        self.settings: dict[str, Any] = {}
+        self.made: list[Path] = []
+
+    def sensitivity(self, candidate):
+        from edgefm.quantize.fallback import Unit
+        from edgefm.quantize.onnxruntime import sensitive_tensors
+
+        ranked = sensitive_tensors(self.job.onnx_path, candidate.path, self.job.calib, self.job.spec.input_names)
+        return [Unit(t, s, list(nodes)) for t, s, nodes in ranked]
+
+    def build(self, keep):
+        from edgefm.quantize.fallback import Candidate
+        from edgefm.quantize.onnxruntime import quantize
+
+        nodes = list(dict.fromkeys(n for u in keep for n in u.nodes))
+        path = self.out.with_name(f".fallback{len(self.made)}.onnx")
+        self.made.append(path)
+        self.settings = quantize(self.job.onnx_path, path, self.recipe, self.job.calib, self.job.spec.input_names,
+                                 self.job.config.keep_fp32, fallback_nodes=nodes)
+        return Candidate(path, kept=nodes)
+
+    def run(self, candidate):
+        return eval_outputs(candidate.path, self.job, self.opts)
 
 
 def _fallback(job: CompileJob, opts: Options, out: Path, static: list, notes: list[str]) -> list:
-    """Greedy accuracy fallback for the static candidate closest to the limits: each round asks ORT's QDQ
-    debugger which quantized activation is most damaged (lowest SQNR) in the current model and keeps it in
-    float (its producer and consumers are excluded), until the limits hold or FALLBACK_ROUNDS pass.
-    Re-ranking each round matters: freeing one tensor can move the damage to its neighbour (a Conv whose
-    Relu was excluded now quantizes its own output). Returns [candidate] or []."""
-    from edgefm.quantize.onnxruntime import quantize, quick_latency_ms, sensitive_tensors
+    """The accuracy fallback (edgefm.quantize.fallback) on the static candidate closest to the limits.
+    Returns [candidate] or []; every round goes into ``notes`` and the kept nodes into the settings."""
+    from edgefm.quantize.fallback import Candidate, run_fallback
+    from edgefm.quantize.onnxruntime import quick_latency_ms
 
     if not static:
         notes.append("fallback: no static (QDQ) recipe to refine; dynamic recipes have no per-node fallback")
         return []
-    recipe, _, _, _, current, _ = max(static, key=lambda c: _worst_cosine(c[2]))
-    excluded: list[str] = []
-    freed: dict[str, float] = {}
-    for round_ in range(1, FALLBACK_ROUNDS + 1):
-        ranked = [r for r in sensitive_tensors(job.onnx_path, current, job.calib, job.spec.input_names)
-                  if r[2] and not set(r[2]) <= set(excluded)]
-        if not ranked:
-            break
-        tensor, sqnr, nodes = ranked[0]
-        freed[tensor] = round(sqnr, 2)
-        excluded += [n for n in nodes if n not in excluded]
-        trial = out.with_name(f".fallback{round_}.onnx")
-        settings = quantize(job.onnx_path, trial, recipe, job.calib, job.spec.input_names, job.config.keep_fp32,
-                            fallback_nodes=excluded)
-        metrics = evaluate(job.spec, job.reference, eval_outputs(trial, job, opts), job.eval.labels)
-        if current not in [c[4] for c in static]:
-            current.unlink(missing_ok=True)
-        current = trial
-        try:
-            check(f"quantize int8 ({recipe.name}, {len(excluded)} nodes in float)", metrics, job.limits)
-        except AccuracyError as e:
-            notes.append(f"fallback round {round_}: kept '{tensor}' (int8 SQNR {sqnr:.1f} dB) in float: still {e}")
-            continue
-        ms = quick_latency_ms(trial, job.eval.take(slice(0, 1)).inputs, threads=job.target.threads or 0)
-        settings["fallback_nodes_fp32"] = list(excluded)
-        notes.append(f"fallback: kept {len(excluded)} node(s) in float {excluded} so that the most damaged "
-                     f"activations stay float (their int8 SQNR in dB: {freed}); now within the limits")
-        return [(recipe, settings, metrics, ms, trial, None)]
-    if current not in [c[4] for c in static]:
-        current.unlink(missing_ok=True)
-    notes.append(f"fallback: gave up after {len(freed)} rounds ({len(excluded)} nodes in float)")
-    return []
-
-
-def _worst_cosine(metrics: dict) -> float:
-    return min((m.get("cosine", 1.0) for k, m in metrics.items() if not k.startswith("_")), default=1.0)
+    recipe, _, _, _, start, _ = max(static, key=lambda c: c[2].margin)
+    hooks = OrtFallback(job, opts, out, recipe)
+    res = run_fallback(hooks, lambda got: judge_job(job, got), Candidate(start), progress=job.progress)
+    notes += res.notes()
+    for p in hooks.made:
+        if res.candidate is None or p != res.candidate.path:
+            p.unlink(missing_ok=True)
+    if not res.ok:
+        return []
+    path = res.candidate.path
+    ms = quick_latency_ms(path, job.eval.take(slice(0, 1)).inputs, threads=job.target.threads or 0)
+    settings = dict(hooks.settings, fallback_nodes_fp32=list(res.kept), fallback=res.record())
+    return [(recipe, settings, res.verdict, ms, path, None)]
 
 
 def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contract's name
@@ -225,7 +234,9 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
     notes: list[str] = []
     if job.precision == "fp32":
         artifact, settings = job.onnx_path, {"artifact": "the verified fp32 ONNX, unchanged"}
-        metrics = evaluate(job.spec, job.reference, eval_outputs(artifact, job, opts), job.eval.labels)
+        verdict = judge_job(job, eval_outputs(artifact, job, opts))
+        enforce("onnxruntime fp32", verdict)  # the reference itself: fails only on a broken runtime
+        metrics = verdict.metrics
     elif job.precision == "int8":
         artifact = job.out_dir / "model.int8.onnx"
         settings, metrics, notes = _int8(job, opts, artifact)
@@ -234,15 +245,17 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
 
         artifact = job.out_dir / "model.fp16.onnx"
         settings = to_fp16(job.onnx_path, artifact)
-        metrics = evaluate(job.spec, job.reference, eval_outputs(artifact, job, opts), job.eval.labels)
-        check("convert fp16", metrics, job.limits)
+        verdict = judge_job(job, eval_outputs(artifact, job, opts))
+        enforce("convert fp16", verdict)
+        metrics = verdict.metrics
     else:
         raise ConfigError(f"target {job.target.name}: onnxruntime does not support precision '{job.precision}' "
                           f"(use int8, fp16 or fp32)")
     rel = str(Path(artifact).relative_to(job.bundle_dir))
     entry = TargetEntry(backend="onnxruntime", precision=job.precision, device=job.target.device, artifact=rel,
                         files=[rel], runtime_versions=versions(), options=opts.model_dump(), metrics=metrics,
-                        hardware={"arch": job.target.arch})
+                        hardware={"arch": job.target.arch},
+                        kept_in_float=list(settings.get("fallback_nodes_fp32", [])), fallback=settings.get("fallback"))
     stage = StageRecord(name="quantize" if job.precision != "fp32" else "compile", target=job.target.name,
                         settings=settings, input_sha256=sha256_file(job.onnx_path),
                         output_sha256=sha256_file(artifact), seconds=round(time.perf_counter() - t0, 3),

@@ -129,7 +129,7 @@ def _plain_litert(path, x: np.ndarray, order) -> np.ndarray:
     return np.concatenate([out[i] for i in range(len(x))])
 
 
-@pytest.mark.parametrize("io", ["int8", "float"])
+@pytest.mark.parametrize("io", ["int8", "float", "fp32-model"])
 def test_full_int8_lstm_is_stateless_in_plain_litert(io, request, lstm, tmp_path):
     """Issue 14: the fused LSTM keeps its state in variable tensors, which LiteRT carries from one call to the
     next. The artifact must start every call from zero by itself: 50 held-out samples run forward and in
@@ -138,11 +138,11 @@ def test_full_int8_lstm_is_stateless_in_plain_litert(io, request, lstm, tmp_path
 
     if io == "int8":
         out, _ = request.getfixturevalue("lstm_bundle")
-    else:  # float I/O: the quantize op at the model's edge, same fused int8 LSTMs inside
+    else:  # float I/O: the quantize op at the model's edge, same fused int8 LSTMs inside; or the fp32 model
         from .conftest import digits_job, tflite_target, write_bundle
 
         out = tmp_path / "bundle"
-        target = tflite_target("int8", io="float")
+        target = tflite_target("fp32") if io == "fp32-model" else tflite_target("int8", io="float")
         write_bundle(out, lambda d: digits_job(d, lstm[0], True, target, bundle_dir=d), target)
     entry = json.loads((out / "manifest.json").read_text())["targets"]["tflite-arm64"]
     path = out / entry["artifact"]
