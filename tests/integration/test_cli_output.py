@@ -66,7 +66,7 @@ def test_compress_is_quiet_and_shows_steps_with_seconds(quiet_compress):
 def test_compress_summary_has_sizes_and_fidelity_unbroken(quiet_compress):
     out, res = quiet_compress
     from edgefm.bundle import read_manifest
-    from edgefm.fidelity import summarize
+    from edgefm.contract import summarize
 
     m = read_manifest(out)
     fp32 = (out / "fp32" / "model.onnx").stat().st_size
@@ -83,7 +83,7 @@ def test_inspect_piped_keeps_whole_values(quiet_compress):
     res = _edgefm("inspect", out, columns=40)
     assert res.returncode == 0, res.stderr
     from edgefm.bundle import read_manifest
-    from edgefm.fidelity import summarize
+    from edgefm.contract import summarize
 
     m = read_manifest(out)
     text = res.stdout
