@@ -350,6 +350,8 @@ def _handle(request_path: str) -> None:
         if result.get("fused_lstm") and req.get("lstm_state", "reset") == "reset":
             # After quantization (the zeroing ops' values are chosen, not calibrated): every call starts from
             # a zero state in any LiteRT. "carry" (a caller that declared the state) keeps it between calls.
+            from edgefm.backends import tflite_lstm
+
             for name in ("fp32_out", "out"):
                 if req.get(name) and Path(req[name]).exists():
                     result["lstm_state_reset"] = tflite_lstm.reset_state_after_call(Path(req[name]))

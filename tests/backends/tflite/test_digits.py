@@ -157,5 +157,5 @@ def test_full_int8_lstm_is_stateless_in_plain_litert(io, request, lstm, tmp_path
     with torch.no_grad():
         fp32 = lstm[0](torch.from_numpy(x)).numpy()
     top1, fp32_top1 = float((forward.argmax(1) == y).mean()), float((fp32.argmax(1) == y).mean())
-    print(f"plain LiteRT, io={io}: full-int8 top-1 {top1:.3f} on 50 held-out samples (fp32 {fp32_top1:.3f})")
+    print(f"plain LiteRT, {io}: top-1 {top1:.3f} on 50 held-out samples (fp32 torch {fp32_top1:.3f})")
     assert 100 * (fp32_top1 - top1) <= 1.0, (top1, fp32_top1)
