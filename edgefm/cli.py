@@ -221,12 +221,16 @@ def _print_targets(manifest, bundle: Optional[Path] = None) -> None:
     fp32 = _fp32_bytes(manifest, bundle) if bundle is not None else None
     for name, e in manifest.targets.items():
         size = [_size_text(_files_bytes(bundle, e.files), fp32)] if bundle is not None else []
-        text = _fidelity_text(e.metrics) + "".join(f"\n[yellow]note:[/] {n}" for n in e.notes)
-        t.add_row(name, e.backend, e.precision, e.artifact, *size, text)
+        t.add_row(name, e.backend, e.precision, e.artifact, *size, _fidelity_text(e.metrics))
     for name, f in manifest.failed.items():
         size = [""] if bundle is not None else []
-        t.add_row(name, f.backend, f.precision, "[red]FAILED[/]", *size, f"[red]{f.error}:[/] {f.reason}")
+        t.add_row(name, f.backend, f.precision, "[red]FAILED[/]", *size, f"[red]{f.error}[/]")
     out.print(t)
+    for name, e in manifest.targets.items():  # whole lines, so they can be read (and grepped) unwrapped
+        for n in e.notes:
+            out.print(f"[yellow]note[/] {name}: {n}", soft_wrap=True, highlight=False)
+    for name, f in manifest.failed.items():
+        out.print(f"[red]FAILED[/] {name}: {f.reason}", soft_wrap=True, highlight=False)
 
 
 def _files_bytes(bundle: Path, files: list[str]) -> Optional[int]:
@@ -295,7 +299,8 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle folder"),
     for i in m.spec.inputs:
         io.add_row(f"in: {i.name}", str(i.shape), i.dtype)
     for o in m.spec.outputs:
-        io.add_row(f"out: {o.name}", "", o.kind)
+        why = "declared" if o.declared else f"guessed: {o.reason}" if o.reason else ""
+        io.add_row(f"out: {o.name}", "", f"{o.kind} ({why})" if why else o.kind)
     out.print(io)
     if m.config:
         cfg = Table(title="configuration")
@@ -376,7 +381,8 @@ def verify(bundle: Path = typer.Argument(..., help="Bundle folder"),
         t.add_column(c, no_wrap=c != "result")
     for r in reports:
         for c in r.checks:
-            t.add_row(r.target, c.name, f"[green]ok[/] {c.detail}" if c.ok else f"[red]FAIL[/] {c.detail}")
+            mark = "[yellow]skipped[/]" if c.skipped else "[green]ok[/]" if c.ok else "[red]FAIL[/]"
+            t.add_row(r.target, c.name, f"{mark} {c.detail}")
     out.print(t)
     if not all(r.ok for r in reports):
         raise typer.Exit(1)

@@ -21,7 +21,7 @@ from edgefm.bundle import (FailedTarget, Manifest, SourceInfo, StageRecord, chec
                            staging)
 from edgefm.config import CompressConfig
 from edgefm.contract import resolve
-from edgefm.errors import BundleError, CalibrationError, ConfigError, EdgefmError, TargetFailedError
+from edgefm.errors import CalibrationError, ConfigError, EdgefmError, TargetFailedError
 from edgefm.targets import TargetSpec, get_target
 
 log = logging.getLogger(__name__)
@@ -233,8 +233,9 @@ def _note_size(entry, bundle: Path, fp32_dir: Path) -> None:
     files = {f for f in entry.files if f != entry.options.get("build")} or {entry.artifact}
     size = sum((bundle / f).stat().st_size for f in files if (bundle / f).is_file())
     if fp32 and size >= fp32:
-        entry.notes.append(f"int8 artifact is not smaller than fp32 ({size / 1e6:.3g} MB vs {fp32 / 1e6:.3g} MB): "
-                           f"its weights stay float (e.g. LSTM/GRU or layers kept in float)")
+        entry.notes.append(f"int8 artifact is not smaller than the fp32 model ({size / 1e6:.3g} MB vs {fp32 / 1e6:.3g} "
+                           f"MB): int8 buys no size here (weights left in float, e.g. LSTM/GRU or layers kept in "
+                           f"float, or a model so small that the format's overhead dominates)")
 
 
 def _cache_dir(config: CompressConfig) -> Optional[Path]:

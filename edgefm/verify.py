@@ -31,6 +31,7 @@ class Check:
     name: str
     ok: bool
     detail: str = ""
+    skipped: bool = False  # nothing to check (e.g. a target that failed at compress time), not a pass
 
 
 @dataclass
@@ -114,7 +115,8 @@ def verify_bundle(bundle: Path, targets: Optional[list[str]] = None, emulate: Op
             # not in the bundle: the targets it holds still verify; asking for this one by name does not
             f = manifest.failed[t]
             reports.append(TargetReport(t, f.backend, [Check("built", not targets, f"failed at compress time, not in "
-                                                                                    f"the bundle: {f.reason}")]))
+                                                                                    f"the bundle: {f.reason}",
+                                                             skipped=not targets)]))
         elif t in manifest.targets:
             reports.append(verify_target(bundle, manifest, t, emulate, cpu))
         else:
