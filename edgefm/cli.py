@@ -3,22 +3,63 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+import typer.core
 from rich.console import Console
+from rich.text import Text
+from typer.core import TyperGroup
 
 from edgefm.errors import EdgefmError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Compress pretrained PyTorch models into verified int8 bundles for edge runtimes.")
 console = Console(stderr=True)
 out = Console()
+
+
+def print_error(message: str) -> None:
+    """``error: MESSAGE`` on one line of stderr. The message is printed as plain text: rich markup would eat
+    anything that looks like a tag (``[min, opt, max]``, ``[/x]``), and a newline would split it."""
+    one_line = re.sub(r"\s*\n\s*", " | ", str(message).strip())
+    console.print(Text.assemble(("error:", "bold red"), " ", one_line), soft_wrap=True, highlight=False)
+
+
+# typer >= 0.25 vendors click as typer._click; older typers use click itself
+_click = getattr(typer.core, "_click", None) or __import__("click")
+_NoArgsIsHelp = getattr(_click.exceptions, "NoArgsIsHelpError", ())
+
+
+class _OneLineErrors(TyperGroup):
+    """Click's usage errors (unknown flag, a value that is not a number …) as one ``error:`` line with exit
+    code 2, like edgefm's own errors, instead of a usage box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NoArgsIsHelp:  # `edgefm` alone: the help, as click prints it
+            return super().main(args, prog_name, complete_var, standalone_mode=True, **extra)
+        except _click.exceptions.ClickException as e:
+            ctx = getattr(e, "ctx", None)
+            where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            print_error(f"{e.format_message()}{where}")
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            print_error("aborted")
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=_OneLineErrors,
+                  help="Compress pretrained PyTorch models into verified int8 bundles for edge runtimes.")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -27,6 +68,11 @@ def _setup_logging(verbose: bool) -> None:
     if not verbose:  # libraries' import-time chatter (torchao's missing CUDA kernels, torch's pytree notices)
         for name in ("torchao", "torch", "nncf", "transformers"):
             logging.getLogger(name).setLevel(logging.ERROR)
+
+
+_OS_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+              errno.EFBIG: "the file size limit is reached", errno.EROFS: "the file system is read-only",
+              errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
 
 
 def handles_errors(fn):
@@ -40,10 +86,24 @@ def handles_errors(fn):
         except EdgefmError as e:
             if verbose:
                 console.print_exception()
-            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            print_error(str(e))
+            raise typer.Exit(2) from None
+        except OSError as e:
+            # Disk full or a folder edgefm may not write: the user's environment, not a bug. Stages that know
+            # what they were writing say so themselves; this is the net under the rest.
+            why = _OS_ERRORS.get(e.errno)
+            if why is None:
+                raise
+            if verbose:
+                console.print_exception()
+            print_error(f"cannot write {e.filename or 'a file'}: {why} ({e.strerror})")
+            raise typer.Exit(2) from None
+        except MemoryError:
+            print_error("out of memory: the model, the declared --input shapes or the data are too large for "
+                        "this machine")
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            console.print("[red]interrupted[/] (nothing was written)")
+            print_error("interrupted (nothing was written)")
             raise typer.Exit(130) from None
 
     return wrapper
@@ -105,6 +165,7 @@ def _section(**fields) -> Optional[dict]:
 
 
 def _print_targets(manifest) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title="targets")
@@ -113,7 +174,7 @@ def _print_targets(manifest) -> None:
     t.add_column("artifact")
     t.add_column("fidelity to fp32")
     for name, e in manifest.targets.items():
-        t.add_row(name, e.backend, e.precision, e.artifact, _fidelity_text(e.metrics))
+        t.add_row(escape(name), e.backend, e.precision, escape(e.artifact), escape(_fidelity_text(e.metrics)))
     out.print(t)
 
 
@@ -129,6 +190,7 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle folder"),
             json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON"),
             verbose: bool = typer.Option(False, "--verbose", "-v")):
     """Show a bundle's manifest as tables."""
+    from rich.markup import escape
     from rich.table import Table
 
     from edgefm.bundle import read_manifest, verify_files
@@ -141,17 +203,17 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle folder"),
         verify_files(bundle, m)
         integrity = "[green]all files match their sha256[/]"
     except EdgefmError as e:
-        integrity = f"[red]{e}[/]"
-    out.print(f"[bold]{bundle}[/]  edgefm {m.edgefm_version}, created {m.created}")
-    out.print(f"source: {m.source.path} ({m.source.kind}, sha256 {str(m.source.sha256)[:12]}…)")
-    out.print(f"model: {m.spec.family} / {m.spec.task}; integrity: {integrity}")
+        integrity = f"[red]{escape(str(e))}[/]"
+    out.print(f"[bold]{escape(str(bundle))}[/]  edgefm {escape(m.edgefm_version)}, created {escape(m.created)}")
+    out.print(escape(f"source: {m.source.path} ({m.source.kind}, sha256 {str(m.source.sha256)[:12]}…)"))
+    out.print(f"model: {escape(m.spec.family)} / {escape(m.spec.task)}; integrity: {integrity}")
     io = Table(title="inputs / outputs")
     for c in ("name", "shape", "dtype / kind"):
         io.add_column(c)
     for i in m.spec.inputs:
-        io.add_row(f"in: {i.name}", str(i.shape), i.dtype)
+        io.add_row(escape(f"in: {i.name}"), escape(str(i.shape)), escape(i.dtype))
     for o in m.spec.outputs:
-        io.add_row(f"out: {o.name}", "", o.kind)
+        io.add_row(escape(f"out: {o.name}"), "", o.kind)
     out.print(io)
     _print_targets(m)
     st = Table(title="stages")
@@ -159,7 +221,8 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle folder"),
         st.add_column(c, overflow="fold")
     for s in m.stages:
         settings = ", ".join(f"{k}={v}" for k, v in s.settings.items() if k not in ("op_types", "limits"))
-        st.add_row(s.name, s.target or "", f"{s.seconds:.1f}", settings[:160], _fidelity_text(s.metrics) or "")
+        st.add_row(s.name, escape(s.target or ""), f"{s.seconds:.1f}", escape(settings[:160]),
+                   escape(_fidelity_text(s.metrics) or ""))
     out.print(st)
 
 
@@ -196,6 +259,8 @@ def verify(bundle: Path = typer.Argument(..., help="Bundle folder"),
     """Check a bundle where it will run: integrity, fidelity on its eval data, the target's rules, emulation."""
     from rich.table import Table
 
+    from rich.markup import escape
+
     from edgefm.verify import verify_bundle
 
     _setup_logging(verbose)
@@ -205,7 +270,8 @@ def verify(bundle: Path = typer.Argument(..., help="Bundle folder"),
         t.add_column(c, no_wrap=c != "result")
     for r in reports:
         for c in r.checks:
-            t.add_row(r.target, c.name, f"[green]ok[/] {c.detail}" if c.ok else f"[red]FAIL[/] {c.detail}")
+            detail = escape(str(c.detail))  # details quote shapes such as [min, opt, max]: not markup
+            t.add_row(escape(r.target), c.name, f"[green]ok[/] {detail}" if c.ok else f"[red]FAIL[/] {detail}")
     out.print(t)
     if not all(r.ok for r in reports):
         raise typer.Exit(1)
