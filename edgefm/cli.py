@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import errno
 import functools
 import json
 import logging
@@ -18,7 +17,7 @@ from rich.console import Console
 from rich.text import Text
 from typer.core import TyperGroup
 
-from edgefm.errors import EdgefmError
+from edgefm.errors import EdgefmError, describe_write_error
 
 console = Console(stderr=True)
 out = Console()
@@ -70,11 +69,6 @@ def _setup_logging(verbose: bool) -> None:
             logging.getLogger(name).setLevel(logging.ERROR)
 
 
-_OS_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-              errno.EFBIG: "the file size limit is reached", errno.EROFS: "the file system is read-only",
-              errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
-
-
 def handles_errors(fn):
     """Turn EdgefmError into a one-line message and exit code 2 (traceback with --verbose)."""
 
@@ -91,12 +85,12 @@ def handles_errors(fn):
         except OSError as e:
             # Disk full or a folder edgefm may not write: the user's environment, not a bug. Stages that know
             # what they were writing say so themselves; this is the net under the rest.
-            why = _OS_ERRORS.get(e.errno)
+            why = describe_write_error(e)
             if why is None:
                 raise
             if verbose:
                 console.print_exception()
-            print_error(f"cannot write {e.filename or 'a file'}: {why} ({e.strerror})")
+            print_error(f"cannot write: {why}")
             raise typer.Exit(2) from None
         except MemoryError:
             print_error("out of memory: the model, the declared --input shapes or the data are too large for "

@@ -57,7 +57,9 @@ class CompressConfig(BaseModel):
     keep_fp32: list[str] = Field(default_factory=list,
                                  description="Node names or op types left in float when quantizing")
     max_accuracy_drop: Optional[float] = Field(
-        None, ge=0, description="Allowed top-1 drop in points (labels) — overrides tolerances.quantize.accuracy_drop")
+        None, ge=0, le=100, allow_inf_nan=False,
+        description="Allowed top-1 drop in points (labels), a finite number from 0 to 100 — overrides "
+                    "tolerances.quantize.accuracy_drop")
     tolerances: Tolerances = Field(default_factory=Tolerances)
     opset: Optional[int] = Field(None, description="ONNX opset; None picks the exporter's default")
     seed: int = Field(0, description="Seed for sampling and splits")

@@ -37,11 +37,10 @@ class Options(BaseModel):
 
 
 def is_available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    # find_spec, not import: `edgefm compress` checks every target's backend before loading anything heavy
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
 def versions() -> dict[str, str]:
