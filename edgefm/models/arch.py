@@ -69,18 +69,18 @@ def _import(arch: str, where: str):
             spec.loader.exec_module(module)
         except (Exception, SystemExit) as e:
             del sys.modules[mod_name]
-            raise CheckpointError(f"--arch '{arch}': importing {path} failed: {_describe(e)}") from None
+            raise CheckpointError(f"--arch '{arch}': importing {path} failed: {_describe(e, importing=True)}") from None
         return module
     try:
         return importlib.import_module(where)
     except (Exception, SystemExit) as e:  # ImportError, or anything the module raises (or exits with) at import
-        raise CheckpointError(f"--arch '{arch}': cannot import module '{where}': {_describe(e)}") from None
+        raise CheckpointError(f"--arch '{arch}': cannot import module '{where}': {_describe(e, importing=True)}") from None
 
 
-def _describe(e: BaseException) -> str:
+def _describe(e: BaseException, importing: bool = False) -> str:
     """The user's exception in one line; ``sys.exit(n)`` said as such (it is not an error type people expect)."""
     if isinstance(e, SystemExit):
-        return f"it called sys.exit({e.code!r}) instead of returning an nn.Module"
+        return f"it called sys.exit({e.code!r})" + ("" if importing else " instead of returning an nn.Module")
     text = " ".join(str(e).split())[:300]
     return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
