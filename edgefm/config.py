@@ -70,7 +70,7 @@ class CompressConfig(BaseModel):
         None, description="Your task metric 'path/to/file.py:fn', fn(ref_outputs, got_outputs, labels) -> float or "
                           "dict (key 'score' or the first is gated), higher is better; run at compress time only")
     metric_drop: Optional[float] = Field(
-        None, ge=0, description="Largest allowed drop of --metric below its fp32 value, in the metric's units "
+        None, ge=0, allow_inf_nan=False, description="Largest allowed drop of --metric below its fp32 value, in the metric's units "
                                 "(default 0.01)")
     metric_replaces_gates: bool = Field(
         False, description="With --metric: gate on it alone instead of on it and every output's gates")

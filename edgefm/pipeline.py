@@ -20,7 +20,7 @@ from edgefm.backends import get_backend
 from edgefm.backends.base import CompileJob, Samples
 from edgefm.bundle import FailedTarget, Manifest, SourceInfo, StageRecord, finalize, sha256_file, staging
 from edgefm.config import CompressConfig
-from edgefm.contract import resolve
+from edgefm.contract import check_metric, resolve
 from edgefm.errors import (BundleError, CalibrationError, ConfigError, EdgefmError, TargetFailedError,
                            describe_write_error)
 from edgefm.targets import TargetSpec, get_target
@@ -62,6 +62,8 @@ def plan(config: CompressConfig) -> Plan:
         parse_input_decl(decl)
     if config.arch is not None:
         check_arch(config.arch)
+    if config.metric is not None:
+        check_metric(config.metric)
     if config.distill is not None and config.prune is None:
         raise ConfigError("--distill needs --prune (or a prune section in the recipe): distillation trains the "
                           "pruned student from the original model")
