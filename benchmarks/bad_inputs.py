@@ -63,7 +63,30 @@ def extra_cases(fx: dict, tmp: Path) -> list[tuple[str, list, dict, object, bool
         out.append(("OUT on a read-only file system", [*base, "-o", str(ro / "b")], {}, None, False))
     out.append(("disk full (64 KiB file size limit) while writing the bundle", [*base, "-o", "out"],
                 {"EDGEFM_CACHE_DIR": "0"}, _limit_file_size, True))
+    out.append(("bench of a bundle whose every target fails (garbage artifact, hashes updated)",
+                ["bench", str(_broken_bundle(base, tmp)), "--no-baselines", "--runs", "3", "--warmup", "1"], {}, None,
+                True))
     return out
+
+
+def _broken_bundle(base: list, tmp: Path) -> Path:
+    """A real fp32 bundle whose only target's artifact is garbage, with the manifest's hashes updated (so only
+    running it can tell)."""
+    import json
+
+    from edgefm.bundle import sha256_file
+
+    b = tmp / "broken-bundle"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-m", "edgefm.cli", *base, "-o", str(b)], env=env, check=True, capture_output=True)
+    m = json.loads((b / "manifest.json").read_text())
+    art = "onnxruntime-cpu/model.onnx"
+    (b / "onnxruntime-cpu").mkdir(exist_ok=True)
+    (b / art).write_bytes(b"not an onnx model")
+    m["targets"]["onnxruntime-cpu"].update(artifact=art, files=[art])
+    m["files"][art] = sha256_file(b / art)
+    (b / "manifest.json").write_text(json.dumps(m))
+    return b
 
 
 def main() -> None:

@@ -90,7 +90,7 @@ def handles_errors(fn):
                 raise
             if verbose:
                 console.print_exception()
-            print_error(f"cannot write: {why}")
+            print_error(why)
             raise typer.Exit(2) from None
         except MemoryError:
             print_error("out of memory: the model, the declared --input shapes or the data are too large for "

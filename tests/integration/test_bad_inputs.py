@@ -150,12 +150,9 @@ def test_bench_fails_when_no_target_ran(fx, tmp_path, monkeypatch):
     res = runner.invoke(app, _compress_argv(fx, "b"))
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "b" / "manifest.json").read_text())
-    art = m["targets"]["onnxruntime-cpu"]["artifact"]
-    if art == m["reference"]:  # fp32 on ORT may use the reference itself: point the target at its own file
-        art = "onnxruntime-cpu/model.onnx"
-        (tmp_path / "b" / "onnxruntime-cpu").mkdir(exist_ok=True)
-        m["targets"]["onnxruntime-cpu"]["artifact"] = art
-        m["targets"]["onnxruntime-cpu"]["files"] = [art]
+    art = "onnxruntime-cpu/model.onnx"  # its own file (an fp32 target may otherwise share the reference)
+    (tmp_path / "b" / "onnxruntime-cpu").mkdir(exist_ok=True)
+    m["targets"]["onnxruntime-cpu"].update(artifact=art, files=[art])
     (tmp_path / "b" / art).write_bytes(b"not an onnx model")
     m["files"][art] = sha256_file(tmp_path / "b" / art)
     (tmp_path / "b" / "manifest.json").write_text(json.dumps(m))
