@@ -13,6 +13,7 @@ import argparse
 import os
 import platform
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -110,6 +111,8 @@ def main() -> None:
         subprocess.run(["umount", str(tmp / "ro")])
     load_after = os.getloadavg()
     args.out.write_text(render(rows, load_before, load_after, tmp))
+    (tmp / "ro").chmod(0o755)
+    shutil.rmtree(tmp)
     print(f"wrote {args.out}", file=sys.stderr)
 
 
