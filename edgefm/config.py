@@ -59,7 +59,8 @@ class CompressConfig(BaseModel):
     max_accuracy_drop: Optional[float] = Field(
         None, ge=0, le=100, allow_inf_nan=False,
         description="Allowed top-1 drop in points (labels), a finite number from 0 to 100 — overrides "
-                    "tolerances.quantize.accuracy_drop")
+                    "tolerances.quantize.accuracy_drop; also turns on the accuracy fallback "
+                    "(edgefm.quantize.fallback) on every target")
     tolerances: Tolerances = Field(default_factory=Tolerances)
     outputs: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
