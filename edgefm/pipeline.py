@@ -115,6 +115,21 @@ def _writing(out: Path):
         raise BundleError(f"cannot write the bundle {out}: {why}; nothing was written") from None
 
 
+def _copy_onnx(src: Path, dst: Path) -> None:
+    """The source ONNX into the bundle, with its external data (checked to lie beside it when it was loaded):
+    a bare copy of the graph file would leave the weights behind."""
+    import onnx
+
+    model = onnx.load(str(src), load_external_data=False)
+    if not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        shutil.copyfile(src, dst)
+        return
+    model = onnx.load(str(src))  # reads the external files from src's folder
+    big = model.ByteSize() > 1_800_000_000  # protobuf's 2 GB limit: keep the weights external
+    onnx.save(model, str(dst), save_as_external_data=big, all_tensors_to_one_file=True,
+              location=f"{dst.name}.data")
+
+
 def _data(config: CompressConfig, loaded) -> tuple[Samples, Samples, list[str]]:
     """Calibration and evaluation samples; eval is held back from calib when --eval is absent."""
     from edgefm.datasets import load_samples, split
@@ -179,7 +194,7 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
         ref_path = tmp / "fp32" / "model.onnx"
         ref_path.parent.mkdir()
         if loaded.kind == "onnx":
-            shutil.copyfile(loaded.onnx_path, ref_path)
+            _copy_onnx(loaded.onnx_path, ref_path)
             stages.append(StageRecord(name="export", settings={"exporter": "none (source is ONNX)"},
                                       output_sha256=loaded.sha256))
         else:

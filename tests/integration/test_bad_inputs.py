@@ -158,3 +158,27 @@ def test_bench_fails_when_no_target_ran(fx, tmp_path, monkeypatch):
     (tmp_path / "b" / "manifest.json").write_text(json.dumps(m))
     res = runner.invoke(app, ["bench", "b", "--no-baselines", "--runs", "3", "--warmup", "1"])
     check_error(res.exit_code, res.output, ["bundle b", "no target could be measured", "onnxruntime-cpu"])
+
+
+def test_onnx_with_external_data_beside_it_compresses(tmp_path, monkeypatch):
+    """The valid counterpart of onnx-external-outside: weights in model.onnx's folder travel into the bundle
+    (a bare copy of the graph file left them behind and ONNX Runtime failed with a raw traceback)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import edgefm
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])
+    w = numpy_helper.from_array(np.arange(16, dtype=np.float32).reshape(4, 4), "w")
+    model = helper.make_model(helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], [w]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    (tmp_path / "m").mkdir()
+    onnx.save(model, str(tmp_path / "m" / "model.onnx"), save_as_external_data=True, location="w.bin",
+              size_threshold=0)
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["compress", "m/model.onnx", "-o", "b", "--quantize", "fp32"])
+    assert res.exit_code == 0, res.output
+    feed = np.ones((2, 4), np.float32)
+    np.testing.assert_allclose(edgefm.load("b")({"x": feed})["y"], feed @ np.arange(16).reshape(4, 4), rtol=1e-6)
