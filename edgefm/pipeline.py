@@ -23,7 +23,7 @@ from edgefm.config import CompressConfig
 from edgefm.contract import check_metric, resolve
 from edgefm.errors import (BundleError, CalibrationError, ConfigError, EdgefmError, TargetFailedError,
                            describe_write_error)
-from edgefm.targets import TargetSpec, get_target
+from edgefm.targets import TargetSpec, backend_options, get_target
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -75,7 +75,8 @@ def plan(config: CompressConfig) -> Plan:
     if len(set(names)) != len(names):
         raise ConfigError(f"--target given twice: {names}")
     for t in targets:
-        get_backend(t.backend)  # is_available() uses find_spec, imports no runtime; the error names the extra
+        backend = get_backend(t.backend)  # is_available() uses find_spec, imports no runtime; names the extra
+        backend_options(backend.OPTIONS, t)  # a typo in the target's options: now, not after loading the model
     precisions = {t.name: config.quantize or t.precision for t in targets}
     if config.calib is None and any(p == "int8" for p in precisions.values()):
         raise CalibrationError("int8 needs calibration data: pass --calib FILE (.npz, .txt or an image folder), "

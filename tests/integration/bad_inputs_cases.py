@@ -83,6 +83,7 @@ def make_fixtures(root: Path) -> dict:
     put("arch_other.py", "import torch\ndef make():\n    return torch.nn.Linear(3, 2)\n")
     put("bad_target.yaml", "backend: nosuchruntime\nprecision: int8\n")
     put("list_target.yaml", "- a\n- b\n")
+    put("opt_target.yaml", "backend: onnxruntime\nprecision: fp32\noptions:\n  providerz: [CPUExecutionProvider]\n")
     put("recipe_bad.yaml", "prune: [unclosed\n")
     put("recipe_list.yaml", "- prune\n")
     put("recipe_field.yaml", "prunee:\n  ratio: 0.5\n")
@@ -146,6 +147,9 @@ CASES = [
          needs_model=False),
     Case("target-yaml-list", "target YAML that is a list", lambda fx: _c(fx, "-t", fx["list_target.yaml"]),
          ["list_target.yaml", "expected a mapping"], needs_model=False),
+    Case("target-options-typo", "target YAML with a misspelt backend option",
+         lambda fx: _c(fx, "-t", fx["opt_target.yaml"]), ["'opt_target'", "options.providerz", "Extra inputs"],
+         needs_model=False),
     Case("target-twice", "the same --target twice",
          lambda fx: _c(fx, "-t", "onnxruntime-cpu", "-t", "onnxruntime-cpu", "--calib", str(CALIB)),
          ["--target given twice", "onnxruntime-cpu"], needs_model=False),
