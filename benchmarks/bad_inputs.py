@@ -34,14 +34,17 @@ def run_case(argv: list[str], work: Path, env: dict, preexec=None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     before = set(os.listdir(work))
     cmd = [sys.executable, "-X", "importtime", "-m", "edgefm.cli", *map(str, argv)]
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     r = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, preexec_fn=preexec, timeout=900)
     seconds = time.perf_counter() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # CPU time: what the wall time would be on an idle machine
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     lines = r.stderr.splitlines()
     imported = {ln.rsplit("|", 1)[-1].strip() for ln in lines if ln.startswith("import time:")}
     text = [ln for ln in lines if not ln.startswith("import time:")] + r.stdout.splitlines()
     errors = [ln for ln in text if ln.startswith("error:")]
-    return {"code": r.returncode, "seconds": seconds, "error": errors[0] if len(errors) == 1 else " / ".join(text[-3:]),
+    return {"code": r.returncode, "seconds": seconds, "cpu": cpu, "error": errors[0] if len(errors) == 1 else " / ".join(text[-3:]),
             "one_line": len(errors) == 1 and not any("Traceback" in ln for ln in text),
             "heavy": sorted(imported & set(HEAVY)), "left": sorted(set(os.listdir(work)) - before)}
 
@@ -120,8 +123,9 @@ def render(rows, load_before, load_after, tmp: Path) -> str:
     def cell(s: str) -> str:
         return s.replace(str(tmp) + "/", "").replace("|", "\\|")
 
-    fast = [r["seconds"] for needs, r in ((n, r) for _, n, r in rows) if not needs]
-    slow = [r["seconds"] for needs, r in ((n, r) for _, n, r in rows) if needs]
+    fast = [r["seconds"] for _, needs, r in rows if not needs]
+    fast_cpu = [r["cpu"] for _, needs, r in rows if not needs]
+    slow = [r["seconds"] for _, needs, r in rows if needs]
     ok = sum(r["code"] == 2 and r["one_line"] and not r["left"] for _, _, r in rows)
     lines = [
         "# Bad inputs: one clear line, exit code 2, nothing left behind",
@@ -130,18 +134,21 @@ def render(rows, load_before, load_after, tmp: Path) -> str:
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average {load_before[0]:.2f} before, "
         f"{load_after[0]:.2f} after (a shared machine: seconds are an upper bound). Each row is a fresh "
         f"`python -X importtime -m edgefm.cli …` in an empty folder; *seconds* is its whole wall time, "
-        f"interpreter start included. Fixture paths are shown relative to the run's temp folder.",
+        f"interpreter start included, *CPU s* its user+system CPU time (about the wall time on an idle "
+        f"machine). Fixture paths are shown relative to the run's temp folder.",
         "",
         f"**{ok} of {len(rows)}** inputs gave exit code 2, exactly one `error:` line and no traceback, and left "
         f"nothing behind. Mistakes found before any model is loaded: {len(fast)}, "
-        f"{min(fast):.2f}–{max(fast):.2f} s (median {sorted(fast)[len(fast) // 2]:.2f} s), none importing torch, "
+        f"{min(fast):.2f}–{max(fast):.2f} s wall (median {sorted(fast)[len(fast) // 2]:.2f} s; CPU time "
+        f"{min(fast_cpu):.2f}–{max(fast_cpu):.2f} s, median {sorted(fast_cpu)[len(fast_cpu) // 2]:.2f} s), "
+        f"none importing torch, "
         f"onnx or a runtime; those needing the model: {len(slow)}, median {sorted(slow)[len(slow) // 2]:.2f} s.",
         "",
-        "| # | bad input | error line | exit | seconds | model loaded | heavy imports | left behind |",
-        "|---|---|---|---|---|---|---|---|",
+        "| # | bad input | error line | exit | seconds | CPU s | model loaded | heavy imports | left behind |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for i, (what, needs, r) in enumerate(rows, 1):
-        lines.append(f"| {i} | {cell(what)} | {cell(r['error'])} | {r['code']} | {r['seconds']:.2f} | "
+        lines.append(f"| {i} | {cell(what)} | {cell(r['error'])} | {r['code']} | {r['seconds']:.2f} | {r['cpu']:.2f} | "
                      f"{'yes' if needs else 'no'} | {', '.join(r['heavy']) or '-'} | {', '.join(r['left']) or '-'} |")
     return "\n".join(lines) + "\n"
 
