@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 import edgefm
+from edgefm import hostcaps
 from edgefm.backends import get_backend
 from edgefm.backends.base import CompileJob, Samples
 from edgefm.bundle import Manifest, SourceInfo, StageRecord, finalize, sha256_file, staging
@@ -160,7 +161,7 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
             result = get_backend(target.backend).compile(job)
             entries[target.name] = result.entry
             stages += result.stages
-        manifest = Manifest(edgefm_version=edgefm.__version__,
+        manifest = Manifest(edgefm_version=edgefm.__version__, host=hostcaps.detect().as_dict(),
                             source=SourceInfo(path=str(config.source.resolve()), kind=loaded.kind,
                                               sha256=loaded.sha256),
                             spec=spec, config=config.model_dump(mode="json"), reference="fp32/model.onnx",
