@@ -115,6 +115,9 @@ def _print_targets(manifest) -> None:
     for name, e in manifest.targets.items():
         t.add_row(name, e.backend, e.precision, e.artifact, _fidelity_text(e.metrics))
     out.print(t)
+    for name, e in manifest.targets.items():  # an int8 artifact slower than the target's fp32 is never silent
+        if (e.metrics.get("_speed_vs_fp32") or {}).get("note"):
+            out.print(f"note: {name}: {e.metrics['_speed_vs_fp32']['note']}", highlight=False, soft_wrap=True)
 
 
 def _fidelity_text(metrics: dict) -> str:

@@ -183,3 +183,14 @@ def lacks_note(required, host: Optional[HostCaps] = None) -> Optional[str]:
     if not miss:
         return None
     return "this CPU lacks " + ", ".join(f"{c} ({MEANING.get(c, c)})" for c in miss)
+
+
+def onednn_bf16_allowed() -> bool:
+    """False where ``ONEDNN_MAX_CPU_ISA`` (or the older ``DNNL_MAX_CPU_ISA``) caps oneDNN below its bf16 ISAs.
+    OpenVINO's CPU plugin honours the cap for its kernels but still reports BF16 and picks bf16 as the default
+    precision on a bf16 CPU, and then fails to compile ("could not create a primitive descriptor"): callers
+    ask for f32 instead. The cap is how an AVX2-only CPU is imitated on a newer one (tests, comparisons)."""
+    import os
+
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").upper()
+    return not cap or any(k in cap for k in ("BF16", "AMX", "FP16", "AVX10", "ALL", "DEFAULT"))

@@ -63,10 +63,10 @@ def backend_options(model: type[BaseModel], target: TargetSpec):
 def builtin_dir():
     """The shipped profiles: package data ``edgefm._profiles`` in a wheel (pyproject maps targets/ there), else
     the checkout's targets/ folder beside the package (editable installs, PYTHONPATH runs)."""
-    try:
-        return importlib.resources.files("edgefm._profiles")
-    except ModuleNotFoundError:
-        return SOURCE_DIR
+    # files("edgefm") of the regular package, not files("edgefm._profiles"): that one is a namespace package
+    # (targets/ has no __init__.py) and comes back as a MultiplexedPath rather than a plain path
+    shipped = importlib.resources.files("edgefm") / "_profiles"
+    return shipped if shipped.is_dir() else SOURCE_DIR
 
 
 def search_dirs() -> list:
