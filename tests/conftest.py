@@ -8,6 +8,20 @@ ROOT = Path(__file__).resolve().parent.parent
 CALIB = ROOT / "calibration"
 
 
+def pytest_configure(config):
+    """With EDGEFM_TEST_INSTALLED=1 (.ci/run's wheel stage) the tests must exercise the installed wheel: stop at
+    once if ``edgefm`` would be imported from this checkout instead."""
+    import os
+
+    if os.environ.get("EDGEFM_TEST_INSTALLED") == "1":
+        import edgefm
+
+        where = Path(edgefm.__file__).resolve()
+        if where.is_relative_to(ROOT):
+            raise pytest.UsageError(f"EDGEFM_TEST_INSTALLED=1 but edgefm is imported from the checkout ({where}); "
+                                    f"run with PYTHONSAFEPATH=1 and --import-mode=append")
+
+
 @pytest.fixture(scope="session")
 def digits_cnn_ckpt(tmp_path_factory):
     """(path to a trained DigitsCNN state_dict, fp32 test top-1)."""
