@@ -260,8 +260,8 @@ def test_external_eval_without_reference_gets_fidelity_from_the_fp32_onnx(bundle
 
     from edgefm.fidelity import compare
 
-    run = {p: ort.InferenceSession(str(bundle / p), providers=["CPUExecutionProvider"]).run(None, {"x": ev["in/x"][:50]})[0]
-           for p in ("fp32/model.onnx", "onnxruntime-cpu/model.int8.onnx")}
+    run = {p: ort.InferenceSession(str(bundle / p), providers=["CPUExecutionProvider"]).run(
+        None, {"x": ev["in/x"][:50]})[0] for p in ("fp32/model.onnx", "onnxruntime-cpu/model.int8.onnx")}
     direct = compare({"logits": run["fp32/model.onnx"]}, {"logits": run["onnxruntime-cpu/model.int8.onnx"]})["logits"]
     assert m.accuracy.fidelity["logits"]["cosine"] == pytest.approx(direct["cosine"], abs=1e-6)
     assert _contract_cosine(bundle) <= m.accuracy.fidelity["logits"]["cosine"] <= 1.0

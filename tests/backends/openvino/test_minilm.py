@@ -19,6 +19,7 @@ def has_bf16() -> bool:
     return "BF16" in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") and onednn_bf16_allowed()
 
 
+@pytest.mark.avx2emu
 def test_int8_embeddings_match_fp32_on_held_out_sentences(minilm, tmp_path):
     manifest, result = build_bundle(minilm, target("openvino-cpu"), tmp_path / "b")
     q = stage(result, "quantize")
