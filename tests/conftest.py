@@ -24,10 +24,19 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def digits_cnn_ckpt(tmp_path_factory):
-    """(path to a trained DigitsCNN state_dict, fp32 test top-1)."""
+    """(path to a trained DigitsCNN state_dict, fp32 test top-1). EDGEFM_TEST_DIGITS_CNN="PATH:TOP1" hands in
+    one trained elsewhere: the AVX2 emulation's child takes the parent's rather than train for minutes under qemu
+    (training is not what it checks)."""
+    import os
+
     import torch
 
     from edgefm import zoo
+
+    given = os.environ.get("EDGEFM_TEST_DIGITS_CNN")
+    if given:
+        path, acc = given.rsplit(":", 1)
+        return Path(path), float(acc)
 
     torch.manual_seed(0)
     m = zoo.digits_cnn()

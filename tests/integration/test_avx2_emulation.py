@@ -61,13 +61,15 @@ def _pytest_args(config, paths: list[str]) -> list[str]:
 
 @needs_qemu
 @pytest.mark.slow
-def test_cpu_sensitive_tests_pass_on_an_emulated_avx2_cpu(tmp_path, request):
+def test_cpu_sensitive_tests_pass_on_an_emulated_avx2_cpu(tmp_path, request, digits_cnn_ckpt):
     wrapper = tmp_path / "python-avx2"
     wrapper.write_text(f'#!/bin/sh\nexec {QEMU} -cpu max {sys.executable} "$@"\n')
     wrapper.chmod(0o755)
     boot = (f"import sys; sys.executable = {str(wrapper)!r}; import pytest; "
             f"sys.exit(pytest.main({_pytest_args(request.config, EMULATED)!r}))")
-    env = {**os.environ, "EDGEFM_AVX2EMU": "qemu", "OMP_NUM_THREADS": "1"}
+    # the digits CNN is trained here, natively: its int8 artifacts are what runs on the emulated CPU
+    env = {**os.environ, "EDGEFM_AVX2EMU": "qemu", "OMP_NUM_THREADS": "1",
+           "EDGEFM_TEST_DIGITS_CNN": f"{digits_cnn_ckpt[0]}:{digits_cnn_ckpt[1]}"}
     tail = _run_child([QEMU, "-cpu", "max", sys.executable, "-c", boot], env, timeout=1500)
     print(tail)
 
