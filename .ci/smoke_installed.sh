@@ -26,12 +26,15 @@ done
 import torch, edgefm.zoo as z
 torch.manual_seed(0); m = z.digits_cnn(); print('fp32 top-1', z.train_digits(m, epochs=5))
 torch.save(m.state_dict(), 'cnn.pt')"
+# calibration/eval data as shipped in the wheel (edgefm.shipped), not the checkout's files
+CAL=$("$VENV/bin/python" -c "import edgefm.shipped as s; print(s.folder('calibration'))")
+case "$CAL" in "$CHECKOUT"*) echo "calibration data read from the checkout: $CAL"; exit 1;; esac
 "$VENV/bin/edgefm" compress cnn.pt -o bundle --arch edgefm.zoo:digits_cnn --input x:1,1,8,8 \
-  --calib "$CHECKOUT/calibration/digits_calib.npz" --eval "$CHECKOUT/calibration/digits_eval.npz"
+  --calib "$CAL/digits_calib.npz" --eval "$CAL/digits_eval.npz"
 "$VENV/bin/python" - <<PY
 import numpy as np, edgefm, json
 model = edgefm.load("bundle")
-ev = np.load("$CHECKOUT/calibration/digits_eval.npz")
+ev = np.load("$CAL/digits_eval.npz")
 top1 = float((model({"x": ev["x"]})["logits"].argmax(1) == ev["labels"]).mean())
 m = json.load(open("bundle/manifest.json"))
 print(f"edgefm.load: int8 top-1 {top1:.4f} on {len(ev['labels'])} held-out digits; measured on {m['host']}")

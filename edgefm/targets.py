@@ -6,18 +6,14 @@ so a typo in a YAML file is an error, not a silently ignored key."""
 
 from __future__ import annotations
 
-import importlib.resources
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgefm.errors import TargetError, describe_validation
-
-if TYPE_CHECKING:
-    from importlib.abc import Traversable
 
 Backend = Literal["onnxruntime", "openvino", "tflite", "tensorrt"]
 Precision = Literal["int8", "fp16", "fp32", "bf16"]
@@ -26,9 +22,6 @@ Precision = Literal["int8", "fp16", "fp32", "bf16"]
 #: without importing hostcaps' ctypes code).
 Capability = Literal["avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "vnni", "amx_int8", "amx_bf16", "bf16",
                      "dotprod", "i8mm", "fp16"]
-
-#: The top-level targets/ folder of a checkout (editable installs and PYTHONPATH runs read it in place).
-SOURCE_DIR = Path(__file__).resolve().parent.parent / "targets"
 
 
 class TargetSpec(BaseModel):
@@ -60,32 +53,31 @@ def backend_options(model: type[BaseModel], target: TargetSpec):
         raise TargetError(f"target '{target.name}': {describe_validation(e, 'options.')}") from None
 
 
-def builtin_dir():
-    """The shipped profiles: package data ``edgefm._profiles`` in a wheel (pyproject maps targets/ there), else
+def builtin_dir() -> Path:
+    """The shipped profiles: package data ``edgefm/_profiles`` in a wheel (pyproject maps targets/ there), else
     the checkout's targets/ folder beside the package (editable installs, PYTHONPATH runs)."""
-    # files("edgefm") of the regular package, not files("edgefm._profiles"): that one is a namespace package
-    # (targets/ has no __init__.py) and comes back as a MultiplexedPath rather than a plain path
-    shipped = importlib.resources.files("edgefm") / "_profiles"
-    return shipped if shipped.is_dir() else SOURCE_DIR
+    from edgefm.shipped import folder
+
+    return folder("targets")
 
 
-def search_dirs() -> list:
+def search_dirs() -> list[Path]:
     """Folders searched for ``*.yaml`` profiles: EDGEFM_TARGETS_PATH (os.pathsep-separated) first, then the
     shipped ones."""
     extra = [Path(p) for p in os.environ.get("EDGEFM_TARGETS_PATH", "").split(os.pathsep) if p]
     return extra + [builtin_dir()]
 
 
-def load_target_file(path: Union[str, Path, Traversable]) -> TargetSpec:
-    """Read and validate one target YAML (a path or a package resource); errors name the file and the field."""
-    path = Path(path) if isinstance(path, str) else path
+def load_target_file(path: Union[str, Path]) -> TargetSpec:
+    """Read and validate one target YAML; errors name the file and the field."""
+    path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as e:
         raise TargetError(f"target file {path}: cannot be read as YAML ({e})") from None
     if not isinstance(data, dict):
         raise TargetError(f"target file {path}: expected a mapping of fields, got {type(data).__name__}")
-    data.setdefault("name", Path(str(path)).stem)
+    data.setdefault("name", path.stem)
     try:
         return TargetSpec(**data)
     except ValidationError as e:
@@ -96,8 +88,7 @@ def list_targets() -> dict[str, TargetSpec]:
     """All known targets by name (earlier search dirs win)."""
     found: dict[str, TargetSpec] = {}
     for d in reversed(search_dirs()):
-        files = sorted((p for p in d.iterdir() if p.name.endswith(".yaml")), key=lambda p: p.name) if d.is_dir() else []
-        for p in files:
+        for p in sorted(d.glob("*.yaml")) if d.is_dir() else []:
             t = load_target_file(p)
             found[t.name] = t
     return found

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 import edgefm
+from edgefm import hostcaps
 from edgefm.cli import app
 from edgefm.errors import BundleError, CalibrationError
 from tests.conftest import CALIB, ROOT
@@ -120,9 +121,15 @@ def test_onnx_source_and_fp32(cnn_bundle, tmp_path):
     np.testing.assert_allclose(fp32, ref, rtol=0, atol=Tolerances().export.max_abs)
     # the int8 bundle it came from meets its recorded contract against it (not an absolute figure from one CPU:
     # the logits moved by up to 1.55 on an AVX2-only CPU, where ONNX Runtime's u8s8 kernels differ)
-    contract, _ = recorded(read_manifest(src), "onnxruntime-cpu")
+    manifest = read_manifest(src)
+    contract, _ = recorded(manifest, "onnxruntime-cpu")
     verdict = judge(contract, {"logits": ref}, {"logits": edgefm.load(src)({"x": x})["logits"]})
     assert verdict.ok, verdict.failures
+    # the recipe followed the CPU it was built on, which the manifest names: 7-bit weights without VNNI
+    host = hostcaps.detect()
+    assert manifest.host["isa"] == host.isa and manifest.host["cpu_model"] == host.cpu_model
+    (q,) = [s for s in manifest.stages if s.name == "quantize" and s.target == "onnxruntime-cpu"]
+    assert q.settings["reduce_range"] is (host.arch == "x86_64" and not host.has("vnni"))
 
 
 def test_inspect_and_targets(cnn_bundle):

@@ -21,7 +21,7 @@ def _pyproject() -> dict:
 def test_every_subpackage_is_listed_in_pyproject():
     on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "edgefm").rglob("__init__.py")}
     listed = set(_pyproject()["tool"]["setuptools"]["packages"])
-    assert on_disk | {"edgefm._profiles"} == listed
+    assert on_disk | {"edgefm._profiles", "edgefm._calibration"} == listed
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +39,20 @@ def test_wheel_carries_the_target_profiles(wheel):
     profiles = sorted(p.name for p in (ROOT / "targets").glob("*.yaml"))
     assert profiles and {f"edgefm/_profiles/{p}" for p in profiles} <= names
     assert "edgefm/backends/tflite_run.py" in names  # copied to the arm64 root by edgefm.emulate
+    shipped = sorted(p.name for p in (ROOT / "calibration").iterdir() if p.is_file())
+    assert "sentences.txt" in shipped and {f"edgefm/_calibration/{p}" for p in shipped} <= names
 
 
 def test_unpacked_wheel_lists_the_targets_outside_the_checkout(wheel, tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    code = ("import edgefm.targets as t; from pathlib import Path; "
-            "print(Path(str(t.builtin_dir())).resolve()); print(' '.join(sorted(t.list_targets())))")
+    code = ("import edgefm.targets as t, edgefm.shipped as s; "
+            "print(t.builtin_dir().resolve()); print(' '.join(sorted(t.list_targets()))); "
+            "print(s.calibration('sentences.txt').resolve())")
     got = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True,
                          env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
-    where, names = got.stdout.splitlines()
+    where, names, sentences = got.stdout.splitlines()
     assert Path(where).is_relative_to(site)  # read from the package, not from the checkout's targets/
     assert names.split() == sorted(p.stem for p in (ROOT / "targets").glob("*.yaml"))
+    assert Path(sentences).is_relative_to(site)
+    assert Path(sentences).read_text() == (ROOT / "calibration/sentences.txt").read_text()
