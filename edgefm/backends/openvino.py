@@ -236,11 +236,13 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
     record, contract = _save_and_verify(job, opts, model, precision, f32, ov)
     records.append(record)
     entry = _entry(job, opts, precision, records[-1])
-    slower = _int8_slower_than_f32(records[-2].metrics.get("_compare", {})) if precision == "int8" else None
+    quant = next((r for r in records if r.name == "quantize"), None)
+    slower = _int8_slower_than_f32(quant.metrics.get("_compare", {})) if quant is not None else None
     if slower:
         # never ship an int8 IR slower than the target's own f32 IR without saying so: in the stage notes, the
-        # entry (read by the compress summary) and the progress log
-        records[-2].notes.append(slower["note"])
+        # entry's notes (printed by the compress summary) and the progress log
+        quant.notes.append(slower["note"])
+        entry.notes.append(slower["note"])
         entry.metrics["_speed_vs_fp32"] = slower
         say(f"{job.target.name}: {slower['note']}")
     entry.contract = contract
