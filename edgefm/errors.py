@@ -70,3 +70,8 @@ class DeviceMismatchError(BundleError):
 def describe_validation(e, prefix: str = "") -> str:
     """One line from a pydantic ValidationError: ``field.path: message; …`` (``prefix`` before each path)."""
     return "; ".join(f"{prefix}{'.'.join(map(str, x['loc'])) or 'value'}: {x['msg']}" for x in e.errors())
+
+
+class DeviceError(EdgefmError):
+    """A board could not be reached over SSH, lacks edgefm, or a command on it failed (the message names the
+    device and says what to do)."""
