@@ -108,11 +108,15 @@ class Remote:
 
         pushed = self.push(bundle)
         data = self._agent("bench", pushed.manifest_sha, rest=list(args))
-        data["device"] = self.device.name
+        data["device_name"] = self.device.name
         data.setdefault("bundle", {})
         if data["bundle"]:
             data["bundle"]["path"] = str(bundle)  # the host's path: the device's is a store folder
-        return BenchResult.model_validate(data), pushed
+        try:
+            return BenchResult.model_validate(data), pushed
+        except ValueError as e:
+            raise DeviceError(f"device {self.device.name}: its bench result does not fit this edgefm's schema "
+                              f"({str(e).splitlines()[0]}); run edgefm devices setup {self.device.name}") from None
 
     def verify(self, bundle: Path, args: Sequence[str] = ()) -> tuple[list[dict], Pushed]:
         pushed = self.push(bundle)
