@@ -19,7 +19,6 @@ Commands (results are JSON on stdout; what edgefm prints on the way goes to stde
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
@@ -110,18 +109,26 @@ def receive(root: Path, msha: str, stream) -> dict[str, Any]:
     return {"bundle": str(final)}
 
 
-def _edgefm(args: list[str]) -> int:
-    """Run an edgefm command here; what it prints goes to stderr so stdout stays JSON."""
-    return subprocess.run([sys.executable, "-m", "edgefm.cli", *args], stdout=sys.stderr, check=False).returncode
+def _edgefm(args: list[str]) -> None:
+    """Run an edgefm command here; what it prints goes to stderr so stdout stays JSON. A failure raises with
+    the command's own error line (what the host shows the user)."""
+    r = subprocess.run([sys.executable, "-m", "edgefm.cli", *args], stdout=sys.stderr, stderr=subprocess.PIPE,
+                       check=False, text=True)
+    sys.stderr.write(r.stderr)
+    if r.returncode != 0:
+        lines = [ln.strip() for ln in r.stderr.splitlines() if ln.strip()]
+        why = next((ln.removeprefix("error:").strip() for ln in reversed(lines) if ln.startswith("error:")),
+                   lines[-1] if lines else "no message")
+        raise AgentError(f"edgefm {args[0]} exited with {r.returncode}: {why}")
 
 
 def bench(root: Path, msha: str, args: list[str]) -> dict[str, Any]:
     bundle = _bundle(root, msha)
     with tempfile.TemporaryDirectory(dir=root / "runs") as tmp:
         out = Path(tmp) / "bench.json"
-        rc = _edgefm(["bench", str(bundle), "--json", str(out), *args])
-        if rc != 0 or not out.is_file():
-            raise AgentError(f"edgefm bench exited with {rc}")
+        _edgefm(["bench", str(bundle), "--json", str(out), *args])
+        if not out.is_file():
+            raise AgentError("edgefm bench wrote no result")
         return json.loads(out.read_text())
 
 
@@ -146,10 +153,11 @@ def compile_(root: Path, msha: str, args: list[str]) -> dict[str, Any]:
     run = uuid.uuid4().hex[:12]
     work = root / "runs" / run / "bundle"
     shutil.copytree(src, work)  # a copy: compile rewrites the bundle, the store stays immutable
-    rc = _edgefm(["compile", str(work), *args])
-    if rc != 0:
+    try:
+        _edgefm(["compile", str(work), *args])
+    except AgentError:
         shutil.rmtree(work.parent, ignore_errors=True)
-        raise AgentError(f"edgefm compile exited with {rc}")
+        raise
     return {"run": run, "bundle": str(work), "manifest": json.loads((work / "manifest.json").read_text())}
 
 
