@@ -305,3 +305,29 @@ def _trt_bundle(out: Path, ckpt: Path) -> Path:
                                config=cfg.model_dump(mode="json"), reference="fp32/model.onnx", eval_data="eval.npz",
                                targets={target.name: entry}))
     return out
+
+
+@pytest.mark.slow
+def test_setup_installs_the_core_without_internet_on_the_device(lab, tmp_path):
+    """``edgefm devices setup``: a device with only a bare Python gets a venv of its own holding edgefm's core
+    from wheels this machine pushed (pip install --no-index there), and then answers the probe."""
+    base = Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    cfg = yaml.safe_load(lab["inv"].read_text())
+    inv = tmp_path / "devices.yaml"
+    inv.write_text(yaml.safe_dump({"ssh_config": cfg["ssh_config"], "devices": [
+        {"name": "bare", "host": "devA", "python": str(base), "workdir": str(tmp_path / "bare")}]}))
+    t0 = time.monotonic()
+    r = edgefm("devices", "--inventory", str(inv), "setup", "bare", timeout=900)
+    assert r.returncode == 0, r.stderr + r.stdout
+    venv_python = tmp_path / "bare" / "venv" / "bin" / "python"
+    assert f"python: {venv_python}" in r.stdout.replace("\n", "")
+    from edgefm.devices.inventory import load_inventory
+    from edgefm.devices.remote import Remote
+
+    d = load_inventory(inv).get("bare").model_copy(update={"python": str(venv_python)})
+    probe = Remote(d, load_inventory(inv)).probe()
+    import edgefm as ef
+
+    assert probe["edgefm"] == ef.__version__ and probe["executable"] == str(venv_python)
+    assert "torch" not in probe["machine"]["runtime_versions"] and "onnxruntime" in probe["machine"]["runtime_versions"]
+    print(f"setup: {time.monotonic() - t0:.1f} s")
