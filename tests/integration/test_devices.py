@@ -331,3 +331,43 @@ def test_setup_installs_the_core_without_internet_on_the_device(lab, tmp_path):
     assert probe["edgefm"] == ef.__version__ and probe["executable"] == str(venv_python)
     assert "torch" not in probe["machine"]["runtime_versions"] and "onnxruntime" in probe["machine"]["runtime_versions"]
     print(f"setup: {time.monotonic() - t0:.1f} s")
+
+
+def test_power_mode_other_than_the_inventorys_is_refused(lab, bundle, tmp_path):
+    """A board whose nvpmodel mode is not the inventory's is not benched (here: not a Jetson at all)."""
+    cfg = yaml.safe_load(lab["inv"].read_text())
+    cfg["devices"] = [{**cfg["devices"][0], "power_mode": "MAXN"}]
+    inv = tmp_path / "devices.yaml"
+    inv.write_text(yaml.safe_dump(cfg))
+    r = edgefm("bench", str(bundle), "--device", "devA", "--inventory", str(inv), *FAST)
+    assert r.returncode == 1
+    assert "device devA: power mode is unknown, the inventory requires MAXN" in r.stdout.replace("\n", " ")
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_remote_engine_build_pulls_a_new_revision(lab, tmp_path, digits_cnn_ckpt):
+    """With TensorRT on the "device" (this machine's Python, over SSH): the engine is built there and comes
+    back in a new bundle revision with the GPU and TensorRT versions recorded; the source stays as it was."""
+    from edgefm.backends import tensorrt as trt_backend
+
+    if not trt_backend.engine_available():
+        pytest.skip("TensorRT / cuda-python not importable here")
+    from edgefm.bundle import read_manifest, verify_files
+
+    cfg = yaml.safe_load(lab["inv"].read_text())
+    cfg["devices"] = [{**cfg["devices"][0], "python": sys.executable, "workdir": str(tmp_path / "w")}]
+    inv = tmp_path / "devices.yaml"
+    inv.write_text(yaml.safe_dump(cfg))
+    src = _trt_bundle(tmp_path / "trt", digits_cnn_ckpt[0])
+    before = (src / "manifest.json").read_text()
+    out = tmp_path / "trt@devA"
+    r = edgefm("compile", str(src), "--device", "devA", "--inventory", str(inv), "-o", str(out),
+               "--allow-other-device", timeout=1800)
+    assert r.returncode == 0, r.stderr + r.stdout
+    m = read_manifest(out)
+    verify_files(out, m)
+    entry = next(iter(m.targets.values()))
+    assert entry.artifact.endswith("model.engine") and entry.hardware["engine"]["tensorrt"]
+    assert m.stages[-1].name == "remote-build" and entry.artifact in m.stages[-1].settings["pulled"]
+    assert (src / "manifest.json").read_text() == before
