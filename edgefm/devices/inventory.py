@@ -120,6 +120,15 @@ def load_inventory(path: Optional[Path] = None) -> Inventory:
     except ValidationError as e:
         raise ConfigError(f"device inventory {p}: {describe_validation(e)}") from None
     inv.path = str(p)
+    from edgefm.errors import TargetError
+    from edgefm.targets import get_target
+
+    for d in inv.devices:
+        if d.target:
+            try:
+                get_target(d.target)
+            except TargetError as e:
+                raise ConfigError(f"device inventory {p}: device '{d.name}': {e}") from None
     if inv.ssh_config:  # relative to the inventory, so a project can keep both side by side
         cfg = Path(inv.ssh_config).expanduser()
         inv.ssh_config = str(cfg if cfg.is_absolute() else p.parent / cfg)

@@ -80,6 +80,9 @@ def test_inventory_errors_name_the_file_and_field(tmp_path):
     p.write_text("devices:\n  - {name: a, host: '-oProxyCommand=x'}\n")
     with pytest.raises(ConfigError, match="not an SSH destination"):
         load_inventory(p)
+    p.write_text("devices:\n  - {name: a, host: a, target: no-such-board}\n")
+    with pytest.raises(ConfigError, match="device 'a': .*no-such-board"):
+        load_inventory(p)
     p.write_text("devices:\n  - {name: a, host: a}\n")
     with pytest.raises(ConfigError, match="device 'b' is not in .*devices.yaml \\(it has: a\\)"):
         load_inventory(p).get("b")
