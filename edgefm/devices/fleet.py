@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from edgefm.devices.inventory import Device, Inventory
 from edgefm.devices.remote import Outcome, Remote, on_devices
-from edgefm.errors import ConfigError, EdgefmError
+from edgefm.errors import ConfigError
 
 Echo = Callable[[str], None]
 
@@ -137,5 +137,3 @@ def compile_on(bundle: Path, inv: Inventory, device: Device, out: Optional[Path]
 def failed_count(outs: Sequence[Outcome]) -> int:
     return sum(not o.ok for o in outs)
 
-
-__all__ = ["probe_all", "bench", "verify", "compile_on", "EdgefmError"]

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
-from edgefm.errors import BundleError, ConfigError, DeviceError
+from edgefm.errors import BundleError, ConfigError
 from tests.integration.devices_helpers import ROOT, SSHD, device_venv, keygen, start_sshd, write_ssh_config
 
 pytestmark = pytest.mark.skipif(not SSHD.is_file() or shutil.which("ssh") is None,
@@ -244,7 +244,6 @@ def test_pull_back_writes_a_new_revision(lab, bundle, tmp_path):
     """The pull-back half of a remote compile: the device's run folder holds a changed bundle (here: one more
     file, as an engine would be); only that file travels, the new revision verifies, the source is untouched."""
     from edgefm.bundle import read_manifest, verify_files
-    from edgefm.devices import agent
 
     remote = _remote(lab, "devA")
     pushed = remote.push(bundle)
@@ -267,7 +266,6 @@ def test_pull_back_writes_a_new_revision(lab, bundle, tmp_path):
     verify_files(bundle, read_manifest(bundle))
     remote._agent("clean", run)
     assert not (work / "runs" / run).exists()
-    del agent
 
 
 def _trt_bundle(out: Path, ckpt: Path) -> Path:
