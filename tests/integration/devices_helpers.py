@@ -118,10 +118,58 @@ def device_venv() -> Path:
             subprocess.run([str(py), "-m", "pip", "install", "-q", *CORE_DEPS], check=True)
             (venv / ".ready").write_text("ok")
         wheels = base / f"wheel-{os.getpid()}"
-        shutil.rmtree(wheels, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                        str(wheels), str(ROOT)], check=True, capture_output=True)
         subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall",
-                        *map(str, wheels.glob("edgefm-*.whl"))], check=True)
+                        str(edgefm_wheel(wheels))], check=True)
         shutil.rmtree(wheels, ignore_errors=True)
+    return py
+
+
+def edgefm_wheel(folder: Path) -> Path:
+    """This checkout's edgefm wheel (pure Python), built into ``folder``."""
+    shutil.rmtree(folder, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(folder), str(ROOT)], check=True, capture_output=True)
+    return next(folder.glob("edgefm-*.whl"))
+
+
+def arm64_python(tmp: Path, core: str = "cortex-a76") -> Path:
+    """An executable that is the arm64 Python under qemu user-mode emulation (edgefm's arm64 root), with
+    edgefm's core for aarch64 (wheels from PyPI, cached) and this checkout's edgefm on its path; the device's
+    ``python`` in the inventory. Runs in a private mount namespace with an ARM /proc/cpuinfo (as
+    edgefm.emulate.arm64 does)."""
+    import shlex
+    import zipfile
+
+    from edgefm.emulate import arm64
+
+    root = arm64.ensure_root()
+    base = Path.home() / ".cache" / "edgefm" / "test-devices"
+    key = hashlib.sha256(f"{CORE_DEPS}{arm64.PLATFORM}".encode()).hexdigest()[:12]
+    site = base / f"arm64-site-{key}"
+    with open(base / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (site / ".ready").is_file():
+            shutil.rmtree(site, ignore_errors=True)
+            dl = base / f"arm64-dl-{os.getpid()}"
+            plats = [a for t in ("manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64")
+                     for a in ("--platform", t)]
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "-d", str(dl), "--only-binary=:all:",
+                            "--python-version", "3.11", "--implementation", "cp", *plats, *CORE_DEPS],
+                           check=True, capture_output=True)
+            for whl in dl.glob("*.whl"):
+                if not whl.name.startswith("numpy-"):  # the root's numpy is the one LiteRT was built against
+                    zipfile.ZipFile(whl).extractall(site)
+            shutil.rmtree(dl, ignore_errors=True)
+            (site / ".ready").write_text("ok")
+    own = tmp / "arm64-edgefm"
+    zipfile.ZipFile(edgefm_wheel(tmp / "arm64-wheel")).extractall(own)
+    (tmp / "cpuinfo").write_text(arm64.cpuinfo(core))
+    q = shlex.quote
+    inner = (f"mount --bind {q(str(tmp / 'cpuinfo'))} /proc/cpuinfo && exec env PYTHONNOUSERSITE=1 LANG=C.UTF-8 "
+             f"PYTHONPATH={q(f'{own}:{site}:{root}/site')} {q(arm64.qemu())} -cpu {core} -L {q(str(root))} "
+             f"{q(str(root / 'usr' / 'bin' / arm64.PYTHON))} \"$@\"")
+    unshare = "unshare -m" if os.geteuid() == 0 else "unshare -r -m"
+    py = tmp / "python-arm64"
+    py.write_text(f"#!/bin/sh\nexec {unshare} sh -c {q(inner)} sh \"$@\"\n")
+    py.chmod(0o755)
     return py

@@ -372,3 +372,45 @@ def test_remote_engine_build_pulls_a_new_revision(lab, tmp_path, digits_cnn_ckpt
     assert entry.artifact.endswith("model.engine") and entry.hardware["engine"]["tensorrt"]
     assert m.stages[-1].name == "remote-build" and entry.artifact in m.stages[-1].settings["pulled"]
     assert (src / "manifest.json").read_text() == before
+
+
+@pytest.mark.emulation
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("qemu-aarch64-static") is None, reason="needs qemu-user-static")
+def test_verify_litert_on_an_arm64_device(lab, tmp_path, digits_cnn_ckpt):
+    """A "board" whose Python is the arm64 build under qemu: the LiteRT int8 artifact is verified over SSH by
+    the arm64 LiteRT runtime (fidelity real, timings meaningless), with the same checks as here."""
+    import torch
+
+    from edgefm.verify import verify_bundle
+    from edgefm.zoo import DigitsCNN
+    from tests.backends.tflite.conftest import digits_job, tflite_target, write_bundle
+    from tests.integration.devices_helpers import arm64_python
+
+    model = DigitsCNN()
+    model.load_state_dict(torch.load(digits_cnn_ckpt[0], weights_only=True))
+    model.eval()
+    target = tflite_target("int8")
+    out = tmp_path / "litert"
+    write_bundle(out, lambda d: digits_job(d, model, False, target, bundle_dir=d), target)
+    py = arm64_python(tmp_path)
+    cfg = yaml.safe_load(lab["inv"].read_text())
+    cfg["devices"] = [{**cfg["devices"][0], "name": "arm", "python": str(py), "workdir": str(tmp_path / "w")}]
+    inv = tmp_path / "devices.yaml"
+    inv.write_text(yaml.safe_dump(cfg))
+    from edgefm.devices.inventory import load_inventory
+    from edgefm.devices.remote import Remote
+
+    i = load_inventory(inv)
+    remote = Remote(i.get("arm"), i)
+    t0 = time.monotonic()
+    assert remote.probe()["machine"]["arch"] == "aarch64"
+    reports, _ = remote.verify(out)
+    wall = time.monotonic() - t0
+    here = verify_bundle(out)
+    assert [r["target"] for r in reports] == [r.target for r in here] == [target.name]
+    assert [c["name"] for c in reports[0]["checks"]] == [c.name for c in here[0].checks]
+    assert reports[0]["ok"], reports
+    print(f"arm64 device probe + verify over SSH: {wall:.1f} s")
+    for c, h in zip(reports[0]["checks"], here[0].checks):
+        print(f"  {c['name']}: arm64 device: {c['detail']} | here: {h.detail}")
