@@ -71,18 +71,22 @@ def receive(root: Path, msha: str, stream) -> dict[str, Any]:
     manifest_bytes = None
     with tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:
-            data = tar.extractfile(member).read() if member.isfile() else None
-            if data is None:
+            if not member.isfile():
                 continue
+            src = tar.extractfile(member)
             if member.name == "manifest.json":
-                manifest_bytes = data
+                manifest_bytes = src.read()
                 continue
             name = member.name.removeprefix("objects/")
-            if not HEX64.fullmatch(name) or hashlib.sha256(data).hexdigest() != name:
-                raise AgentError(f"object {member.name} arrived damaged (its sha256 differs); push again")
             fd, tmp = tempfile.mkstemp(dir=root / "objects", prefix=".in-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            h = hashlib.sha256()
+            with os.fdopen(fd, "wb") as f:  # streamed and hashed on the way: files can be large
+                for block in iter(lambda: src.read(1 << 20), b""):
+                    h.update(block)
+                    f.write(block)
+            if not HEX64.fullmatch(name) or h.hexdigest() != name:
+                os.unlink(tmp)
+                raise AgentError(f"object {member.name} arrived damaged (its sha256 differs); push again")
             os.replace(tmp, root / "objects" / name)
     final = root / "bundles" / msha
     if final.is_dir():

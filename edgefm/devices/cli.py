@@ -66,12 +66,13 @@ def _list(inventory: Optional[Path], no_probe: bool, verbose: bool) -> None:
 
 @app.command()
 def setup(ctx: typer.Context, name: str = typer.Argument(..., help="Device name from the inventory"),
+          inventory: Optional[Path] = typer.Option(None, "--inventory", "-i", help=INVENTORY_HELP),
           verbose: bool = typer.Option(False, "--verbose", "-v")):
     """Install edgefm's torch-free core on the device into a venv of its own, from wheels this machine pushes
     (the device needs no internet)."""
     from edgefm.cli import handles_errors
 
-    handles_errors(_setup)(inventory=(ctx.obj or {}).get("inventory"), name=name, verbose=verbose)
+    handles_errors(_setup)(inventory=inventory or (ctx.obj or {}).get("inventory"), name=name, verbose=verbose)
 
 
 def _setup(inventory: Optional[Path], name: str, verbose: bool) -> None:

@@ -12,6 +12,7 @@ import io
 import json
 import shutil
 import tarfile
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +60,7 @@ class Remote:
         self.device = device
         self.ssh = Ssh(device, inventory.ssh_config if inventory else None)
 
-    def _agent(self, cmd: str, *args: str, rest: Sequence[str] = (), stdin: Optional[bytes] = None,
+    def _agent(self, cmd: str, *args: str, rest: Sequence[str] = (), stdin=None,
                timeout: Optional[float] = None) -> Any:
         words = [self.device.python, "-m", AGENT, cmd, self.device.workdir, *args] + (["--", *rest] if rest else [])
         r = self.ssh.run(words, stdin=stdin, timeout=timeout, what=f"edgefm {cmd}")
@@ -71,9 +72,10 @@ class Remote:
                          timeout=120, what="probe")
         if r.returncode != 0:
             err = r.stderr.decode(errors="replace")
-            if "No module named" in err or "not found" in err or r.returncode == 127:
-                raise DeviceError(f"device {self.device.name}: edgefm is not installed for {self.device.python}; "
-                                  f"run: edgefm devices setup {self.device.name}")
+            if "No module named 'edgefm" in err or r.returncode == 127:
+                raise DeviceError(f"device {self.device.name}: edgefm is not installed for {self.device.python} "
+                                  f"there; run: edgefm devices setup {self.device.name} (then set its python: in "
+                                  f"the inventory)")
             raise DeviceError(f"device {self.device.name}: probe failed (exit {r.returncode}): "
                               f"{err.strip().splitlines()[-1] if err.strip() else 'no message'}")
         return json.loads(r.stdout)
@@ -90,15 +92,16 @@ class Remote:
             return Pushed(msha, str(Path(self.device.workdir) / "bundles" / msha), 0, 0, len(manifest.files))
         have = set(held["objects"])
         missing = {digest: rel for rel, digest in manifest.files.items() if digest not in have}
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            for digest, rel in sorted(missing.items()):
-                tar.add(bundle / rel, arcname=f"objects/{digest}")
-            info = tarfile.TarInfo(MANIFEST)
-            info.size = len(raw)
-            tar.addfile(info, io.BytesIO(raw))
-        data = buf.getvalue()
-        got = self._agent("receive", msha, stdin=data, timeout=max(120.0, len(data) / 1e6))
+        with tempfile.TemporaryFile() as buf:  # streamed from disk: bundles can be larger than memory allows
+            with tarfile.open(fileobj=buf, mode="w") as tar:
+                for digest, rel in sorted(missing.items()):
+                    tar.add(bundle / rel, arcname=f"objects/{digest}")
+                info = tarfile.TarInfo(MANIFEST)
+                info.size = len(raw)
+                tar.addfile(info, io.BytesIO(raw))
+            size = buf.tell()
+            buf.seek(0)
+            got = self._agent("receive", msha, stdin=buf, timeout=max(120.0, size / 1e6))
         return Pushed(msha, got["bundle"], len(missing), sum((bundle / r).stat().st_size for r in missing.values()),
                       len(manifest.files))
 
@@ -109,8 +112,7 @@ class Remote:
         pushed = self.push(bundle)
         data = self._agent("bench", pushed.manifest_sha, rest=list(args))
         data["device_name"] = self.device.name
-        data.setdefault("bundle", {})
-        if data["bundle"]:
+        if data.get("bundle"):
             data["bundle"]["path"] = str(bundle)  # the host's path: the device's is a store folder
         try:
             return BenchResult.model_validate(data), pushed

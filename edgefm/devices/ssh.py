@@ -8,7 +8,7 @@ from __future__ import annotations
 import shlex
 import shutil
 import subprocess
-from typing import Optional, Sequence, Union
+from typing import BinaryIO, Optional, Sequence, Union
 
 from edgefm.devices.inventory import Device
 from edgefm.errors import DeviceError
@@ -55,29 +55,28 @@ class Ssh:
             argv += ["-i", d.identity, "-o", "IdentitiesOnly=yes"]
         return argv + ["--", d.host, command]
 
-    def run(self, words: Sequence[str], stdin: Union[bytes, None] = None, timeout: Optional[float] = None,
+    def run(self, words: Sequence[str], stdin: Union[bytes, BinaryIO, None] = None, timeout: Optional[float] = None,
             check: bool = True, what: str = "") -> subprocess.CompletedProcess:
         """Run one edgefm command (``words``, quoted here) on the device; stdout/stderr captured as bytes.
-        A connection failure always raises; a failing command raises when ``check``."""
+        ``stdin``: bytes, or an open file streamed to the command. A connection failure always raises; a
+        failing command raises when ``check``; a device without edgefm says how to set it up."""
         cmd = remote_command(words)
+        feed = {"stdin": stdin} if hasattr(stdin, "read") else {"input": stdin if stdin is not None else b""}
         try:
-            r = subprocess.run(self.argv(cmd), input=stdin if stdin is not None else b"", capture_output=True,
-                               timeout=timeout)
+            r = subprocess.run(self.argv(cmd), capture_output=True, timeout=timeout, **feed)
         except subprocess.TimeoutExpired:
             raise DeviceError(f"device {self.device.name}: {what or words[-1]} did not finish within "
                               f"{timeout:.0f} s") from None
         err = r.stderr.decode(errors="replace")
         if r.returncode == SSH_FAILED:
             raise DeviceError(self._connection_error(err))
+        if check and r.returncode != 0 and ("No module named 'edgefm" in err or r.returncode == 127):
+            raise DeviceError(f"device {self.device.name}: edgefm is not installed for {words[0]} there; run: "
+                              f"edgefm devices setup {self.device.name} (then set its python: in the inventory)")
         if check and r.returncode != 0:
             raise DeviceError(f"device {self.device.name}: {what or ' '.join(words[1:3])} failed "
                               f"(exit {r.returncode}): {last_error_line(err) or 'no message'}")
         return r
-
-    def popen(self, words: Sequence[str]) -> subprocess.Popen:
-        """Start a command whose output is streamed (used for progress); caller reads and waits."""
-        return subprocess.Popen(self.argv(remote_command(words)), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
 
     def _connection_error(self, err: str) -> str:
         d = self.device

@@ -8,6 +8,7 @@ exercised with a bundle the device holds."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -117,6 +118,30 @@ def test_unknown_host_key_is_refused(lab, tmp_path):
     assert r.returncode == 1
     assert "host key" in r.stdout and "known_hosts" in r.stdout
     assert (tmp_path / "known_hosts").read_text() == ""  # nothing was added behind the user's back
+
+
+@pytest.mark.skipif(not Path("/usr/bin/python3").is_file(), reason="needs a system python3 without edgefm")
+def test_a_device_without_edgefm_is_told_to_run_setup(lab, bundle, tmp_path):
+    cfg = yaml.safe_load(lab["inv"].read_text())
+    cfg["devices"] = [{**cfg["devices"][0], "python": "/usr/bin/python3", "workdir": str(tmp_path / "w")}]
+    inv = tmp_path / "devices.yaml"
+    inv.write_text(yaml.safe_dump(cfg))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # as over SSH: nothing of ours forwarded
+    if subprocess.run(["/usr/bin/python3", "-c", "import edgefm"], capture_output=True, cwd=tmp_path,
+                      env=env).returncode == 0:
+        pytest.skip("the system python3 has edgefm")
+    from edgefm.devices.inventory import load_inventory
+    from edgefm.devices.remote import Remote
+    from edgefm.errors import DeviceError
+
+    i = load_inventory(inv)
+    remote = Remote(i.get("devA"), i)
+    want = "device devA: edgefm is not installed for /usr/bin/python3 there; run: edgefm devices setup devA"
+    for call in (remote.probe, lambda: remote.verify(bundle)):
+        with pytest.raises(DeviceError, match=want):
+            call()
+    r = edgefm("bench", str(bundle), "--device", "devA", "--inventory", str(inv), *FAST)
+    assert r.returncode == 1 and f"| devA | FAILED | {want}" in r.stdout
 
 
 def test_push_is_content_addressed(lab, bundle, tmp_path):
