@@ -31,6 +31,7 @@ class Check:
     name: str
     ok: bool
     detail: str = ""
+    skipped: bool = False  # nothing to check (e.g. a target that failed at compress time), not a pass
 
 
 @dataclass
@@ -85,7 +86,12 @@ def verify_target(bundle: Path, manifest: Manifest, name: str, emulate: Optional
     else:
         report.checks.append(Check("fidelity", True, f"skipped: the {entry.backend} runtime is not installed here"))
     if has(backend, "check_rules"):
-        violations = backend.check_rules(bundle, name, entry, manifest)
+        try:
+            violations = backend.check_rules(bundle, name, entry, manifest)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # options the manifest got wrong
+            key = e.args[0] if isinstance(e, KeyError) and e.args else str(e).splitlines()[0][:200]
+            violations = [f"manifest.json targets.{name}.options is invalid for the {entry.backend} backend "
+                          f"({type(e).__name__}: {key!r})"]
         report.checks.append(Check("rules", not violations, "; ".join(violations) or "all rules hold"))
     if emulate:
         if not has(backend, "verify_emulated"):
@@ -109,7 +115,8 @@ def verify_bundle(bundle: Path, targets: Optional[list[str]] = None, emulate: Op
             # not in the bundle: the targets it holds still verify; asking for this one by name does not
             f = manifest.failed[t]
             reports.append(TargetReport(t, f.backend, [Check("built", not targets, f"failed at compress time, not in "
-                                                                                    f"the bundle: {f.reason}")]))
+                                                                                    f"the bundle: {f.reason}",
+                                                             skipped=not targets)]))
         elif t in manifest.targets:
             reports.append(verify_target(bundle, manifest, t, emulate, cpu))
         else:
