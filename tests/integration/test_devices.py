@@ -234,6 +234,7 @@ def test_fleet_one_device_dies_mid_run(lab, bundle, tmp_path):
     assert rep.returncode == 0, rep.stderr
     csv = (tmp_path / "rep" / "results.csv").read_text().splitlines()
     assert csv[0].startswith("device_name,") and all(line.startswith("devA,") for line in csv[1:])
+    assert "- device `devA`, " in (tmp_path / "rep" / "report.md").read_text()
     print(f"fleet run with one device killed: {wall:.1f} s")
 
 
