@@ -84,6 +84,9 @@ class OpenVINOOptions(BaseModel):
                                      "accuracy fallback may keep in float")
 
 
+OPTIONS = OpenVINOOptions  # a target's ``options:``, validated when compress plans (before any model is loaded)
+
+
 def options_for(target: TargetSpec) -> OpenVINOOptions:
     """The target's validated options (``TargetError`` naming the target and the field)."""
     return backend_options(OpenVINOOptions, target)

@@ -43,7 +43,21 @@ def bench(cfg: BenchConfig, echo: Callable[[str], None] = print, progress: Optio
     if cfg.plots:
         report.plot_pareto(table, Path(cfg.plots) / "pareto.png")
         report.plot_latency([result], Path(cfg.plots) / "latency.png")
+    _fail_if_no_target_ran(cfg, result)
     return result
+
+
+def _fail_if_no_target_ran(cfg: BenchConfig, result: BenchResult) -> None:
+    """A bench where every target of the bundle failed is a failed bench (exit code 2), not a table of baselines:
+    scripts check the exit code. The reasons were printed above and are in --json."""
+    from edgefm.errors import BundleError
+
+    if any(m.role == "target" for m in result.measurements):
+        return
+    targets = [s for s in result.skipped if s.name not in ("fp32-onnx", "torch-eager")]
+    if targets:
+        why = "; ".join(f"{s.name}: {s.reason}" for s in targets)[:600]
+        raise BundleError(f"bundle {cfg.bundle}: no target could be measured here ({why})")
 
 
 def report(cfg: ReportConfig, echo: Callable[[str], None] = print) -> list[Path]:
