@@ -480,7 +480,8 @@ def _verify_on_devices(bundle, device, fleet, inventory, target, emulate, cpu) -
         for r in o.value:
             bad += not r["ok"]
             for c in r["checks"]:
-                t.add_row(o.device, r["target"], c["name"], ("[green]ok[/] " if c["ok"] else "[red]FAIL[/] ") + c["detail"])
+                mark = "[green]ok[/] " if c["ok"] else "[red]FAIL[/] "
+                t.add_row(o.device, r["target"], c["name"], mark + c["detail"])
     out.print(t)
     if bad:
         raise typer.Exit(1)

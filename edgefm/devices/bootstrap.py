@@ -68,7 +68,8 @@ def _sh(remote: Remote, script: str, stdin: bytes = b"", timeout: float = 600, w
     return r.stdout.decode(errors="replace")
 
 
-def setup(inv: Inventory, device: Device, progress: Optional[Progress] = None, base_python: Optional[str] = None) -> str:
+def setup(inv: Inventory, device: Device, progress: Optional[Progress] = None,
+          base_python: Optional[str] = None) -> str:
     """Install edgefm's core on ``device``; returns the python to put in the inventory (the new venv's)."""
     say = progress or (lambda m: None)
     remote = Remote(device, inv)
@@ -104,7 +105,8 @@ def setup(inv: Inventory, device: Device, progress: Optional[Progress] = None, b
                 f"--find-links {q_stage}/wheels edgefm && rm -rf {q_stage}", what="pip install", timeout=1200)
     python = f"{venv}/bin/python"
     probe = Remote(device.model_copy(update={"python": python}), inv).probe()
-    say(f"{device.name}: edgefm {probe['edgefm']} with {', '.join(f'{k} {v}' for k, v in probe['machine']['runtime_versions'].items())}")
+    versions = ", ".join(f"{k} {v}" for k, v in probe["machine"]["runtime_versions"].items())
+    say(f"{device.name}: edgefm {probe['edgefm']} with {versions}")
     return python
 
 

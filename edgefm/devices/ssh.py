@@ -83,7 +83,8 @@ class Ssh:
         low = err.lower()
         if "host key verification failed" in low or "no matching host key" in low or "host key is known" in low:
             return (f"device {d.name}: the host key of '{d.host}' is not in known_hosts (or has changed); edgefm never "
-                    f"accepts host keys by itself. Check the key, then add it: ssh-keyscan {d.host} >> ~/.ssh/known_hosts"
+                    f"accepts host keys by itself. Check the key, then add it: "
+                    f"ssh-keyscan {d.host} >> ~/.ssh/known_hosts"
                     f" (or connect once with ssh {d.host})")
         if "permission denied" in low:
             return (f"device {d.name}: SSH login to '{d.host}' refused (no usable key; edgefm uses BatchMode and never "
