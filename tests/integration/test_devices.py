@@ -73,7 +73,7 @@ def test_inventory_errors_name_the_file_and_field(tmp_path):
 
     p = tmp_path / "devices.yaml"
     p.write_text("devices:\n  - name: a\n    host: a\n    colour: red\n")
-    with pytest.raises(ConfigError, match=r"devices.yaml: devices.0.colour: Extra inputs"):
+    with pytest.raises(ConfigError, match=r"devices.yaml: devices.0.colour = 'red': Extra inputs"):
         load_inventory(p)
     p.write_text("devices:\n  - {name: a, host: a}\n  - {name: a, host: b}\n")
     with pytest.raises(ConfigError, match="'a' appears twice"):
