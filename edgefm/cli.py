@@ -94,12 +94,41 @@ def _setup_logging(verbose: bool) -> None:
     import rich
 
     rich.reconfigure(quiet=True)  # rich's global console: NNCF draws its progress bars on it (stdout)
-    try:  # ONNX Runtime's C++ warnings (e.g. on unused initializers) go to stderr unless told otherwise
-        import onnxruntime
+    # ONNX Runtime's C++ warnings (e.g. on unused initializers) go to stderr unless told otherwise. Set once it is
+    # imported: importing it here would cost a mistake that needs no model a second of start-up.
+    _after_import("onnxruntime", lambda ort: ort.set_default_logger_severity(3))
 
-        onnxruntime.set_default_logger_severity(3)
-    except ImportError:
-        pass
+
+def _after_import(name: str, hook) -> None:
+    """Run ``hook(module)`` when ``name`` is imported (now, if it already is)."""
+    import importlib.abc
+    import importlib.util
+
+    if name in sys.modules:
+        hook(sys.modules[name])
+        return
+
+    class _Finder(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path, target=None):
+            if fullname != name:
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(fullname)
+            if spec is None or spec.loader is None:
+                return spec
+            run = spec.loader.exec_module
+
+            def exec_module(module):
+                run(module)
+                try:
+                    hook(module)
+                except Exception:  # quieting a library must never break a command
+                    pass
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+    sys.meta_path.insert(0, _Finder())
 
 
 class _Steps:
