@@ -435,11 +435,12 @@ def targets(verbose: bool = typer.Option(False, "--verbose", "-v")):
 
     from edgefm.backends import get_backend
     from edgefm.backends.base import has
-    from edgefm.targets import list_targets
+    from edgefm.targets import host_note, list_targets
 
     t = Table(title="targets")
-    for c in ("name", "backend", "precision", "here"):
+    for c in ("name", "backend", "precision"):
         t.add_column(c, no_wrap=True)
+    t.add_column("here")
     t.add_column("description")
     for name, spec in sorted(list_targets().items()):
         try:
@@ -447,6 +448,9 @@ def targets(verbose: bool = typer.Option(False, "--verbose", "-v")):
             here = mod.availability(spec) if has(mod, "availability") else ("yes" if mod.is_available() else "no")
         except EdgefmError:
             here = "no"
+        note = host_note(spec)  # another architecture, or a CPU without what the recipe counts on (not "yes")
+        if note and here != "no":
+            here = f"{'runs' if here == 'yes' else here}; {note}"
         t.add_row(name, spec.backend, spec.precision, here, spec.description)
     out.print(t)
 

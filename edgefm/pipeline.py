@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 import edgefm
+from edgefm import hostcaps
 from edgefm.backends import get_backend
 from edgefm.backends.base import CompileJob, Samples
 from edgefm.bundle import (FailedTarget, Manifest, SourceInfo, StageRecord, check_replaceable, finalize, sha256_file,
@@ -245,7 +246,7 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
             _release(target.backend, later)
         if not entries:  # nothing to put in a bundle
             raise TargetFailedError("every target failed: " + "; ".join(f"{n}: {f.reason}" for n, f in failed.items()))
-        manifest = Manifest(edgefm_version=edgefm.__version__,
+        manifest = Manifest(edgefm_version=edgefm.__version__, host=hostcaps.detect().as_dict(),
                             source=SourceInfo(path=str(config.source.resolve()), kind=loaded.kind,
                                               sha256=loaded.sha256),
                             spec=spec, config=config.model_dump(mode="json"), reference="fp32/model.onnx",

@@ -126,10 +126,15 @@ class _Worker:
     def __init__(self, python: Path):
         import tempfile
 
-        root = str(Path(__file__).resolve().parents[2])  # the folder that holds the edgefm package
-        env = {**os.environ, "TQDM_DISABLE": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
-               "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
         self.cwd = Path(tempfile.mkdtemp(prefix="edgefm-litert-"))
+        # only the edgefm package on the converter's path, not the folder that holds it: installed from a wheel
+        # that folder is this environment's site-packages, whose torch/numpy/pydantic would shadow the pins of
+        # the converter's own environment
+        root = self.cwd / "path"
+        root.mkdir()
+        (root / "edgefm").symlink_to(Path(__file__).resolve().parents[1], target_is_directory=True)
+        env = {**os.environ, "TQDM_DISABLE": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
+               "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)}
         self.log = open(self.cwd / "worker.log", "w")
         self.proc = subprocess.Popen([str(python), "-m", "edgefm.backends.tflite_convert", "--serve"],
                                      stdin=subprocess.PIPE, stdout=self.log, stderr=subprocess.STDOUT, text=True,

@@ -34,6 +34,8 @@ def bench(cfg: BenchConfig, echo: Callable[[str], None] = print, progress: Optio
         echo(busy)
     for name, note in dict.fromkeys((m.name, n) for m in result.measurements for n in m.notes):
         echo(f"note {name}: {note}")
+    for name, note in _host_notes(m.name for m in result.measurements).items():
+        echo(f"note {name}: {note}: these figures are this machine's, not the target device's")
     for s in result.skipped:
         echo(f"skipped {s.name}: {s.reason}")
     if cfg.json_out:
@@ -58,6 +60,23 @@ def _fail_if_no_target_ran(cfg: BenchConfig, result: BenchResult) -> None:
     if targets:
         why = "; ".join(f"{s.name}: {s.reason}" for s in targets)[:600]
         raise BundleError(f"bundle {cfg.bundle}: no target could be measured here ({why})")
+
+
+def _host_notes(names) -> dict[str, str]:
+    """For each measured target whose profile this host does not match (another architecture, or a CPU without
+    what the profile ``requires``): why. Baselines and targets without a known profile are left out."""
+    from edgefm.errors import TargetError
+    from edgefm.targets import get_target, host_note
+
+    out = {}
+    for name in dict.fromkeys(names):
+        try:
+            note = host_note(get_target(name))
+        except TargetError:
+            continue
+        if note:
+            out[name] = note
+    return out
 
 
 def report(cfg: ReportConfig, echo: Callable[[str], None] = print) -> list[Path]:

@@ -85,7 +85,10 @@ def setup(inv: Inventory, device: Device, progress: Optional[Progress] = None,
     with tempfile.TemporaryDirectory() as tmp:
         wheels = Path(tmp) / "wheels"
         say("building the edgefm wheel from " + str(root))
-        _pip(["wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(root)])
+        import importlib.util
+
+        iso = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []  # offline when possible
+        _pip(["wheel", "-q", "--no-deps", *iso, "-w", str(wheels), str(root)])
         say(f"downloading the core dependencies for {arch} / Python {pyver}")
         _pip(["download", "-q", "-d", str(wheels), "--only-binary=:all:", "--python-version", pyver,
               "--implementation", "cp", *[a for t in tags for a in ("--platform", t)], *core_requirements(root)])

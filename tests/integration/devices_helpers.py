@@ -127,8 +127,12 @@ def device_venv() -> Path:
 def edgefm_wheel(folder: Path) -> Path:
     """This checkout's edgefm wheel (pure Python), built into ``folder``."""
     shutil.rmtree(folder, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(folder), str(ROOT)], check=True, capture_output=True)
+    import importlib.util
+
+    # without isolation when setuptools is here (fast, offline); else pip fetches the build backend
+    iso = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", *iso, "-w", str(folder), str(ROOT)],
+                   check=True, capture_output=True)
     return next(folder.glob("edgefm-*.whl"))
 
 
