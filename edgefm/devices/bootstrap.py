@@ -11,6 +11,7 @@ This is the one place edgefm runs something other than its own commands on a dev
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -32,16 +33,21 @@ def checkout_root() -> Path:
 
     root = Path(edgefm.__file__).resolve().parents[1]
     if not (root / "pyproject.toml").is_file():
-        raise ConfigError(f"edgefm runs from {root}, not from a source checkout: the device wheel is built from one "
-                          f"(git clone edgefm, pip install -e .)")
+        raise ConfigError(f"edgefm runs from {root}, not from a source checkout: pass --wheel with an edgefm wheel "
+                          f"(pip download --no-deps edgefm) or run from a checkout")
     return root
 
 
-def core_requirements(root: Path) -> list[str]:
-    """The core ``dependencies`` of pyproject.toml (what a device needs to load and run a bundle)."""
-    import tomllib
+def core_requirements(root: Optional[Path] = None) -> list[str]:
+    """The core dependencies (what a device needs to load and run a bundle): the checkout's pyproject.toml,
+    else the installed distribution's metadata (no extras)."""
+    if root is not None and (root / "pyproject.toml").is_file():
+        import tomllib
 
-    return list(tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"])
+        return list(tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"])
+    from importlib.metadata import requires
+
+    return [r.split(";")[0].strip() for r in requires("edgefm") or [] if "extra ==" not in r]
 
 
 def platform_tags(platform_line: str) -> tuple[str, list[str]]:
@@ -69,7 +75,7 @@ def _sh(remote: Remote, script: str, stdin: bytes = b"", timeout: float = 600, w
 
 
 def setup(inv: Inventory, device: Device, progress: Optional[Progress] = None,
-          base_python: Optional[str] = None) -> str:
+          base_python: Optional[str] = None, wheel: Optional[Path] = None) -> str:
     """Install edgefm's core on ``device``; returns the python to put in the inventory (the new venv's)."""
     say = progress or (lambda m: None)
     remote = Remote(device, inv)
@@ -81,14 +87,21 @@ def setup(inv: Inventory, device: Device, progress: Optional[Progress] = None,
     pyver = f"{version[1]}.{version[2]}"
     arch, tags = platform_tags(info.splitlines()[-1])
     say(f"{device.name}: Python {pyver} on {arch}")
-    root = checkout_root()
     with tempfile.TemporaryDirectory() as tmp:
         wheels = Path(tmp) / "wheels"
-        say("building the edgefm wheel from " + str(root))
-        import importlib.util
+        wheels.mkdir()
+        if wheel is not None:
+            if not Path(wheel).is_file() or not Path(wheel).name.startswith("edgefm-"):
+                raise ConfigError(f"--wheel {wheel}: not an edgefm wheel file")
+            root = None
+            shutil.copy(wheel, wheels)
+        else:
+            root = checkout_root()
+            say("building the edgefm wheel from " + str(root))
+            import importlib.util
 
-        iso = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []  # offline when possible
-        _pip(["wheel", "-q", "--no-deps", *iso, "-w", str(wheels), str(root)])
+            iso = ["--no-build-isolation"] if importlib.util.find_spec("setuptools") else []  # offline when possible
+            _pip(["wheel", "-q", "--no-deps", *iso, "-w", str(wheels), str(root)])
         say(f"downloading the core dependencies for {arch} / Python {pyver}")
         _pip(["download", "-q", "-d", str(wheels), "--only-binary=:all:", "--python-version", pyver,
               "--implementation", "cp", *[a for t in tags for a in ("--platform", t)], *core_requirements(root)])

@@ -67,17 +67,20 @@ def _list(inventory: Optional[Path], no_probe: bool, verbose: bool) -> None:
 @app.command()
 def setup(ctx: typer.Context, name: str = typer.Argument(..., help="Device name from the inventory"),
           inventory: Optional[Path] = typer.Option(None, "--inventory", "-i", help=INVENTORY_HELP),
+          wheel: Optional[Path] = typer.Option(None, "--wheel", help="edgefm wheel to install (default: built from "
+                                                                     "this checkout)"),
           verbose: bool = typer.Option(False, "--verbose", "-v")):
     """Install edgefm's torch-free core on the device into a venv of its own, from wheels this machine pushes
     (the device needs no internet)."""
     from edgefm.cli import handles_errors
 
-    handles_errors(_setup)(inventory=inventory or (ctx.obj or {}).get("inventory"), name=name, verbose=verbose)
+    handles_errors(_setup)(inventory=inventory or (ctx.obj or {}).get("inventory"), name=name, wheel=wheel,
+                           verbose=verbose)
 
 
-def _setup(inventory: Optional[Path], name: str, verbose: bool) -> None:
+def _setup(inventory: Optional[Path], name: str, wheel: Optional[Path], verbose: bool) -> None:
     from edgefm.devices import bootstrap
 
     inv, devs = selected(inventory, [name], False)
-    python = bootstrap.setup(inv, devs[0], progress=lambda m: console.log(m))
+    python = bootstrap.setup(inv, devs[0], progress=lambda m: console.log(m), wheel=wheel)
     out.print(f"edgefm installed on {name}: set python: {python} for it in {inv.path}")

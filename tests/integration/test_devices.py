@@ -343,8 +343,11 @@ def test_setup_installs_the_core_without_internet_on_the_device(lab, tmp_path):
     inv = tmp_path / "devices.yaml"
     inv.write_text(yaml.safe_dump({"ssh_config": cfg["ssh_config"], "devices": [
         {"name": "bare", "host": "devA", "python": str(base), "workdir": str(tmp_path / "bare")}]}))
+    from tests.integration.devices_helpers import edgefm_wheel
+
     t0 = time.monotonic()
-    r = edgefm("devices", "--inventory", str(inv), "setup", "bare", timeout=900)
+    wheel = edgefm_wheel(tmp_path / "wheel")  # CI tests the installed wheel: no checkout to build from there
+    r = edgefm("devices", "--inventory", str(inv), "setup", "bare", "--wheel", str(wheel), timeout=900)
     assert r.returncode == 0, r.stderr + r.stdout
     venv_python = tmp_path / "bare" / "venv" / "bin" / "python"
     assert f"python: {venv_python}" in r.stdout.replace("\n", "")
