@@ -281,3 +281,20 @@ def test_compress_zoo_bad_file_is_one_line(tmp_path):
     res = CliRunner().invoke(app, ["compress-zoo", str(bad), "-o", str(tmp_path / "o")])
     assert res.exit_code == 2 and "models[0].name" in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_trial_refused_by_the_contract_is_recorded_not_raised(digits_cnn_ckpt, tmp_path):
+    """A trial whose int8 model breaks the accuracy contract is a finished, infeasible trial with the reason."""
+    from edgefm.config import CompressConfig
+    from edgefm.search.trial import read_result, run_trial
+
+    ckpt, _ = digits_cnn_ckpt
+    base = CompressConfig(source=ckpt, output=tmp_path / "unused", arch="edgefm.zoo:digits_cnn",
+                          inputs=["x:1,1,8,8"], calib=CALIB / "digits_calib.npz", eval=CALIB / "digits_eval.npz",
+                          tolerances={"quantize": {"cosine": 0.999999, "top1_agreement": 1.0}})
+    params = {"prune": None, "macs_target": None, "distill_epochs": 0, "quantize": "int8", "keep_fp32": [],
+              "target": "onnxruntime-cpu"}
+    r = run_trial(base.model_dump(mode="json"), params, str(tmp_path / "t"), timing_runs=10)
+    assert r["status"] == "refused" and r["error"] == "AccuracyError" and r["reason"]
+    assert read_result(tmp_path / "t") == r  # finished: a re-run reads it back instead of compressing again
+    assert not (tmp_path / "t" / "bundle").exists()
