@@ -9,7 +9,9 @@ arrays (first axis = samples), OUT gets ``out/<name>``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +28,20 @@ def litert_version() -> str:
         return "unknown"
 
 
+@contextlib.contextmanager
+def _stderr_to_devnull():
+    """File descriptor 2 to /dev/null for the duration (C++ writes bypass sys.stderr)."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 class Runner:
     """One interpreter and its signature runner. Not thread-safe (LiteRT interpreters are not): the
     Predictor keeps a pool of these.
@@ -39,6 +55,11 @@ class Runner:
 
         # AUTO applies XNNPACK, the fast CPU path on x86 and ARM.
         self.interpreter = Interpreter(model_path=str(model_path), num_threads=threads)
+        if os.environ.get("EDGEFM_QUIET") == "1":
+            # The first allocation in a process applies XNNPACK, and LiteRT prints "INFO: Created TensorFlow
+            # Lite XNNPACK delegate for CPU." on stderr (C++, no switch): the edgefm CLI asks for quiet output.
+            with _stderr_to_devnull():
+                self.interpreter.allocate_tensors()
         self.runner = self.interpreter.get_signature_runner(SIGNATURE)
         self.inputs = self.runner.get_input_details()
         self.outputs = self.runner.get_output_details()
@@ -46,9 +67,8 @@ class Runner:
         # ``<model>.io.json`` {"output_perm": {name: axes}}: outputs are transposed back to the ONNX layout.
         io = Path(model_path).with_suffix(".io.json")
         self.output_perm = json.loads(io.read_text()).get("output_perm", {}) if io.is_file() else {}
-        # Fused LSTM ops keep their state in variable tensors across invocations; each call starts from zero.
-        self.stateful = any(op["op_name"] == "UNIDIRECTIONAL_SEQUENCE_LSTM"
-                            for op in self.interpreter._get_ops_details())
+        # No state handling here: edgefm's fused LSTM models zero their own state at the end of every call
+        # (tflite_lstm.reset_state_after_call), so they give the same results in any LiteRT as here.
 
     @property
     def batch(self) -> int:
@@ -79,8 +99,6 @@ class Runner:
     def run_one(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One call with ``feed`` exactly as the model takes it (the compiled batch, on any batch axis)."""
         out = self.runner(**{k: self._to_model(k, v) for k, v in feed.items() if k in self.inputs})
-        if self.stateful:
-            self.interpreter.reset_all_variables()
         return {k: self._from_model(k, np.asarray(out[k])) for k in self.outputs}
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -95,8 +113,6 @@ class Runner:
             if got < b:  # pad the last chunk to the compiled batch, drop the padding after
                 chunk = {k: np.concatenate([v, np.repeat(v[-1:], b - got, 0)]) for k, v in chunk.items()}
             out = self.runner(**{k: self._to_model(k, v) for k, v in chunk.items()})
-            if self.stateful:  # allocation zeroed the state; zero it again for the next call
-                self.interpreter.reset_all_variables()
             for k in parts:
                 parts[k].append(self._from_model(k, np.asarray(out[k]))[:got])
         if n == 0:  # no samples: empty outputs of the right trailing shape

@@ -18,6 +18,7 @@ def spec_from_onnx(path: Path) -> tuple[ModelSpec, list[str]]:
     path = Path(path)
     model = onnx.load(str(path), load_external_data=False)
     _check_external_data(model, path)
+    _check_ops(model, path)
     graph, notes = model.graph, []
     weights = {i.name for i in graph.initializer}
     inputs = []
@@ -109,7 +110,7 @@ def external_files(model, path: Path) -> list[str]:
         target = (folder / loc).resolve()
         if Path(loc).is_absolute() or not target.is_relative_to(folder):
             raise CheckpointError(f"checkpoint {path}: tensor '{t.name}' reads external data from '{loc}', outside "
-                                  f"the model's folder {folder}; refused (keep the data file beside the .onnx)")
+                                  f"the model's folder {folder}; refused: external data files must sit beside the model")
         if not target.is_file():
             raise CheckpointError(f"checkpoint {path}: its weights are in an external data file '{loc}' that is "
                                   f"missing beside it")

@@ -224,6 +224,7 @@ def parse_input_decl(text: str) -> InputSpec:
             value = _number(m["value"], dtype)
         except ValueError:
             raise ConfigError(f"--input '{text}': value '{m['value']}' is not a {dtype} number") from None
+    check_dims(text, [d for i, d in enumerate(dims)] if value is None else dims)
     axis = dims.index("batch") if "batch" in dims else (0 if dims and value is None else None)
     return InputSpec(name=m["name"], shape=dims, dtype=dtype, batch_axis=axis, value=value)
 
@@ -289,3 +290,21 @@ def parse_state_decl(item: Union[str, dict]) -> StatePair:
         return StatePair(input=a, output=b)
     raise ConfigError(f"--state '{item}': expected STATE_INPUT:STATE_OUTPUT (e.g. state:stateN) or, in a recipe, "
                       f"{{input: state, output: stateN}}")
+#: One sample of one input may hold at most this many elements (256 MiB of float32): edgefm makes batches of
+#: example inputs from the declared shape, so a typo such as 1,3,2240,2240 would otherwise exhaust memory.
+MAX_SAMPLE_ELEMENTS = 1 << 26
+
+
+def check_dims(text: str, dims: list) -> None:
+    """Fixed dimensions are 1 … 2**31-1 and one sample (the fixed dims after the batch axis) holds at most
+    ``MAX_SAMPLE_ELEMENTS``; raise ``ConfigError`` naming the declaration otherwise."""
+    for d in dims:
+        if isinstance(d, int) and not 1 <= d < 2 ** 31:
+            raise ConfigError(f"--input '{text}': dimension {d} is out of range; fixed dimensions are 1 to "
+                              f"{2 ** 31 - 1}")
+    per_sample = 1
+    for d in dims[1:]:
+        per_sample *= d if isinstance(d, int) else 1
+    if per_sample > MAX_SAMPLE_ELEMENTS:
+        raise ConfigError(f"--input '{text}': one sample would hold {per_sample:,} elements; edgefm takes at most "
+                          f"{MAX_SAMPLE_ELEMENTS:,} per input (check the dimensions)")
