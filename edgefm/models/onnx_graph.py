@@ -163,3 +163,25 @@ def source_sha256(path: Path) -> str:
         h.update(loc.encode())
         h.update(sha256_file(Path(path).parent / loc).encode())
     return h.hexdigest()
+
+
+#: Operator domains ONNX Runtime runs here without a custom-op library (ai.onnx is the default domain "").
+_KNOWN_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training")
+
+
+def _check_ops(model, path: Path) -> None:
+    """Every node is a standard ONNX op (or an ONNX Runtime contrib op, or a function the model defines): a
+    custom op would fail later, deep inside a runtime, with a message about a missing kernel."""
+    import onnx.defs
+
+    local = {(f.domain, f.name) for f in model.functions}
+    for n in _nodes(model):
+        if (n.domain, n.op_type) in local:
+            continue
+        if n.domain not in _KNOWN_DOMAINS:
+            raise CheckpointError(f"checkpoint {path}: node '{n.name or n.op_type}' uses the custom op "
+                                  f"{n.domain}::{n.op_type}, which needs a custom-op library; edgefm takes standard "
+                                  f"ONNX ops (domains ai.onnx, ai.onnx.ml) and ONNX Runtime's com.microsoft ops")
+        if n.domain in ("", "ai.onnx", "ai.onnx.ml") and not onnx.defs.has(n.op_type, n.domain.replace("ai.onnx", "", 1) if n.domain == "ai.onnx" else n.domain):
+            raise CheckpointError(f"checkpoint {path}: node '{n.name or n.op_type}' uses op '{n.op_type}', which is not "
+                                  f"a standard ONNX op of domain '{n.domain or 'ai.onnx'}'")
