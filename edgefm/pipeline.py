@@ -53,7 +53,7 @@ def plan(config: CompressConfig) -> Plan:
     a mistake that needs no model is reported in well under a second."""
     from edgefm.datasets import check_data_path
     from edgefm.models.arch import check_arch
-    from edgefm.models.spec import parse_input_decl
+    from edgefm.models.spec import input_from_config
 
     if not config.source.exists():
         raise ConfigError(f"checkpoint {config.source}: no such file or folder")
@@ -62,7 +62,7 @@ def plan(config: CompressConfig) -> Plan:
         if p is not None:
             check_data_path(p, f"--{name.replace('_', '-')}")
     for decl in config.inputs:
-        parse_input_decl(decl)
+        input_from_config(decl)  # a string NAME:DIMS[:DTYPE][=VALUE] or a recipe mapping
     if config.arch is not None:
         check_arch(config.arch)
     if config.metric is not None:
