@@ -187,6 +187,10 @@ def _npz(path: Path, spec: ModelSpec) -> Samples:
         (old, arr), = arrays.items()
         log.info("data %s: using array '%s' as the model's only input '%s'", path, old, spec.input_names[0])
         arrays = {spec.input_names[0]: arr}
+    if not spec.streaming and all(i.batch_axis in (0, None) for i in spec.inputs):
+        counts = {k: v.shape[0] for k, v in arrays.items() if v.ndim}  # every array, extra ones too
+        if len(set(counts.values())) > 1:
+            raise CalibrationError(f"data {path}: arrays have different sample counts (first axis): {counts}")
     return _with_labels(path, arrays, labels)
 
 

@@ -51,6 +51,9 @@ class InputSpec(BaseModel):
 
     def check(self, arr: np.ndarray, where: str) -> None:
         """Raise ``CalibrationError`` when ``arr`` does not fit this input (rank, fixed dims, dtype kind)."""
+        if arr.ndim == 0 and self.shape:
+            raise CalibrationError(f"{where}: input '{self.name}' is a 0-d scalar, but the model expects rank "
+                                   f"{len(self.shape)} {self.shape}: give it an axis of samples (shape [N, ...])")
         if arr.ndim != len(self.shape):
             raise CalibrationError(
                 f"{where}: input '{self.name}' has shape {list(arr.shape)}, but the model expects rank "
