@@ -21,7 +21,7 @@ from edgefm.bundle import (FailedTarget, Manifest, SourceInfo, StageRecord, chec
                            staging)
 from edgefm.config import CompressConfig
 from edgefm.contract import resolve
-from edgefm.errors import CalibrationError, ConfigError, EdgefmError, TargetFailedError
+from edgefm.errors import AccuracyError, CalibrationError, ConfigError, EdgefmError, TargetFailedError
 from edgefm.targets import TargetSpec, get_target
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,7 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
                              progress=say)
             try:
                 result = get_backend(target.backend).compile(job)
+                _direct_check(result.entry, tmp, spec, ev, reference, result.entry.contract or contract, say)
             except Exception as e:  # noqa: BLE001 - with several targets, one failure must not discard the others
                 if len(p.targets) == 1:
                     raise
@@ -186,6 +187,19 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
     say(f"wrote {config.output} in {time.perf_counter() - t0:.1f} s"
         + (f"; {len(failed)} target(s) failed: {', '.join(failed)}" if failed else ""))
     return manifest
+
+
+def _direct_check(entry, tmp: Path, spec, ev: Samples, reference, contract, say: Progress) -> None:
+    """Run the staged artifact through its runtime's own API, call after call in order and reversed
+    (edgefm.direct), record it in ``entry.direct``; AccuracyError when the outputs depend on the call order or
+    the contract refuses them."""
+    from edgefm.direct import check_entry
+
+    res = check_entry(tmp, entry, spec, ev.inputs, reference, ev.labels, contract)
+    entry.direct = res.record()
+    say(f"direct check: {res.detail}")
+    if res.ok is False:
+        raise AccuracyError(f"direct check: {res.detail}")
 
 
 def _failure(target: TargetSpec, precision: str, contract, e: Exception, tmp: Path, say: Progress) -> FailedTarget:

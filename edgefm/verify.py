@@ -85,6 +85,7 @@ def verify_target(bundle: Path, manifest: Manifest, name: str, emulate: Optional
             report.checks.append(Check("fidelity", False, str(e)))
     else:
         report.checks.append(Check("fidelity", True, f"skipped: the {entry.backend} runtime is not installed here"))
+    report.checks.append(_direct(bundle, manifest, name))
     if has(backend, "check_rules"):
         try:
             violations = backend.check_rules(bundle, name, entry, manifest)
@@ -101,6 +102,14 @@ def verify_target(bundle: Path, manifest: Manifest, name: str, emulate: Optional
             ok, detail = backend.verify_emulated(bundle, name, arch=emulate, cpu=cpu)
             report.checks.append(Check(f"emulate {emulate}", ok, detail))
     return report
+
+
+def _direct(bundle: Path, manifest: Manifest, name: str) -> Check:
+    """The artifact run by its runtime's own API, call after call in order and reversed (edgefm.direct)."""
+    from edgefm.direct import check_target
+
+    res = check_target(bundle, manifest, name)
+    return Check("direct", res.ok is not False, res.detail, skipped=res.ok is None)
 
 
 def verify_bundle(bundle: Path, targets: Optional[list[str]] = None, emulate: Optional[str] = None,
