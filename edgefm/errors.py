@@ -70,3 +70,8 @@ class DeviceMismatchError(BundleError):
 def describe_validation(e, prefix: str = "") -> str:
     """One line from a pydantic ValidationError: ``field.path: message; …`` (``prefix`` before each path)."""
     return "; ".join(f"{prefix}{'.'.join(map(str, x['loc'])) or 'value'}: {x['msg']}" for x in e.errors())
+
+
+class DirectCheckError(EdgefmError):
+    """The artifact, run by its runtime's own API call after call (edgefm.direct), fails: its results depend on
+    what ran before (state carried between calls), or the runtime's API refuses it."""

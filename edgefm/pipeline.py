@@ -20,8 +20,8 @@ from edgefm.backends.base import CompileJob, Samples
 from edgefm.bundle import (FailedTarget, Manifest, SourceInfo, StageRecord, check_replaceable, finalize, sha256_file,
                            staging)
 from edgefm.config import CompressConfig
-from edgefm.contract import resolve
-from edgefm.errors import AccuracyError, CalibrationError, ConfigError, EdgefmError, TargetFailedError
+from edgefm.contract import enforce, resolve
+from edgefm.errors import CalibrationError, ConfigError, DirectCheckError, EdgefmError, TargetFailedError
 from edgefm.targets import TargetSpec, get_target
 
 log = logging.getLogger(__name__)
@@ -191,15 +191,17 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
 
 def _direct_check(entry, tmp: Path, spec, ev: Samples, reference, contract, say: Progress) -> None:
     """Run the staged artifact through its runtime's own API, call after call in order and reversed
-    (edgefm.direct), record it in ``entry.direct``; AccuracyError when the outputs depend on the call order or
-    the contract refuses them."""
+    (edgefm.direct), record it in ``entry.direct``; DirectCheckError when the outputs depend on the call order,
+    AccuracyError when the contract refuses them."""
     from edgefm.direct import check_entry
 
     res = check_entry(tmp, entry, spec, ev.inputs, reference, ev.labels, contract)
     entry.direct = res.record()
     say(f"direct check: {res.detail}")
     if res.ok is False:
-        raise AccuracyError(f"direct check: {res.detail}")
+        if res.verdict is not None and res.order_identical:  # the contract's own one-line refusal
+            enforce(f"direct check ({res.runtime})", res.verdict)
+        raise DirectCheckError(f"direct check: {res.detail}")
 
 
 def _failure(target: TargetSpec, precision: str, contract, e: Exception, tmp: Path, say: Progress) -> FailedTarget:
