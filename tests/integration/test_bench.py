@@ -137,6 +137,15 @@ def test_accuracy_matches_fidelity_computed_directly(bundle, result):
     ref = next(m for m in res.measurements if m.name == "fp32-onnx")
     assert ref.accuracy.fidelity["logits"]["max_abs"] == 0.0 and ref.accuracy.top1 == ref.accuracy.fp32_top1
     assert 0.99 < m8.accuracy.fidelity["logits"]["cosine"] <= 1.0
+    # the figures are the accuracy contract's, under the target's recorded contract (as verify and compress)
+    from edgefm.bundle import read_manifest
+    from edgefm.contract import judge, recorded
+
+    contract, _ = recorded(read_manifest(bundle), "onnxruntime-cpu")
+    verdict = judge(contract, {"logits": ev["ref/logits"]}, {"logits": sess.run(None, {"x": ev["in/x"]})[0]},
+                    ev["labels"])
+    assert m8.accuracy.fidelity["logits"] == pytest.approx(verdict.metrics["logits"], rel=1e-6, abs=1e-7)
+    assert m8.accuracy.contract_ok is verdict.ok is True and m8.accuracy.contract_failures == []
 
 
 def test_ratios_use_the_same_backends_fp32_at_the_same_batch(result):
