@@ -17,16 +17,98 @@ from edgefm.errors import EdgefmError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compress pretrained PyTorch models into verified int8 bundles for edge runtimes.")
-console = Console(stderr=True)
-out = Console()
+# Progress and logs go to stderr, results to stdout. Piped (not a terminal), stdout gets a wide console so
+# that tables never wrap or cut values to an 80-column guess; in a terminal, columns fold instead of "…".
+console = Console(stderr=True, log_path=False)
+out = Console() if sys.stdout.isatty() else Console(width=400)
+
+# Loggers of the libraries edgefm drives: quiet (ERROR) unless --verbose.
+_THIRD_PARTY = ("torch", "torchao", "nncf", "transformers", "onnxruntime", "onnxscript", "openvino", "absl",
+                "tensorflow", "ai_edge_litert", "ai_edge_quantizer", "litert_torch", "matplotlib", "PIL",
+                "huggingface_hub", "urllib3", "timm", "py.warnings")
 
 
 def _setup_logging(verbose: bool) -> None:
+    """Default: edgefm's own warnings only, as ``level name: message`` lines on stderr. Third-party logs,
+    Python warnings (torch.onnx's TracerWarnings...), NNCF's progress bars and LiteRT's delegate banner are
+    dropped; ``--verbose`` shows all of them and edgefm's debug log."""
+    import os
+
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    if not verbose:  # libraries' import-time chatter (torchao's missing CUDA kernels, torch's pytree notices)
-        for name in ("torchao", "torch", "nncf", "transformers"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+    logging.captureWarnings(True)  # warnings.warn -> the "py.warnings" logger, filtered like the rest
+    if verbose:
+        return
+    # Libraries that log through the root logger (ONNX Runtime's quantizer: "Please consider to run
+    # pre-processing...") are cut there; edgefm's own loggers keep WARNING.
+    logging.getLogger().setLevel(logging.ERROR)
+    logging.getLogger("edgefm").setLevel(logging.WARNING)
+    # Before torch is imported (it resets its loggers on import); inherited by the converter subprocess.
+    os.environ.setdefault("TORCH_LOGS", "-torch")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("EDGEFM_QUIET", "1")  # tflite_run: silence LiteRT's once-per-process delegate banner
+    for name in _THIRD_PARTY:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import rich
+
+    rich.reconfigure(quiet=True)  # rich's global console: NNCF draws its progress bars on it (stdout)
+    try:  # ONNX Runtime's C++ warnings (e.g. on unused initializers) go to stderr unless told otherwise
+        import onnxruntime
+
+        onnxruntime.set_default_logger_severity(3)
+    except ImportError:
+        pass
+
+
+class _Steps:
+    """Progress for long commands, on stderr. Each step prints one line with the seconds since the command
+    started (``[  12.3 s] compiling openvino-cpu``); in a terminal a spinner also shows how long the current
+    step has been running."""
+
+    def __init__(self, con: Console):
+        import time
+
+        self._time, self._con = time.perf_counter, con
+        self._t0 = self._time()
+        self._live = None
+        if con.is_terminal:
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self._live = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                                  console=con, transient=True)
+            self._task = self._live.add_task("starting", total=None)
+
+    def __enter__(self):
+        if self._live is not None:
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._live is not None:
+            self._live.stop()
+        return False
+
+    def __call__(self, msg: str) -> None:
+        line = f"[{self._time() - self._t0:7.1f} s] {msg}"
+        if self._live is not None:
+            self._live.reset(self._task, description=msg)  # the spinner's clock restarts with each step
+            self._live.console.print(line, highlight=False, markup=False)
+        else:
+            self._con.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from edgefm import __version__
+
+        print(f"edgefm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print edgefm's version and exit")) -> None:
+    """Compress pretrained PyTorch models into verified int8 bundles for edge runtimes."""
 
 
 def handles_errors(fn):
@@ -92,11 +174,11 @@ def compress(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs and tracebacks"),
 ):
     """Compress SOURCE into a verified bundle for one or more targets."""
+    _setup_logging(verbose)
     from edgefm.config import build_config
     from edgefm.contract import parse_output_decl
     from edgefm.pipeline import compress as run, plan
 
-    _setup_logging(verbose)
     decls = dict(parse_output_decl(d) for d in output_kind or [])
     cfg = build_config(recipe, source=source, output=output, targets=target, arch=arch, inputs=input, calib=calib,
                        eval=eval, quantize=quantize, keep_fp32=keep_fp32, max_accuracy_drop=max_accuracy_drop,
@@ -111,9 +193,9 @@ def compress(
         return
     from edgefm.bundle import sigterm_as_interrupt
 
-    with sigterm_as_interrupt(), console.status("starting") as status:  # SIGTERM cleans up like Ctrl-C
-        manifest = run(cfg, progress=lambda msg: (status.update(msg), console.log(msg)))
-    _print_targets(manifest)
+    with sigterm_as_interrupt(), _Steps(console) as steps:  # SIGTERM cleans up like Ctrl-C
+        manifest = run(cfg, progress=steps)
+    _print_targets(manifest, cfg.output)
     if manifest.failed:  # the others were written and verify; the run as a whole did not do all it was asked
         console.print(f"[bold red]error:[/] {len(manifest.failed)} of {len(manifest.failed) + len(manifest.targets)} "
                       f"targets failed ({', '.join(manifest.failed)}); the bundle holds the others")
@@ -126,24 +208,56 @@ def _section(**fields) -> Optional[dict]:
     return given or None
 
 
-def _print_targets(manifest) -> None:
+def _print_targets(manifest, bundle: Optional[Path] = None) -> None:
     from rich.table import Table
 
     t = Table(title="targets")
     for col in ("target", "backend", "precision"):
         t.add_column(col, no_wrap=True)
-    t.add_column("artifact")
-    t.add_column("fidelity to fp32")
+    t.add_column("artifact", overflow="fold")
+    if bundle is not None:
+        t.add_column("size (fp32 ONNX)", overflow="fold")
+    t.add_column("fidelity to fp32", overflow="fold")
+    fp32 = _fp32_bytes(manifest, bundle) if bundle is not None else None
     for name, e in manifest.targets.items():
-        t.add_row(name, e.backend, e.precision, e.artifact, _fidelity_text(e.metrics))
+        size = [_size_text(_files_bytes(bundle, e.files), fp32)] if bundle is not None else []
+        t.add_row(name, e.backend, e.precision, e.artifact, *size, _fidelity_text(e.metrics))
     for name, f in manifest.failed.items():
-        t.add_row(name, f.backend, f.precision, "[red]FAILED[/]", f"[red]{f.error}[/]")
+        size = [""] if bundle is not None else []
+        t.add_row(name, f.backend, f.precision, "[red]FAILED[/]", *size, f"[red]{f.error}[/]")
     out.print(t)
     for name, e in manifest.targets.items():  # whole lines, so they can be read (and grepped) unwrapped
         for n in e.notes:
             out.print(f"[yellow]note[/] {name}: {n}", soft_wrap=True, highlight=False)
     for name, f in manifest.failed.items():
         out.print(f"[red]FAILED[/] {name}: {f.reason}", soft_wrap=True, highlight=False)
+
+
+def _files_bytes(bundle: Path, files: list[str]) -> Optional[int]:
+    """Bytes of the files that are there (a TensorRT engine is built on the device: None until then)."""
+    sizes = [(Path(bundle) / f).stat().st_size for f in files if (Path(bundle) / f).is_file()]
+    return sum(sizes) if sizes else None
+
+
+def _fp32_bytes(manifest, bundle: Path) -> Optional[int]:
+    """The verified fp32 ONNX with its external-data files (everything in its folder)."""
+    if not manifest.reference:
+        return None
+    folder = Path(manifest.reference).parent.as_posix()
+    return _files_bytes(bundle, [f for f in manifest.files if Path(f).parent.as_posix() == folder]
+                        or [manifest.reference])
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def _size_text(n: Optional[int], fp32: Optional[int]) -> str:
+    if n is None:
+        return "built on the device"
+    if not fp32:
+        return _mb(n)
+    return f"{_mb(n)} ({_mb(fp32)}, {n / fp32:.2f}x)"
 
 
 def _fidelity_text(metrics: dict) -> str:
@@ -157,7 +271,7 @@ def _fidelity_text(metrics: dict) -> str:
 def inspect(bundle: Path = typer.Argument(..., help="Bundle folder"),
             json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON"),
             verbose: bool = typer.Option(False, "--verbose", "-v")):
-    """Show a bundle's manifest as tables."""
+    """Show a bundle's whole manifest as tables (``--json``: the manifest itself)."""
     from rich.table import Table
 
     from edgefm.bundle import read_manifest, verify_files
@@ -165,7 +279,7 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle folder"),
     m = read_manifest(bundle)  # refuses paths leading out of the bundle, unlisted artifacts and tokenizer files
     try:
         verify_files(bundle, m)
-        integrity, intact = "[green]all files match their sha256[/]", True
+        integrity, intact = f"[green]all files match their sha256[/] ({len(m.files)} files)", True
     except EdgefmError as e:
         integrity, intact = f"[red]{e}[/]", False
         console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
@@ -174,28 +288,54 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle folder"),
         if not intact:
             raise typer.Exit(1)
         return
-    out.print(f"[bold]{bundle}[/]  edgefm {m.edgefm_version}, created {m.created}")
-    out.print(f"source: {m.source.path} ({m.source.kind}, sha256 {str(m.source.sha256)[:12]}…)")
-    out.print(f"model: {m.spec.family} / {m.spec.task}; integrity: {integrity}")
+    out.print(f"[bold]{bundle}[/]  edgefm {m.edgefm_version}, format {m.format_version}, created {m.created}")
+    out.print(f"source: {m.source.path} ({m.source.kind}, sha256 {m.source.sha256})", soft_wrap=True)
+    out.print(f"model: {m.spec.family} / {m.spec.task}"
+              + (f", {m.spec.num_classes} classes" if getattr(m.spec, "num_classes", None) else "")
+              + f"; reference {m.reference}; eval data {m.eval_data}; integrity: {integrity}", soft_wrap=True)
     io = Table(title="inputs / outputs")
     for c in ("name", "shape", "dtype / kind"):
-        io.add_column(c)
+        io.add_column(c, overflow="fold")
     for i in m.spec.inputs:
         io.add_row(f"in: {i.name}", str(i.shape), i.dtype)
     for o in m.spec.outputs:
         why = "declared" if o.declared else f"guessed: {o.reason}" if o.reason else ""
         io.add_row(f"out: {o.name}", "", f"{o.kind} ({why})" if why else o.kind)
     out.print(io)
-    _print_targets(m)
+    if m.config:
+        cfg = Table(title="configuration")
+        cfg.add_column("field", no_wrap=True)
+        cfg.add_column("value", overflow="fold")
+        for k, v in m.config.items():
+            if v not in (None, [], {}, ""):
+                cfg.add_row(k, _value_text(v))
+        out.print(cfg)
+    _print_targets(m, bundle)
+    det = Table(title="target details")
+    for c in ("target", "field", "value"):
+        det.add_column(c, overflow="fold")
+    shown = {"backend", "precision", "artifact", "metrics"}  # in the targets table above
+    for name, e in list(m.targets.items()) + list(m.failed.items()):
+        for k, v in e.model_dump(mode="json").items():  # every field, so new ones show without a change here
+            if k not in shown and v not in (None, [], {}, ""):
+                det.add_row(name, k, _value_text(v))
+    out.print(det)
     st = Table(title="stages")
-    for c in ("stage", "target", "seconds", "settings", "metrics"):
+    for c in ("stage", "target", "seconds", "settings", "metrics", "notes"):
         st.add_column(c, overflow="fold")
     for s in m.stages:
-        settings = ", ".join(f"{k}={v}" for k, v in s.settings.items() if k not in ("op_types", "limits"))
-        st.add_row(s.name, s.target or "", f"{s.seconds:.1f}", settings[:160], _fidelity_text(s.metrics) or "")
+        st.add_row(s.name, s.target or "", f"{s.seconds:.1f}", _value_text(s.settings),
+                   _fidelity_text(s.metrics) or "", "\n".join(s.notes))
     out.print(st)
     if not intact:  # a modified bundle is shown, but not as if it were fine
         raise typer.Exit(1)
+
+
+def _value_text(v) -> str:
+    """A config or settings value on one line: dicts as k=v pairs, everything else as JSON."""
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={_value_text(x)}" for k, x in v.items())
+    return v if isinstance(v, str) else json.dumps(v, default=str)
 
 
 @app.command()
@@ -273,15 +413,16 @@ def bench(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs and tracebacks"),
 ):
     """Measure a bundle's targets on this machine: latency, memory, size, accuracy, against fp32 baselines."""
+    _setup_logging(verbose)
     from edgefm.bench.cli import bench as run
     from edgefm.bench.config import BenchConfig, build
 
-    _setup_logging(verbose)
     cfg = build(BenchConfig, bundle=bundle, targets=target or None, eval=eval, batches=batch or None,
                 threads=threads, warmup=warmup, runs=runs, seconds=seconds, baselines=False if no_baselines else None,
                 torch_source=torch_source, arch=arch, trust_source=trust_source or None, json_out=json_out,
                 md_out=md, plots=plots, verbose=verbose or None)
-    run(cfg, echo=print, progress=lambda msg: console.log(msg))
+    with _Steps(console) as steps:
+        run(cfg, echo=print, progress=steps)
 
 
 @app.command()

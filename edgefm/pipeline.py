@@ -155,7 +155,8 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
             spec.preprocessing.tokenizer = "tokenizer"
 
         entries, failed = {}, {}
-        for target in p.targets:
+        for i, target in enumerate(p.targets):
+            later = [t.backend for t in p.targets[i + 1:]]
             precision = p.precisions[target.name]
             say(f"compiling {target.name} ({target.backend}, {precision})")
             contract = resolve(spec, config, precision)
@@ -171,11 +172,14 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
                 if len(p.targets) == 1:
                     raise
                 failed[target.name] = _failure(target, precision, contract, e, tmp, say)
+                _release(target.backend, later)
                 continue
             result.entry.contract = result.entry.contract or contract  # a backend may say what it was held to
             _note_size(result.entry, tmp, ref_path.parent)
             entries[target.name] = result.entry
             stages += result.stages
+            del job, result
+            _release(target.backend, later)
         if not entries:  # nothing to put in a bundle
             raise TargetFailedError("every target failed: " + "; ".join(f"{n}: {f.reason}" for n, f in failed.items()))
         manifest = Manifest(edgefm_version=edgefm.__version__,
@@ -202,6 +206,25 @@ def _direct_check(entry, tmp: Path, spec, ev: Samples, reference, contract, say:
         if res.verdict is not None and res.order_identical:  # the contract's own one-line refusal
             enforce(f"direct check ({res.runtime})", res.verdict)
         raise DirectCheckError(f"direct check: {res.detail}")
+
+
+def _release(backend: str, later: list[str]) -> None:
+    """Between targets: a backend no later target uses gives back what it keeps (the LiteRT converter
+    process), and memory the finished target freed goes back to the system, so that a multi-target compress
+    peaks at its heaviest target rather than at the sum of them."""
+    import gc
+
+    if backend not in later:
+        release = getattr(get_backend(backend), "release", None)
+        if release is not None:
+            release()
+    gc.collect()
+    try:  # glibc keeps freed heap pages mapped; hand them back (no-op elsewhere)
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _failure(target: TargetSpec, precision: str, contract, e: Exception, tmp: Path, say: Progress) -> FailedTarget:

@@ -219,9 +219,12 @@ _WORKERS_LOCK = threading.Lock()
 
 
 @atexit.register
-def _close_workers() -> None:
-    for w in _WORKERS.values():
-        w.close()
+def close_workers() -> None:
+    """Stop every converter process (the next conversion starts a new one)."""
+    with _WORKERS_LOCK:
+        for w in _WORKERS.values():
+            w.close()
+        _WORKERS.clear()
 
 
 def convert(python: Path, request: dict[str, Any], workdir: Path, timeout: float = 3600) -> dict[str, Any]:
@@ -344,6 +347,14 @@ def _handle(request_path: str) -> None:
                 result["quantize"] = litert.quantize(Path(req["fp32_out"]), Path(req["out"]), calib=calib,
                                                      **req["quantize"])
             result["seconds"]["quantize"] = time.time() - t
+        if result.get("fused_lstm") and req.get("lstm_state", "reset") == "reset":
+            # After quantization (the zeroing ops' values are chosen, not calibrated): every call starts from
+            # a zero state in any LiteRT. "carry" (a caller that declared the state) keeps it between calls.
+            from edgefm.backends import tflite_lstm
+
+            for name in ("fp32_out", "out"):
+                if req.get(name) and Path(req[name]).exists():
+                    result["lstm_state_reset"] = tflite_lstm.reset_state_after_call(Path(req[name]))
         result["ok"] = True
     except _Reported:
         pass
