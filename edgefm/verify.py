@@ -1,7 +1,8 @@
 """``edgefm verify``: check a bundle where it will run.
 
 For each target: the files match their sha256; the artifact runs in its runtime on the bundle's eval data
-and stays within the manifest's limits of the fp32 reference; the backend's own rules hold (e.g. TensorRT's
+and stays within the manifest's limits of the fp32 reference; run by its runtime's own API call after call,
+in order and reversed, it gives identical outputs that pass the same contract (``edgefm.direct``); the backend's own rules hold (e.g. TensorRT's
 Q/DQ rules), and — when asked — the artifact runs under emulation of another CPU architecture with the same
 results. A backend declares the last two in its ``CAPABILITIES`` (``check_rules``, ``verify_emulated``).
 
