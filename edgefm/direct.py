@@ -79,8 +79,10 @@ def _ort_caller(path: Path, options: Mapping[str, Any]) -> tuple[Callable, Optio
     dim0 = sess.get_inputs()[0].shape[0] if sess.get_inputs()[0].shape else None
     batch = dim0 if isinstance(dim0, int) and dim0 > 0 else None
 
-    def call(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(names, sess.run(names, feed)))
+    takes = {i.name for i in sess.get_inputs()}
+
+    def call(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # only the inputs the graph has
+        return dict(zip(names, sess.run(names, {k: v for k, v in feed.items() if k in takes})))
     return call, batch, f"onnxruntime {ort.__version__} InferenceSession ({providers[0]})"
 
 
@@ -109,8 +111,10 @@ def _openvino_caller(path: Path, options: Mapping[str, Any], device: str,
     if len(output_names) == len(outs) and not set(output_names) <= set(names):
         names = list(output_names)
 
+    takes = {n for i in compiled.inputs for n in i.get_names()}
+
     def call(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        request.infer(feed)
+        request.infer({k: v for k, v in feed.items() if k in takes})
         return {n: request.get_output_tensor(i).data.copy() for i, n in enumerate(names)}
     return call, batch, f"openvino {ov.__version__.split('-')[0]} Core.compile_model on {dev} ({cfg})"
 
@@ -139,7 +143,7 @@ def _litert_caller(path: Path, options: Mapping[str, Any]) -> tuple[Callable, Op
         return np.array(arr)
 
     def call(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        got = runner(**{k: to_model(k, v) for k, v in feed.items()})
+        got = runner(**{k: to_model(k, v) for k, v in feed.items() if k in ins})
         return {k: from_model(k, np.asarray(v)) for k, v in got.items()}
     try:
         from importlib.metadata import version
