@@ -94,3 +94,50 @@ def test_state_carried_between_calls_is_caught(tmp_path, stateful):
         assert "carries state from one call to the next" in res.detail and not res.record()["ok"]
     else:
         assert res.verdict.ok and "identical" in res.detail
+
+
+def _without_state_reset(src, dst) -> int:
+    """The .tflite as it was before its fused LSTMs zeroed their own state: drop every UNIDIRECTIONAL_SEQUENCE_LSTM
+    that writes the state tensors of an earlier one (the zero-weight reset ops), so LiteRT carries the state in
+    its variable tensors from one invocation to the next. Returns how many were dropped."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as S
+
+    model = S.ModelT.InitFromPackedBuf(bytearray(src.read_bytes()), 0)
+    dropped = 0
+    for sg in model.subgraphs:
+        seen, kept = set(), []
+        for op in sg.operators:
+            if model.operatorCodes[op.opcodeIndex].builtinCode == S.BuiltinOperator.UNIDIRECTIONAL_SEQUENCE_LSTM:
+                state = (int(op.inputs[18]), int(op.inputs[19]))
+                if state in seen:
+                    dropped += 1
+                    continue
+                seen.add(state)
+            kept.append(op)
+        sg.operators = kept
+    b = flatbuffers.Builder(1024)
+    b.Finish(model.Pack(b), file_identifier=b"TFL3")
+    dst.write_bytes(b.Output())
+    return dropped
+
+
+def test_litert_lstm_state_carried_between_invocations_is_caught(digits_lstm_ckpt, tmp_path):
+    ckpt, _ = digits_lstm_ckpt
+    out = tmp_path / "lstm"
+    res = CliRunner().invoke(app, ["compress", str(ckpt), "-o", str(out), "--arch", "edgefm.zoo:digits_lstm",
+                                   "--input", "x:1,8,8", "--calib", str(CALIB / "digits_seq_calib.npz"),
+                                   "--eval", str(CALIB / "digits_seq_eval.npz"), "-t", "tflite-arm64"])
+    assert res.exit_code == 0, res.output
+    m = read_manifest(out)
+    entry = m.targets["tflite-arm64"]
+    assert entry.direct["order_identical"] and entry.direct["ok"]
+    stateful = entry.model_copy(update={"artifact": "stateful.tflite"})
+    if not _without_state_reset(out / entry.artifact, out / "stateful.tflite"):
+        pytest.skip("the LiteRT artifact has no fused LSTM (converted the unrolled way)")
+    from edgefm.bundle import read_eval
+
+    inputs, ref, labels = read_eval(out, m)
+    got = check_entry(out, stateful, m.spec, inputs, ref, labels, entry.contract)
+    assert got.ok is False and got.order_identical is False and got.max_order_diff > 0.1, got.record()
+    assert "carries state from one call to the next" in got.detail
