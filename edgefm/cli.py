@@ -6,14 +6,18 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+import typer.core
 from rich.console import Console
+from rich.text import Text
+from typer.core import TyperGroup
 
-from edgefm.errors import EdgefmError
+from edgefm.errors import EdgefmError, describe_write_error
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compress pretrained PyTorch models into verified int8 bundles for edge runtimes.")
@@ -26,6 +30,44 @@ out = Console() if sys.stdout.isatty() else Console(width=400)
 _THIRD_PARTY = ("torch", "torchao", "nncf", "transformers", "onnxruntime", "onnxscript", "openvino", "absl",
                 "tensorflow", "ai_edge_litert", "ai_edge_quantizer", "litert_torch", "matplotlib", "PIL",
                 "huggingface_hub", "urllib3", "timm", "py.warnings")
+
+
+def print_error(message: str) -> None:
+    """``error: MESSAGE`` on one line of stderr. The message is printed as plain text: rich markup would eat
+    anything that looks like a tag (``[min, opt, max]``, ``[/x]``), and a newline would split it."""
+    one_line = re.sub(r"\s*\n\s*", " | ", str(message).strip())
+    console.print(Text.assemble(("error:", "bold red"), " ", one_line), soft_wrap=True, highlight=False)
+
+
+# typer >= 0.25 vendors click as typer._click; older typers use click itself
+_click = getattr(typer.core, "_click", None) or __import__("click")
+_NoArgsIsHelp = getattr(_click.exceptions, "NoArgsIsHelpError", ())
+
+
+class _OneLineErrors(TyperGroup):
+    """Click's usage errors (unknown flag, a value that is not a number …) as one ``error:`` line with exit
+    code 2, like edgefm's own errors, instead of a usage box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NoArgsIsHelp:  # `edgefm` alone: the help, as click prints it
+            return super().main(args, prog_name, complete_var, standalone_mode=True, **extra)
+        except _click.exceptions.ClickException as e:
+            ctx = getattr(e, "ctx", None)
+            where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            print_error(f"{e.format_message()}{where}")
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            print_error("aborted")
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=_OneLineErrors,
+                  help="Compress pretrained PyTorch models into verified int8 bundles for edge runtimes.")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -52,12 +94,41 @@ def _setup_logging(verbose: bool) -> None:
     import rich
 
     rich.reconfigure(quiet=True)  # rich's global console: NNCF draws its progress bars on it (stdout)
-    try:  # ONNX Runtime's C++ warnings (e.g. on unused initializers) go to stderr unless told otherwise
-        import onnxruntime
+    # ONNX Runtime's C++ warnings (e.g. on unused initializers) go to stderr unless told otherwise. Set once it is
+    # imported: importing it here would cost a mistake that needs no model a second of start-up.
+    _after_import("onnxruntime", lambda ort: ort.set_default_logger_severity(3))
 
-        onnxruntime.set_default_logger_severity(3)
-    except ImportError:
-        pass
+
+def _after_import(name: str, hook) -> None:
+    """Run ``hook(module)`` when ``name`` is imported (now, if it already is)."""
+    import importlib.abc
+    import importlib.util
+
+    if name in sys.modules:
+        hook(sys.modules[name])
+        return
+
+    class _Finder(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path, target=None):
+            if fullname != name:
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(fullname)
+            if spec is None or spec.loader is None:
+                return spec
+            run = spec.loader.exec_module
+
+            def exec_module(module):
+                run(module)
+                try:
+                    hook(module)
+                except Exception:  # quieting a library must never break a command
+                    pass
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+    sys.meta_path.insert(0, _Finder())
 
 
 class _Steps:
@@ -74,7 +145,7 @@ class _Steps:
         if con.is_terminal:
             from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-            self._live = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+            self._live = Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), TimeElapsedColumn(),
                                   console=con, transient=True)
             self._task = self._live.add_task("starting", total=None)
 
@@ -122,10 +193,24 @@ def handles_errors(fn):
         except EdgefmError as e:
             if verbose:
                 console.print_exception()
-            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            print_error(str(e))
+            raise typer.Exit(2) from None
+        except OSError as e:
+            # Disk full or a folder edgefm may not write: the user's environment, not a bug. Stages that know
+            # what they were writing say so themselves; this is the net under the rest.
+            why = describe_write_error(e)
+            if why is None:
+                raise
+            if verbose:
+                console.print_exception()
+            print_error(why)
+            raise typer.Exit(2) from None
+        except MemoryError:
+            print_error("out of memory: the model, the declared --input shapes or the data are too large for "
+                        "this machine")
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            console.print("[red]interrupted[/] (nothing was written)")
+            print_error("interrupted (nothing was written)")
             raise typer.Exit(130) from None
 
     return wrapper
@@ -197,8 +282,8 @@ def compress(
         manifest = run(cfg, progress=steps)
     _print_targets(manifest, cfg.output)
     if manifest.failed:  # the others were written and verify; the run as a whole did not do all it was asked
-        console.print(f"[bold red]error:[/] {len(manifest.failed)} of {len(manifest.failed) + len(manifest.targets)} "
-                      f"targets failed ({', '.join(manifest.failed)}); the bundle holds the others")
+        print_error(f"{len(manifest.failed)} of {len(manifest.failed) + len(manifest.targets)} targets failed "
+                    f"({', '.join(manifest.failed)}); the bundle holds the others")
         raise typer.Exit(1)
 
 
@@ -209,6 +294,7 @@ def _section(**fields) -> Optional[dict]:
 
 
 def _print_targets(manifest, bundle: Optional[Path] = None) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title="targets")
@@ -221,16 +307,16 @@ def _print_targets(manifest, bundle: Optional[Path] = None) -> None:
     fp32 = _fp32_bytes(manifest, bundle) if bundle is not None else None
     for name, e in manifest.targets.items():
         size = [_size_text(_files_bytes(bundle, e.files), fp32)] if bundle is not None else []
-        t.add_row(name, e.backend, e.precision, e.artifact, *size, _fidelity_text(e.metrics))
+        t.add_row(escape(name), e.backend, e.precision, escape(e.artifact), *size, escape(_fidelity_text(e.metrics)))
     for name, f in manifest.failed.items():
         size = [""] if bundle is not None else []
-        t.add_row(name, f.backend, f.precision, "[red]FAILED[/]", *size, f"[red]{f.error}[/]")
+        t.add_row(escape(name), f.backend, f.precision, "[red]FAILED[/]", *size, f"[red]{escape(f.error)}[/]")
     out.print(t)
     for name, e in manifest.targets.items():  # whole lines, so they can be read (and grepped) unwrapped
         for n in e.notes:
-            out.print(f"[yellow]note[/] {name}: {n}", soft_wrap=True, highlight=False)
+            out.print(f"[yellow]note[/] {escape(name)}: {escape(n)}", soft_wrap=True, highlight=False)
     for name, f in manifest.failed.items():
-        out.print(f"[red]FAILED[/] {name}: {f.reason}", soft_wrap=True, highlight=False)
+        out.print(f"[red]FAILED[/] {escape(name)}: {escape(f.reason)}", soft_wrap=True, highlight=False)
 
 
 def _files_bytes(bundle: Path, files: list[str]) -> Optional[int]:
@@ -272,6 +358,7 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle folder"),
             json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON"),
             verbose: bool = typer.Option(False, "--verbose", "-v")):
     """Show a bundle's whole manifest as tables (``--json``: the manifest itself)."""
+    from rich.markup import escape
     from rich.table import Table
 
     from edgefm.bundle import read_manifest, verify_files
@@ -281,26 +368,28 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle folder"),
         verify_files(bundle, m)
         integrity, intact = f"[green]all files match their sha256[/] ({len(m.files)} files)", True
     except EdgefmError as e:
-        integrity, intact = f"[red]{e}[/]", False
-        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        integrity, intact = f"[red]{escape(str(e))}[/]", False
+        print_error(str(e))
     if json_out:
         out.print_json(m.model_dump_json())
         if not intact:
             raise typer.Exit(1)
         return
-    out.print(f"[bold]{bundle}[/]  edgefm {m.edgefm_version}, format {m.format_version}, created {m.created}")
-    out.print(f"source: {m.source.path} ({m.source.kind}, sha256 {m.source.sha256})", soft_wrap=True)
-    out.print(f"model: {m.spec.family} / {m.spec.task}"
-              + (f", {m.spec.num_classes} classes" if getattr(m.spec, "num_classes", None) else "")
-              + f"; reference {m.reference}; eval data {m.eval_data}; integrity: {integrity}", soft_wrap=True)
+    out.print(f"[bold]{escape(str(bundle))}[/]  edgefm {escape(m.edgefm_version)}, format {m.format_version}, "
+              f"created {escape(m.created)}")
+    out.print(escape(f"source: {m.source.path} ({m.source.kind}, sha256 {m.source.sha256})"), soft_wrap=True)
+    out.print(escape(f"model: {m.spec.family} / {m.spec.task}"
+                     + (f", {m.spec.num_classes} classes" if getattr(m.spec, "num_classes", None) else "")
+                     + f"; reference {m.reference}; eval data {m.eval_data}; ") + f"integrity: {integrity}",
+              soft_wrap=True)
     io = Table(title="inputs / outputs")
     for c in ("name", "shape", "dtype / kind"):
         io.add_column(c, overflow="fold")
     for i in m.spec.inputs:
-        io.add_row(f"in: {i.name}", str(i.shape), i.dtype)
+        io.add_row(escape(f"in: {i.name}"), escape(str(i.shape)), escape(i.dtype))
     for o in m.spec.outputs:
         why = "declared" if o.declared else f"guessed: {o.reason}" if o.reason else ""
-        io.add_row(f"out: {o.name}", "", f"{o.kind} ({why})" if why else o.kind)
+        io.add_row(escape(f"out: {o.name}"), "", escape(f"{o.kind} ({why})" if why else o.kind))
     out.print(io)
     if m.config:
         cfg = Table(title="configuration")
@@ -308,7 +397,7 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle folder"),
         cfg.add_column("value", overflow="fold")
         for k, v in m.config.items():
             if v not in (None, [], {}, ""):
-                cfg.add_row(k, _value_text(v))
+                cfg.add_row(escape(k), escape(_value_text(v)))
         out.print(cfg)
     _print_targets(m, bundle)
     det = Table(title="target details")
@@ -318,14 +407,14 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle folder"),
     for name, e in list(m.targets.items()) + list(m.failed.items()):
         for k, v in e.model_dump(mode="json").items():  # every field, so new ones show without a change here
             if k not in shown and v not in (None, [], {}, ""):
-                det.add_row(name, k, _value_text(v))
+                det.add_row(escape(name), escape(k), escape(_value_text(v)))
     out.print(det)
     st = Table(title="stages")
     for c in ("stage", "target", "seconds", "settings", "metrics", "notes"):
         st.add_column(c, overflow="fold")
     for s in m.stages:
-        st.add_row(s.name, s.target or "", f"{s.seconds:.1f}", _value_text(s.settings),
-                   _fidelity_text(s.metrics) or "", "\n".join(s.notes))
+        st.add_row(s.name, escape(s.target or ""), f"{s.seconds:.1f}", escape(_value_text(s.settings)),
+                   escape(_fidelity_text(s.metrics) or ""), escape("\n".join(s.notes)))
     out.print(st)
     if not intact:  # a modified bundle is shown, but not as if it were fine
         raise typer.Exit(1)
@@ -346,11 +435,12 @@ def targets(verbose: bool = typer.Option(False, "--verbose", "-v")):
 
     from edgefm.backends import get_backend
     from edgefm.backends.base import has
-    from edgefm.targets import list_targets
+    from edgefm.targets import host_note, list_targets
 
     t = Table(title="targets")
-    for c in ("name", "backend", "precision", "here"):
+    for c in ("name", "backend", "precision"):
         t.add_column(c, no_wrap=True)
+    t.add_column("here")
     t.add_column("description")
     for name, spec in sorted(list_targets().items()):
         try:
@@ -358,6 +448,9 @@ def targets(verbose: bool = typer.Option(False, "--verbose", "-v")):
             here = mod.availability(spec) if has(mod, "availability") else ("yes" if mod.is_available() else "no")
         except EdgefmError:
             here = "no"
+        note = host_note(spec)  # another architecture, or a CPU without what the recipe counts on (not "yes")
+        if note and here != "no":
+            here = f"{'runs' if here == 'yes' else here}; {note}"
         t.add_row(name, spec.backend, spec.precision, here, spec.description)
     out.print(t)
 
@@ -372,6 +465,8 @@ def verify(bundle: Path = typer.Argument(..., help="Bundle folder"),
     """Check a bundle where it will run: integrity, fidelity on its eval data, the target's rules, emulation."""
     from rich.table import Table
 
+    from rich.markup import escape
+
     from edgefm.verify import verify_bundle
 
     _setup_logging(verbose)
@@ -382,7 +477,8 @@ def verify(bundle: Path = typer.Argument(..., help="Bundle folder"),
     for r in reports:
         for c in r.checks:
             mark = "[yellow]skipped[/]" if c.skipped else "[green]ok[/]" if c.ok else "[red]FAIL[/]"
-            t.add_row(r.target, c.name, f"{mark} {c.detail}")
+            # details quote shapes such as [min, opt, max]: not markup
+            t.add_row(escape(r.target), c.name, f"{mark} {escape(str(c.detail))}")
     out.print(t)
     if not all(r.ok for r in reports):
         raise typer.Exit(1)

@@ -335,9 +335,8 @@ def recorded(manifest: Any, target: str) -> tuple[Contract, str]:
                                                            "from the recorded config and spec")
 
 
-def load_metric(text: str) -> Callable:
-    """Import ``path.py:fn`` (user code named on the command line; only ever at compress time)."""
-    import importlib.util
+def check_metric(text: str) -> tuple[str, str]:
+    """(path, function) of ``--metric path.py:fn``, checked without importing it (the pipeline's plan)."""
     from pathlib import Path
 
     path, sep, fn = str(text).rpartition(":")
@@ -345,6 +344,14 @@ def load_metric(text: str) -> Callable:
         raise ConfigError(f"--metric '{text}': expected path/to/file.py:function")
     if not Path(path).is_file():
         raise ConfigError(f"--metric '{text}': no such file {path}")
+    return path, fn
+
+
+def load_metric(text: str) -> Callable:
+    """Import ``path.py:fn`` (user code named on the command line; only ever at compress time)."""
+    import importlib.util
+
+    path, fn = check_metric(text)
     mod_spec = importlib.util.spec_from_file_location(f"edgefm_user_metric_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(mod_spec)
     try:

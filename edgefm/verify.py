@@ -24,7 +24,7 @@ from edgefm.backends.base import has
 from edgefm.bundle import Manifest, read_manifest, target_files, verify_files
 from edgefm.bundle import read_eval as bundle_read_eval
 from edgefm.contract import enforce, judge, recorded, summarize
-from edgefm.errors import BundleError, EdgefmError
+from edgefm.errors import BundleError, ConfigError, EdgefmError
 
 
 @dataclass
@@ -117,6 +117,11 @@ def verify_bundle(bundle: Path, targets: Optional[list[str]] = None, emulate: Op
                   cpu: Optional[str] = None) -> list[TargetReport]:
     """Verify the named targets (default: all) of ``bundle``."""
     bundle = Path(bundle)
+    if emulate is not None:
+        from edgefm.emulate import ARCHES
+
+        if emulate not in ARCHES:  # before anything runs, not as a FAIL row per target
+            raise ConfigError(f"--emulate '{emulate}': only {' / '.join(ARCHES)} can be emulated")
     manifest = read_manifest(bundle)
     names = targets or list(manifest.targets) + list(manifest.failed)
     reports = []

@@ -60,6 +60,9 @@ class TFLiteOptions(BaseModel):
     pool: int = Field(4, ge=1, description="Interpreters a Predictor keeps for concurrent calls")
 
 
+OPTIONS = TFLiteOptions  # a target's ``options:``, validated when compress plans (before any model is loaded)
+
+
 def options(target) -> TFLiteOptions:
     """The target's validated options (``TargetError`` naming the target and the field)."""
     return backend_options(TFLiteOptions, target)
