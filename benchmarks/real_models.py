@@ -404,7 +404,7 @@ def main(argv=None) -> int:
             print(f"   {row['status']} {row['reason'][:160]} | {row['task_metric']} [{row['task_ok']}]",
                   file=sys.stderr, flush=True)
             rows.append(row)
-    write(rows, args.out or machine_dir())
+            write(rows, args.out or machine_dir())  # after every pair: a long run leaves a partial table
     return 0
 
 
