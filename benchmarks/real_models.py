@@ -184,7 +184,7 @@ def _stream(run: Run, chunks: np.ndarray, names: tuple[str, str, str]) -> np.nda
     st = np.zeros((2, 1, 128), np.float32)
     probs = []
     if state not in getattr(run, "inputs", {state}):  # an artifact without a state input (from the .jit's
-        x = next(iter(run.inputs))                    # forward(x, sr)): it gets the 512 new samples per call
+        x = next(n for n in run.inputs if n != "sr")  # forward(x, sr)): it gets the 512 new samples per call
         return np.asarray([float(first(run({x: c[None, 64:], "sr": np.array(16000, np.int64)})).ravel()[0])
                            for c in chunks])
     for c in chunks:
