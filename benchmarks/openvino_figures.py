@@ -104,7 +104,7 @@ def mobilenet_case(tmp: Path):
     import torch
 
     from edgefm import zoo
-    from edgefm.backends.base import Samples
+    from edgefm.samples import Samples
     from edgefm.models.spec import InputSpec, ModelSpec, OutputSpec
     from tests.backends.openvino.conftest import ModelCase, export_onnx, reference
 

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from edgefm.backends.base import Samples  # noqa: E402
+from edgefm.samples import Samples  # noqa: E402
 from edgefm.fidelity import cosine_per_sample  # noqa: E402
 from edgefm.models.spec import InputSpec, ModelSpec, OutputSpec  # noqa: E402
 

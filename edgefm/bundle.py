@@ -17,6 +17,7 @@ from typing import Any, Iterator, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edgefm.contract import Contract
 from edgefm.errors import BundleError
 from edgefm.models.spec import ModelSpec
 
@@ -73,6 +74,21 @@ class TargetEntry(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict, description="Fidelity/accuracy against fp32")
     hardware: dict[str, Any] = Field(default_factory=dict,
                                      description="What the artifact was built for/on (GPU, versions …)")
+    contract: Optional[Contract] = Field(None, description="The accuracy contract this target was built and "
+                                                           "checked against (None in bundles made before it)")
+    notes: list[str] = Field(default_factory=list, description="What a user of this artifact should know (e.g. an "
+                                                               "int8 artifact no smaller than fp32)")
+
+
+class FailedTarget(BaseModel):
+    """A target asked for that could not be built; the other targets of the bundle are unaffected."""
+
+    model_config = ConfigDict(extra="forbid")
+    backend: str
+    precision: str
+    error: str = Field(description="Exception type, e.g. AccuracyError")
+    reason: str = Field(description="The one-line message the user saw")
+    contract: Optional[Contract] = None
 
 
 class SourceInfo(BaseModel):
@@ -95,6 +111,8 @@ class Manifest(BaseModel):
     reference: Optional[str] = Field(None, description="The verified fp32 ONNX, relative to the bundle")
     eval_data: Optional[str] = Field(None, description=".npz with eval inputs, labels and fp32 reference outputs")
     targets: dict[str, TargetEntry] = Field(default_factory=dict)
+    failed: dict[str, FailedTarget] = Field(default_factory=dict,
+                                            description="Targets that were asked for and failed, with the reason")
     stages: list[StageRecord] = Field(default_factory=list)
     files: dict[str, str] = Field(default_factory=dict, description="relative path -> sha256 of every file")
 
@@ -131,6 +149,19 @@ def target_files(manifest: Manifest, target: str) -> list[str]:
     entry = manifest.targets[target]
     shared = [p for p in (manifest.reference, manifest.eval_data) if p]
     return sorted(set(entry.files) | {entry.artifact} | set(shared))
+
+
+def read_eval(bundle: Path, manifest: Manifest) -> tuple[dict, dict, Any]:
+    """(inputs, fp32 reference outputs, labels or None) from the bundle's eval data."""
+    import numpy as np
+
+    if not manifest.eval_data:
+        raise BundleError(f"bundle {bundle} has no eval data to verify with")
+    with np.load(Path(bundle) / manifest.eval_data) as z:
+        inputs = {k[3:]: z[k] for k in z.files if k.startswith("in/")}
+        ref = {k[4:]: z[k] for k in z.files if k.startswith("ref/")}
+        labels = z["labels"] if "labels" in z.files else None
+    return inputs, ref, labels
 
 
 def finalize(tmp: Path, manifest: Manifest) -> Manifest:

@@ -64,6 +64,14 @@ def compress(
     quantize: Optional[str] = typer.Option(None, help="int8, fp16 or fp32 for every target (default: the target's)"),
     keep_fp32: Optional[List[str]] = typer.Option(None, "--keep-fp32", help="Node name or op type kept in float"),
     max_accuracy_drop: Optional[float] = typer.Option(None, help="Allowed top-1 drop in points on labeled eval data"),
+    output_kind: Optional[List[str]] = typer.Option(
+        None, "--output-kind", help="What an output means, NAME:KIND[:key=value,...] (repeatable), e.g. "
+                                    "speaker:embedding, vad:binary:threshold=0.5, "
+                                    "det:detections:boxes=0:4,scores=4:,layout=cxcywh,axis=1"),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Your task metric path/to/file.py:fn(ref, got, labels) "
+                                                                "-> float or dict, higher is better (compress only)"),
+    metric_drop: Optional[float] = typer.Option(None, "--metric-drop", help="Largest allowed drop of --metric below "
+                                                                            "fp32 (its units; default 0.01)"),
     max_length: Optional[int] = typer.Option(None, help="Sequence length for text (default 128)"),
     prune: Optional[float] = typer.Option(None, "--prune", help="Share of channels / RNN hidden units / FFN neurons "
                                                                 "to remove, e.g. 0.5 (recipe: prune section)"),
@@ -81,11 +89,14 @@ def compress(
 ):
     """Compress SOURCE into a verified bundle for one or more targets."""
     from edgefm.config import build_config
+    from edgefm.contract import parse_output_decl
     from edgefm.pipeline import compress as run, plan
 
     _setup_logging(verbose)
+    decls = dict(parse_output_decl(d) for d in output_kind or [])
     cfg = build_config(recipe, source=source, output=output, targets=target, arch=arch, inputs=input, calib=calib,
                        eval=eval, quantize=quantize, keep_fp32=keep_fp32, max_accuracy_drop=max_accuracy_drop,
+                       outputs=decls or None, metric=metric, metric_drop=metric_drop,
                        max_length=max_length, force=force or None, dry_run=dry_run or None, verbose=verbose or None,
                        prune=_section(ratio=prune, macs_target=prune_macs, num_layers=prune_layers),
                        distill=(_section(epochs=distill_epochs) or {}) if distill or distill_epochs else None,
@@ -96,6 +107,10 @@ def compress(
     with console.status("starting") as status:
         manifest = run(cfg, progress=lambda msg: (status.update(msg), console.log(msg)))
     _print_targets(manifest)
+    if manifest.failed:  # the others were written and verify; the run as a whole did not do all it was asked
+        console.print(f"[bold red]error:[/] {len(manifest.failed)} of {len(manifest.failed) + len(manifest.targets)} "
+                      f"targets failed ({', '.join(manifest.failed)}); the bundle holds the others")
+        raise typer.Exit(1)
 
 
 def _section(**fields) -> Optional[dict]:
@@ -113,12 +128,15 @@ def _print_targets(manifest) -> None:
     t.add_column("artifact")
     t.add_column("fidelity to fp32")
     for name, e in manifest.targets.items():
-        t.add_row(name, e.backend, e.precision, e.artifact, _fidelity_text(e.metrics))
+        text = _fidelity_text(e.metrics) + "".join(f"\n[yellow]note:[/] {n}" for n in e.notes)
+        t.add_row(name, e.backend, e.precision, e.artifact, text)
+    for name, f in manifest.failed.items():
+        t.add_row(name, f.backend, f.precision, "[red]FAILED[/]", f"[red]{f.error}:[/] {f.reason}")
     out.print(t)
 
 
 def _fidelity_text(metrics: dict) -> str:
-    from edgefm.fidelity import summarize
+    from edgefm.contract import summarize
 
     return summarize(metrics)
 
@@ -170,6 +188,7 @@ def targets(verbose: bool = typer.Option(False, "--verbose", "-v")):
     from rich.table import Table
 
     from edgefm.backends import get_backend
+    from edgefm.backends.base import has
     from edgefm.targets import list_targets
 
     t = Table(title="targets")
@@ -179,7 +198,7 @@ def targets(verbose: bool = typer.Option(False, "--verbose", "-v")):
     for name, spec in sorted(list_targets().items()):
         try:
             mod = get_backend(spec.backend, need_runtime=False)
-            here = mod.availability(spec) if hasattr(mod, "availability") else ("yes" if mod.is_available() else "no")
+            here = mod.availability(spec) if has(mod, "availability") else ("yes" if mod.is_available() else "no")
         except EdgefmError:
             here = "no"
         t.add_row(name, spec.backend, spec.precision, here, spec.description)

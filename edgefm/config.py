@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgefm.errors import ConfigError, describe_validation
 from edgefm.fidelity import Limits
@@ -59,12 +59,39 @@ class CompressConfig(BaseModel):
     max_accuracy_drop: Optional[float] = Field(
         None, ge=0, description="Allowed top-1 drop in points (labels) — overrides tolerances.quantize.accuracy_drop")
     tolerances: Tolerances = Field(default_factory=Tolerances)
+    outputs: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="What outputs mean: name -> {kind: logits|probabilities|binary|ordinal|embedding|regression|"
+                    "detections|state|other, <params/limits>} (CLI: --output-kind NAME:KIND[:k=v,...]); "
+                    "undeclared outputs get a guessed kind, printed and recorded")
+    metric: Optional[str] = Field(
+        None, description="Your task metric 'path/to/file.py:fn', fn(ref_outputs, got_outputs, labels) -> float or "
+                          "dict (key 'score' or the first is gated), higher is better; run at compress time only")
+    metric_drop: Optional[float] = Field(
+        None, ge=0, description="Largest allowed drop of --metric below its fp32 value, in the metric's units "
+                                "(default 0.01)")
+    metric_replaces_gates: bool = Field(
+        False, description="With --metric: gate on it alone instead of on it and every output's gates")
     opset: Optional[int] = Field(None, description="ONNX opset; None picks the exporter's default")
     seed: int = Field(0, description="Seed for sampling and splits")
     cache_dir: Optional[Path] = Field(None, description="Cache of verified ONNX exports by content hash (default ~/.cache/edgefm; EDGEFM_CACHE_DIR=0 turns it off)")
     force: bool = Field(False, description="Replace OUT if it exists")
     dry_run: bool = Field(False, description="Print the resolved configuration and stop")
     verbose: bool = Field(False, description="Show tracebacks and debug logs")
+
+    @field_validator("outputs")
+    @classmethod
+    def _check_outputs(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from edgefm.contract import check_decl
+
+        for name, decl in v.items():
+            if not isinstance(decl, dict):
+                raise ValueError(f"output '{name}': expected a mapping such as {{kind: embedding}}")
+            try:
+                check_decl(name, decl, where="outputs")
+            except ConfigError as e:
+                raise ValueError(str(e)) from None
+        return v
 
     def quant_limits(self) -> Limits:
         lim = self.tolerances.quantize.model_copy()

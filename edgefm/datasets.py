@@ -13,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from edgefm.backends.base import Samples
+from edgefm.samples import Samples
 from edgefm.errors import CalibrationError, ConfigError
 from edgefm.models.spec import ModelSpec
 

@@ -31,14 +31,20 @@ class AccuracyError(EdgefmError):
     ``step``, ``metric``, ``value`` and ``limit`` say which stage, which figure, what it was and what was allowed.
     """
 
-    def __init__(self, step: str, output: str, metric: str, value: float, limit: float, hint: str = ""):
+    def __init__(self, step: str, output: str, metric: str, value: float, limit: float, hint: str = "",
+                 direction: str | None = None):
         self.step, self.output, self.metric, self.value, self.limit = step, output, metric, value, limit
-        cmp = ">=" if metric in HIGHER_IS_BETTER else "<="
+        higher = direction == "min" if direction else metric in HIGHER_IS_BETTER
+        cmp = ">=" if higher else "<="
         msg = (f"{step}: output '{output}' {metric} = {value:.6g}, but the limit is {cmp} {limit:.6g}")
         super().__init__(msg + (f". {hint}" if hint else ""))
 
 
 HIGHER_IS_BETTER = {"cosine", "min_cosine", "top1_agreement", "top1", "top5", "int8_layers"}
+
+
+class TargetFailedError(EdgefmError):
+    """Every target of a compress failed (each one's reason is in the message)."""
 
 
 class BackendUnavailableError(EdgefmError):

@@ -17,10 +17,10 @@ import numpy as np
 import edgefm
 from edgefm.backends import get_backend
 from edgefm.backends.base import CompileJob, Samples
-from edgefm.bundle import Manifest, SourceInfo, StageRecord, finalize, sha256_file, staging
+from edgefm.bundle import FailedTarget, Manifest, SourceInfo, StageRecord, finalize, sha256_file, staging
 from edgefm.config import CompressConfig
-from edgefm.errors import BundleError, CalibrationError, ConfigError
-from edgefm.fidelity import Limits
+from edgefm.contract import resolve
+from edgefm.errors import BundleError, CalibrationError, ConfigError, EdgefmError, TargetFailedError
 from edgefm.targets import TargetSpec, get_target
 
 log = logging.getLogger(__name__)
@@ -65,14 +65,6 @@ def plan(config: CompressConfig) -> Plan:
         raise CalibrationError("int8 needs calibration data: pass --calib FILE (.npz, .txt or an image folder), "
                                "or --quantize fp32")
     return Plan(config, targets, precisions)
-
-
-def _limits(config: CompressConfig, precision: str) -> Limits:
-    if precision == "int8":
-        return config.quant_limits()
-    if precision in ("fp16", "bf16"):
-        return config.tolerances.fp16
-    return config.tolerances.compile
 
 
 def _data(config: CompressConfig, loaded) -> tuple[Samples, Samples, list[str]]:
@@ -120,6 +112,9 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
     t0 = time.perf_counter()
     say(f"loading {config.source}")
     loaded = load_checkpoint(config.source, config.arch, config.inputs)
+    from edgefm.models.output_kinds import declare, infer_kinds
+
+    loaded.spec = declare(loaded.spec, config.outputs)  # a wrong output name fails before minutes of work
     spec = loaded.spec
     stages = [StageRecord(name="load", settings={"kind": loaded.kind, "family": spec.family, "task": spec.task},
                           output_sha256=loaded.sha256, seconds=round(time.perf_counter() - t0, 3),
@@ -144,30 +139,74 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
                                          say=say))
         _write_sensitivity(tmp, stages)
         reference = batched_outputs(lambda f: onnx_outputs(ref_path, f), ev, 32)
+        spec, guesses = infer_kinds(spec, ref_path, reference)
+        for note in guesses:
+            say(note)
+        stages[-1].notes += guesses
         _save_eval(tmp / "eval.npz", ev, reference)
         if loaded.tokenizer_dir is not None:
             _copy_tokenizer(loaded.tokenizer_dir, tmp / "tokenizer")
             spec = spec.model_copy(deep=True)
             spec.preprocessing.tokenizer = "tokenizer"
 
-        entries = {}
+        entries, failed = {}, {}
         for target in p.targets:
             precision = p.precisions[target.name]
             say(f"compiling {target.name} ({target.backend}, {precision})")
+            contract = resolve(spec, config, precision)
+            say(f"{target.name} contract: {contract.describe()}")
             job = CompileJob(onnx_path=ref_path, spec=spec, target=target, precision=precision, calib=calib,
                              eval=ev, reference=reference, out_dir=tmp / target.name, bundle_dir=tmp,
-                             config=config, model=model, limits=_limits(config, precision), progress=say)
-            result = get_backend(target.backend).compile(job)
+                             config=config, model=model, contract=contract,
+                             progress=say)
+            try:
+                result = get_backend(target.backend).compile(job)
+            except Exception as e:  # noqa: BLE001 - with several targets, one failure must not discard the others
+                if len(p.targets) == 1:
+                    raise
+                failed[target.name] = _failure(target, precision, contract, e, tmp, say)
+                continue
+            result.entry.contract = result.entry.contract or contract  # a backend may say what it was held to
+            _note_size(result.entry, tmp, ref_path.parent)
             entries[target.name] = result.entry
             stages += result.stages
+        if not entries:  # nothing to put in a bundle
+            raise TargetFailedError("every target failed: " + "; ".join(f"{n}: {f.reason}" for n, f in failed.items()))
         manifest = Manifest(edgefm_version=edgefm.__version__,
                             source=SourceInfo(path=str(config.source.resolve()), kind=loaded.kind,
                                               sha256=loaded.sha256),
                             spec=spec, config=config.model_dump(mode="json"), reference="fp32/model.onnx",
-                            eval_data="eval.npz", targets=entries, stages=stages)
+                            eval_data="eval.npz", targets=entries, failed=failed, stages=stages)
         finalize(tmp, manifest)
-    say(f"wrote {config.output} in {time.perf_counter() - t0:.1f} s")
+    say(f"wrote {config.output} in {time.perf_counter() - t0:.1f} s"
+        + (f"; {len(failed)} target(s) failed: {', '.join(failed)}" if failed else ""))
     return manifest
+
+
+def _failure(target: TargetSpec, precision: str, contract, e: Exception, tmp: Path, say: Progress) -> FailedTarget:
+    """Record a target that failed (its half-written folder removed) so that the others still make a bundle."""
+    shutil.rmtree(tmp / target.name, ignore_errors=True)
+    if isinstance(e, EdgefmError):
+        reason = str(e)
+    else:  # a bug or a library failing inside: still one line, the traceback in the debug log
+        log.debug("target %s failed", target.name, exc_info=True)
+        reason = f"unexpected {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} " \
+                 f"(--verbose shows the traceback)"
+    say(f"target {target.name} FAILED: {reason}")
+    return FailedTarget(backend=target.backend, precision=precision, error=type(e).__name__, reason=reason,
+                        contract=contract)
+
+
+def _note_size(entry, bundle: Path, fp32_dir: Path) -> None:
+    """An int8 artifact that is not smaller than the fp32 model (e.g. LSTM weights left in float) says so."""
+    if entry.precision != "int8":
+        return
+    fp32 = sum(f.stat().st_size for f in fp32_dir.rglob("*") if f.is_file())
+    files = {f for f in entry.files if f != entry.options.get("build")} or {entry.artifact}
+    size = sum((bundle / f).stat().st_size for f in files if (bundle / f).is_file())
+    if fp32 and size >= fp32:
+        entry.notes.append(f"int8 artifact is not smaller than fp32 ({size / 1e6:.3g} MB vs {fp32 / 1e6:.3g} MB): "
+                           f"its weights stay float (e.g. LSTM/GRU or layers kept in float)")
 
 
 def _cache_dir(config: CompressConfig) -> Optional[Path]:

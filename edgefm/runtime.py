@@ -6,55 +6,21 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Mapping, Optional
-
-import numpy as np
+from typing import Optional
 
 from edgefm.backends import get_backend
-from edgefm.backends.base import LoadOptions, Predictor
 from edgefm.bundle import Manifest, read_manifest, target_files, verify_files
-from edgefm.errors import BundleError, CalibrationError
-from edgefm.models.spec import ModelSpec
+from edgefm.errors import BundleError
+from edgefm.predictor import BasePredictor, LoadOptions, Predictor  # noqa: F401 - BasePredictor re-exported
 
 log = logging.getLogger(__name__)
 
 
-class BasePredictor:
-    """Shared input checking for backend Predictors: names, ranks, fixed dims and dtypes are checked
-    and arrays are cast to the declared dtype before the backend's ``_run`` sees them."""
-
-    def __init__(self, spec: ModelSpec, target: str, backend: str):
-        self.spec, self.target, self.backend = spec, target, backend
-        # The runtime that really executes the model; differs from ``backend`` where a target runs on a
-        # stand-in until it is compiled on its device (a TensorRT target in ONNX Runtime).
-        self.executes = backend
-
-    @property
-    def input_names(self) -> list[str]:
-        return self.spec.input_names
-
-    @property
-    def output_names(self) -> list[str]:
-        return self.spec.output_names
-
-    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if not isinstance(inputs, Mapping):
-            raise CalibrationError(f"a Predictor takes a dict {{input name: array}} with inputs {self.input_names}, "
-                                   f"got {type(inputs).__name__}")
-        feed = {k: np.asarray(v) for k, v in inputs.items()}
-        self.spec.check_feed(feed, f"{self.target} predictor")
-        feed = {s.name: np.ascontiguousarray(feed[s.name], dtype=s.dtype) for s in self.spec.inputs}
-        return self._run(feed)
-
-    def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # pragma: no cover
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} target={self.target} inputs={self.input_names} outputs={self.output_names}>"
-
-
 def choose_target(manifest: Manifest, target: Optional[str], bundle: Path) -> str:
     if target is not None:
+        if target in manifest.failed:
+            raise BundleError(f"bundle {bundle}: target '{target}' failed when the bundle was made "
+                              f"({manifest.failed[target].reason}); it has: {', '.join(manifest.targets)}")
         if target not in manifest.targets:
             raise BundleError(f"bundle {bundle} has no target '{target}'; it has: {', '.join(manifest.targets)}")
         return target

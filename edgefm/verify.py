@@ -3,7 +3,12 @@
 For each target: the files match their sha256; the artifact runs in its runtime on the bundle's eval data
 and stays within the manifest's limits of the fp32 reference; the backend's own rules hold (e.g. TensorRT's
 Q/DQ rules), and — when asked — the artifact runs under emulation of another CPU architecture with the same
-results. A backend module opts into the last two by defining ``check_rules`` and ``verify_emulated``."""
+results. A backend declares the last two in its ``CAPABILITIES`` (``check_rules``, ``verify_emulated``).
+
+Fidelity is judged by the contract recorded in the target's manifest entry (the limits the bundle was built
+with), never re-derived; bundles made before the contract existed get it derived from their recorded config,
+and the report says so. A user metric named in the manifest is never imported here (user code runs at
+compress time only): its recorded gate stands and the report says it was not re-run."""
 
 from __future__ import annotations
 
@@ -14,9 +19,11 @@ from typing import Any, Optional
 import numpy as np
 
 from edgefm.backends import get_backend
+from edgefm.backends.base import has
 from edgefm.bundle import Manifest, read_manifest, target_files, verify_files
+from edgefm.bundle import read_eval as bundle_read_eval
+from edgefm.contract import enforce, judge, recorded, summarize
 from edgefm.errors import BundleError, EdgefmError
-from edgefm.fidelity import Limits, check, evaluate
 
 
 @dataclass
@@ -38,25 +45,8 @@ class TargetReport:
 
 
 def read_eval(bundle: Path, manifest: Manifest) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], Any]:
-    """(inputs, fp32 reference outputs, labels or None) from the bundle's eval.npz."""
-    if not manifest.eval_data:
-        raise BundleError(f"bundle {bundle} has no eval data to verify with")
-    with np.load(Path(bundle) / manifest.eval_data) as z:
-        inputs = {k[3:]: z[k] for k in z.files if k.startswith("in/")}
-        ref = {k[4:]: z[k] for k in z.files if k.startswith("ref/")}
-        labels = z["labels"] if "labels" in z.files else None
-    return inputs, ref, labels
-
-
-def limits_for(manifest: Manifest, precision: str) -> Limits:
-    """The limits the bundle was built with (its recorded config), for ``precision``."""
-    from edgefm.config import CompressConfig
-    from edgefm.pipeline import _limits
-
-    cfg = CompressConfig.model_validate(manifest.config) if manifest.config else None
-    if cfg is None:
-        return Limits()
-    return _limits(cfg, precision)
+    """(inputs, fp32 reference outputs, labels or None) from the bundle's eval.npz (see ``bundle.read_eval``)."""
+    return bundle_read_eval(bundle, manifest)
 
 
 def _run_all(predictor, inputs: dict[str, np.ndarray], batch: int = 32) -> dict[str, np.ndarray]:
@@ -82,21 +72,23 @@ def verify_target(bundle: Path, manifest: Manifest, name: str, emulate: Optional
         return report
     backend = get_backend(entry.backend, need_runtime=False)
     inputs, ref, labels = read_eval(bundle, manifest)
+    contract, how = recorded(manifest, name)
     if backend.is_available():
         try:
             got = _run_all(load(bundle, name, verify=False), inputs)
-            metrics = evaluate(manifest.spec, ref, got, labels)
-            check(f"{name} on this machine", metrics, limits_for(manifest, entry.precision))
-            report.checks.append(Check("fidelity", True, _summary(metrics)))
+            verdict = judge(contract, ref, got, labels, inputs)
+            enforce(f"{name} on this machine ({how})", verdict)
+            extra = "".join(f"; {n}" for n in verdict.notes)
+            report.checks.append(Check("fidelity", True, f"{summarize(verdict.metrics)} ({how}{extra})"))
         except EdgefmError as e:
             report.checks.append(Check("fidelity", False, str(e)))
     else:
         report.checks.append(Check("fidelity", True, f"skipped: the {entry.backend} runtime is not installed here"))
-    if hasattr(backend, "check_rules"):
+    if has(backend, "check_rules"):
         violations = backend.check_rules(bundle, name, entry, manifest)
         report.checks.append(Check("rules", not violations, "; ".join(violations) or "all rules hold"))
     if emulate:
-        if not hasattr(backend, "verify_emulated"):
+        if not has(backend, "verify_emulated"):
             report.checks.append(Check(f"emulate {emulate}", False,
                                        f"the {entry.backend} backend has no emulated run"))
         else:
@@ -105,21 +97,20 @@ def verify_target(bundle: Path, manifest: Manifest, name: str, emulate: Optional
     return report
 
 
-def _summary(metrics: dict) -> str:
-    from edgefm.fidelity import summarize
-
-    return summarize(metrics)
-
-
 def verify_bundle(bundle: Path, targets: Optional[list[str]] = None, emulate: Optional[str] = None,
                   cpu: Optional[str] = None) -> list[TargetReport]:
     """Verify the named targets (default: all) of ``bundle``."""
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
-    names = targets or list(manifest.targets)
+    names = targets or list(manifest.targets) + list(manifest.failed)
     reports = []
     for t in names:
-        if t in manifest.targets:
+        if t in manifest.failed and t not in manifest.targets:
+            # not in the bundle: the targets it holds still verify; asking for this one by name does not
+            f = manifest.failed[t]
+            reports.append(TargetReport(t, f.backend, [Check("built", not targets, f"failed at compress time, not in "
+                                                                                    f"the bundle: {f.reason}")]))
+        elif t in manifest.targets:
             reports.append(verify_target(bundle, manifest, t, emulate, cpu))
         else:
             reports.append(_rules_for_other_device(bundle, manifest, t))
@@ -134,7 +125,7 @@ def _rules_for_other_device(bundle: Path, manifest: Manifest, name: str) -> Targ
     spec = get_target(name)
     same = [n for n, e in manifest.targets.items() if e.backend == spec.backend]
     backend = get_backend(spec.backend, need_runtime=False)
-    if not same or not hasattr(backend, "check_rules_for"):
+    if not same or not has(backend, "check_rules_for"):
         raise BundleError(f"bundle {bundle} has no target {name!r}; it has: {', '.join(manifest.targets)}")
     violations = backend.check_rules_for(bundle, same[0], spec)
     detail = (f"{same[0]} checked against {name}'s rules: " + ("; ".join(violations) or "all rules hold"))

@@ -10,28 +10,9 @@ import numpy as np
 
 from edgefm.bundle import StageRecord, TargetEntry
 from edgefm.models.spec import ModelSpec
+from edgefm.predictor import LoadOptions, Predictor  # noqa: F401 - re-exported
+from edgefm.samples import Feed, Samples  # noqa: F401 - re-exported: they live where every layer reaches them
 from edgefm.targets import TargetSpec
-
-Feed = dict[str, np.ndarray]
-
-
-@dataclass
-class Samples:
-    """Named input arrays (first axis = samples) and optional integer labels."""
-
-    inputs: Feed
-    labels: Optional[np.ndarray] = None
-
-    def __len__(self) -> int:
-        return int(next(iter(self.inputs.values())).shape[0]) if self.inputs else 0
-
-    def take(self, idx) -> "Samples":
-        return Samples({k: v[idx] for k, v in self.inputs.items()},
-                       None if self.labels is None else self.labels[idx])
-
-    def batches(self, size: int):
-        for s in range(0, len(self), size):
-            yield self.take(slice(s, s + size))
 
 
 @dataclass
@@ -52,8 +33,31 @@ class CompileJob:
     bundle_dir: Path
     config: Any  # edgefm.config.CompressConfig
     model: Any = None
-    limits: Any = None  # edgefm.fidelity.Limits for this precision
+    contract: Any = None  # edgefm.contract.Contract resolved once for (target, precision) by the pipeline;
+    # None: backends resolve it from ``spec`` and ``config`` (tests, benchmarks driving one backend)
     progress: Optional[Callable[[str], None]] = None
+
+
+def contract_for(job: "CompileJob", precision: Optional[str] = None):
+    """The contract a step of ``job`` is held to: the one the pipeline resolved for the target's precision, or —
+    for an intermediate step at another precision (an fp32 conversion before int8) — the same rules resolved
+    for that precision from the same spec and config."""
+    from edgefm.contract import resolve
+
+    precision = precision or job.precision
+    if job.contract is not None and job.contract.precision == precision:
+        return job.contract
+    contract = resolve(job.spec, job.config, precision)
+    if job.contract is not None and job.contract.metric:  # the user metric already loaded for this run
+        contract._metric_fn = job.contract._metric_fn
+    return contract
+
+
+def judge_job(job: "CompileJob", got: Mapping[str, np.ndarray], precision: Optional[str] = None):
+    """``edgefm.contract.judge`` of ``got`` (outputs on ``job.eval``) against the fp32 reference."""
+    from edgefm.contract import judge
+
+    return judge(contract_for(job, precision), job.reference, got, job.eval.labels, job.eval.inputs)
 
 
 @dataclass
@@ -62,28 +66,36 @@ class CompileResult:
     stages: list[StageRecord] = field(default_factory=list)
 
 
-@dataclass
-class LoadOptions:
-    """Options for ``edgefm.load``: device override, threads, strictness about device fallback."""
+# Optional verbs a backend module may declare in its ``CAPABILITIES`` (never probed with hasattr):
+CAPABILITIES = {
+    "availability": "availability(target) -> str: a finer 'here' than is_available (e.g. 'build only')",
+    "check_rules": "check_rules(bundle, target_name, entry, manifest) -> list[str]: the runtime's own rules",
+    "check_rules_for": "check_rules_for(bundle, built_for, other_target) -> list[str]: rules of another device",
+    "verify_emulated": "verify_emulated(bundle, target, arch, cpu) -> (ok, detail): run under CPU emulation",
+    "compile_on_device": "compile_engine(bundle, target, **overrides): build what only the device can build",
+}
+CAPABILITY_FUNCTIONS = {"availability": "availability", "check_rules": "check_rules",
+                        "check_rules_for": "check_rules_for", "verify_emulated": "verify_emulated",
+                        "compile_on_device": "compile_engine"}
 
-    device: Optional[str] = None
-    threads: Optional[int] = None
-    strict: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+
+class Backend(Protocol):
+    """What every backend module provides. Optional verbs are declared by name in ``CAPABILITIES`` (see the
+    table above); ``edgefm.backends.get_backend`` checks that the declared functions exist."""
+
+    EXTRA: str
+    CAPABILITIES: frozenset
+
+    def is_available(self) -> bool: ...
+
+    def versions(self) -> dict[str, str]: ...
+
+    def compile(self, job: CompileJob) -> CompileResult: ...
+
+    def load(self, bundle: Path, target_name: str, entry: TargetEntry, spec: ModelSpec,
+             opts: LoadOptions) -> "Predictor": ...
 
 
-class Predictor(Protocol):
-    """A loaded model: dict of NumPy arrays in, dict of NumPy arrays out; safe to call from several threads."""
-
-    spec: ModelSpec
-    target: str
-    backend: str
-    executes: str  # the runtime that really runs it (a TensorRT target runs in ORT until compiled on device)
-
-    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
-
-    @property
-    def input_names(self) -> list[str]: ...
-
-    @property
-    def output_names(self) -> list[str]: ...
+def has(backend: Any, capability: str) -> bool:
+    """Whether ``backend`` declares the optional ``capability``."""
+    return capability in getattr(backend, "CAPABILITIES", frozenset())

@@ -12,16 +12,17 @@ from typing import Any, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgefm.backends.base import CompileJob, CompileResult, LoadOptions
+from edgefm.backends.base import CompileJob, CompileResult, LoadOptions, judge_job
 from edgefm.bundle import StageRecord, TargetEntry, sha256_file
+from edgefm.contract import enforce
 from edgefm.errors import AccuracyError, ConfigError
-from edgefm.fidelity import check, evaluate
 from edgefm.models.spec import ModelSpec
-from edgefm.runtime import BasePredictor
+from edgefm.predictor import BasePredictor
 from edgefm.targets import TargetSpec, backend_options
 
 log = logging.getLogger(__name__)
 EXTRA = "onnxruntime"  # part of the core install
+CAPABILITIES: frozenset = frozenset()  # no optional verbs (edgefm.backends.base.CAPABILITIES)
 EVAL_BATCH = 32
 PREFERENCE_MARGIN = 1.2  # an earlier recipe within 20 % of the fastest is kept
 
@@ -119,17 +120,18 @@ def _int8(job: CompileJob, opts: Options, out: Path) -> tuple[dict[str, Any], di
         except Exception as e:  # noqa: BLE001 - a recipe ORT cannot apply is recorded and skipped
             notes.append(f"recipe {recipe.name} failed: {type(e).__name__}: {str(e)[:200]}")
             continue
-        metrics = evaluate(job.spec, job.reference, eval_outputs(path, job, opts), job.eval.labels)
+        verdict = judge_job(job, eval_outputs(path, job, opts))
+        metrics = verdict.metrics
         ms = quick_latency_ms(path, one, threads=job.target.threads or 0)
         try:
-            check(f"quantize int8 ({recipe.name})", metrics, job.limits)
+            enforce(f"quantize int8 ({recipe.name})", verdict)
             error = None
         except AccuracyError as e:
             error = e
         summary = {k: {m: round(v, 5) for m, v in d.items()} for k, d in metrics.items()}
         notes.append(f"recipe {recipe.name}: {ms:.3f} ms at batch 1 (fp32 {base_ms:.3f}), "
                      f"{'within limits' if error is None else 'rejected: ' + str(error)}; {summary}")
-        candidates.append((recipe, settings, metrics, ms, path, error))
+        candidates.append((recipe, settings, verdict, ms, path, error))
     ok = [c for c in candidates if c[5] is None]
     if not ok and job.config.max_accuracy_drop is not None:
         # The user stated a bound: keep the most damaged nodes in float until it holds (recorded).
@@ -139,7 +141,7 @@ def _int8(job: CompileJob, opts: Options, out: Path) -> tuple[dict[str, Any], di
             c[4].unlink(missing_ok=True)
         if not candidates:
             raise AccuracyError("quantize int8", "-", "recipes_applied", 0, 1, hint="; ".join(notes))
-        best = max(candidates, key=lambda c: _worst_cosine(c[2]))
+        best = max(candidates, key=lambda c: c[2].margin)
         raise AccuracyError(best[5].step, best[5].output, best[5].metric, best[5].value, best[5].limit,
                             hint="no int8 recipe met the limits; relax them in a recipe's tolerances, allow a "
                                  "bounded drop with --max-accuracy-drop (which also lets the most sensitive nodes "
@@ -154,7 +156,8 @@ def _int8(job: CompileJob, opts: Options, out: Path) -> tuple[dict[str, Any], di
     def beaten(c) -> bool:
         return any(d[3] * PREFERENCE_MARGIN < c[3] and size[id(d)] <= 1.1 * size[id(c)] for d in ok)
 
-    recipe, settings, metrics, ms, path, _ = next(c for c in ok if not beaten(c))
+    recipe, settings, verdict, ms, path, _ = next(c for c in ok if not beaten(c))
+    metrics = verdict.metrics
     for c in candidates:
         if c[4] != path:
             c[4].unlink(missing_ok=True)
@@ -179,7 +182,7 @@ def _fallback(job: CompileJob, opts: Options, out: Path, static: list, notes: li
     if not static:
         notes.append("fallback: no static (QDQ) recipe to refine; dynamic recipes have no per-node fallback")
         return []
-    recipe, _, _, _, current, _ = max(static, key=lambda c: _worst_cosine(c[2]))
+    recipe, _, _, _, current, _ = max(static, key=lambda c: c[2].margin)
     excluded: list[str] = []
     freed: dict[str, float] = {}
     for round_ in range(1, FALLBACK_ROUNDS + 1):
@@ -193,12 +196,12 @@ def _fallback(job: CompileJob, opts: Options, out: Path, static: list, notes: li
         trial = out.with_name(f".fallback{round_}.onnx")
         settings = quantize(job.onnx_path, trial, recipe, job.calib, job.spec.input_names, job.config.keep_fp32,
                             fallback_nodes=excluded)
-        metrics = evaluate(job.spec, job.reference, eval_outputs(trial, job, opts), job.eval.labels)
+        verdict = judge_job(job, eval_outputs(trial, job, opts))
         if current not in [c[4] for c in static]:
             current.unlink(missing_ok=True)
         current = trial
         try:
-            check(f"quantize int8 ({recipe.name}, {len(excluded)} nodes in float)", metrics, job.limits)
+            enforce(f"quantize int8 ({recipe.name}, {len(excluded)} nodes in float)", verdict)
         except AccuracyError as e:
             notes.append(f"fallback round {round_}: kept '{tensor}' (int8 SQNR {sqnr:.1f} dB) in float: still {e}")
             continue
@@ -206,15 +209,11 @@ def _fallback(job: CompileJob, opts: Options, out: Path, static: list, notes: li
         settings["fallback_nodes_fp32"] = list(excluded)
         notes.append(f"fallback: kept {len(excluded)} node(s) in float {excluded} so that the most damaged "
                      f"activations stay float (their int8 SQNR in dB: {freed}); now within the limits")
-        return [(recipe, settings, metrics, ms, trial, None)]
+        return [(recipe, settings, verdict, ms, trial, None)]
     if current not in [c[4] for c in static]:
         current.unlink(missing_ok=True)
     notes.append(f"fallback: gave up after {len(freed)} rounds ({len(excluded)} nodes in float)")
     return []
-
-
-def _worst_cosine(metrics: dict) -> float:
-    return min((m.get("cosine", 1.0) for k, m in metrics.items() if not k.startswith("_")), default=1.0)
 
 
 def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contract's name
@@ -225,7 +224,9 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
     notes: list[str] = []
     if job.precision == "fp32":
         artifact, settings = job.onnx_path, {"artifact": "the verified fp32 ONNX, unchanged"}
-        metrics = evaluate(job.spec, job.reference, eval_outputs(artifact, job, opts), job.eval.labels)
+        verdict = judge_job(job, eval_outputs(artifact, job, opts))
+        enforce("onnxruntime fp32", verdict)  # the reference itself: fails only on a broken runtime
+        metrics = verdict.metrics
     elif job.precision == "int8":
         artifact = job.out_dir / "model.int8.onnx"
         settings, metrics, notes = _int8(job, opts, artifact)
@@ -234,8 +235,9 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
 
         artifact = job.out_dir / "model.fp16.onnx"
         settings = to_fp16(job.onnx_path, artifact)
-        metrics = evaluate(job.spec, job.reference, eval_outputs(artifact, job, opts), job.eval.labels)
-        check("convert fp16", metrics, job.limits)
+        verdict = judge_job(job, eval_outputs(artifact, job, opts))
+        enforce("convert fp16", verdict)
+        metrics = verdict.metrics
     else:
         raise ConfigError(f"target {job.target.name}: onnxruntime does not support precision '{job.precision}' "
                           f"(use int8, fp16 or fp32)")

@@ -21,16 +21,17 @@ from typing import Any, Literal, Optional, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgefm import fidelity
-from edgefm.backends.base import CompileJob, CompileResult, Feed, LoadOptions, Samples
+from edgefm.backends.base import CompileJob, CompileResult, Feed, LoadOptions, Samples, contract_for, judge_job
 from edgefm.backends.openvino_run import (OpenVINOPredictor, compile_model, core, execution_info, pick_device,
                                           runtime_config)
 from edgefm.bundle import StageRecord, TargetEntry, sha256_file, sha256_path
-from edgefm.errors import AccuracyError, BundleError, ConfigError, UnsupportedOpError
+from edgefm.contract import Verdict, enforce
+from edgefm.errors import BundleError, ConfigError, UnsupportedOpError
 from edgefm.models.spec import ModelSpec
 from edgefm.targets import TargetSpec, backend_options
 
 EXTRA = "openvino"
+CAPABILITIES = frozenset({"availability"})  # optional verbs (edgefm.backends.base.CAPABILITIES)
 log = logging.getLogger(__name__)
 
 #: Why the IR is built from the ONNX (benchmarks/results/openvino_convert.md, both paths in one run).
@@ -183,39 +184,24 @@ def _check_io(model: Any, spec: ModelSpec, where: str) -> None:
 
 # --- compile ---------------------------------------------------------------------------------------------
 
-def _limits(job: CompileJob, precision: str) -> fidelity.Limits:
-    from edgefm.config import Tolerances
-
-    if job.limits is not None:
-        lim = job.limits.model_copy()
-    else:
-        tol = getattr(job.config, "tolerances", None) or Tolerances()
-        lim = {"int8": tol.quantize, "fp16": tol.fp16, "bf16": tol.fp16}.get(precision, tol.compile).model_copy()
-    drop = getattr(job.config, "max_accuracy_drop", None)
-    if precision == "int8" and drop is not None:
-        if job.eval.labels is not None:
-            lim.accuracy_drop = drop
-        else:  # unlabeled: the bound applies to the fidelity metric (mean cosine, in points), never looser
-            lim.cosine = max(lim.cosine or 0.0, 1.0 - drop / 100.0)  # than the tolerance `edgefm verify` uses
-    return lim
-
-
-def _ac_max_drop(job: CompileJob, limits: fidelity.Limits, asked: float) -> float:
-    """The bound NNCF accuracy control works to, in points of its metric (top-1, or cosine without labels)."""
+def _ac_max_drop(job: CompileJob, contract: Any, asked: float) -> float:
+    """The bound NNCF accuracy control works to, in points of its metric: top-1 with labels; without labels
+    its metric is the mean cosine to fp32 in points, bounded by the contract's tightest cosine gate."""
     if job.eval.labels is not None:
         return asked
-    return round(100.0 * (1.0 - (limits.cosine if limits.cosine is not None else 1.0 - asked / 100.0)), 6)
+    cos = [g.limit for g in contract.gates() if g.metric in ("cosine", "prob_cosine")]
+    return round(100.0 * (1.0 - max(cos)), 6) if cos else asked
 
 
-def _evaluate(job: CompileJob, compiled: Any) -> dict[str, Any]:
+def _evaluate(job: CompileJob, compiled: Any, precision: Optional[str] = None) -> Verdict:
     names = job.spec.output_names or list(job.reference)
     got = _infer(compiled, job.eval, names)
-    return fidelity.evaluate(job.spec, job.reference, got, job.eval.labels)
+    return judge_job(job, got, precision)
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, float]:
     """A few figures for comparisons: mean cosine over outputs, and top-1 when labels exist."""
-    outs = [m for k, m in metrics.items() if not k.startswith("_")]
+    outs = [m for k, m in metrics.items() if not k.startswith("_") and "cosine" in m]
     h = {"cosine": round(float(np.mean([m["cosine"] for m in outs])), 6)} if outs else {}
     if "_accuracy" in metrics:
         h["top1"] = metrics["_accuracy"]["top1"]
@@ -238,15 +224,16 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
     say(f"{job.target.name}: converting to OpenVINO IR from {opts.convert_from}")
     model = convert(job, opts)
     f32 = compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
-    conv_metrics = _evaluate(job, f32)
+    conv_verdict = _evaluate(job, f32, "fp32")
+    conv_metrics = conv_verdict.metrics
     records.append(StageRecord(
         name="convert", target=job.target.name, settings={"convert_from": opts.convert_from},
         input_sha256=onnx_sha, seconds=round(time.perf_counter() - t0, 3), metrics=conv_metrics,
         notes=[f"IR built from the {'verified fp32 ONNX' if opts.convert_from == 'onnx' else 'torch module'} "
                f"(ov.convert_model); checked at INFERENCE_PRECISION_HINT=f32 on CPU against the fp32 reference",
                CONVERT_CHOICE if opts.convert_from == "onnx" else "convert_from: torch asked by the target"]))
-    fidelity.check(f"openvino convert ({job.target.name})", conv_metrics, _convert_limits(job),
-                   hint="the fp32 IR already differs from the fp32 ONNX; this is a conversion problem")
+    enforce(f"openvino convert ({job.target.name})", conv_verdict,
+            hint="the fp32 IR already differs from the fp32 ONNX; this is a conversion problem")
 
     if precision == "int8":
         from edgefm.quantize import nncf as nq
@@ -254,16 +241,11 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
         model, qrecord = _quantize(job, opts, model, f32, conv_metrics, nq)
         records.append(qrecord)
 
-    records.append(_save_and_verify(job, opts, model, precision, f32, ov))
+    record, contract = _save_and_verify(job, opts, model, precision, f32, ov)
+    records.append(record)
     entry = _entry(job, opts, precision, records[-1])
+    entry.contract = contract
     return CompileResult(entry=entry, stages=records)
-
-
-def _convert_limits(job: CompileJob) -> fidelity.Limits:
-    from edgefm.config import Tolerances
-
-    tol = getattr(job.config, "tolerances", None) or Tolerances()
-    return tol.compile
 
 
 def _settings(job: CompileJob, opts: OpenVINOOptions, nq: Any, model: Any) -> Any:
@@ -287,7 +269,7 @@ def _quantize(job: CompileJob, opts: OpenVINOOptions, model: Any, f32: Any, f32_
     t0 = time.perf_counter()
     s = _settings(job, opts, nq, model)
     step = f"openvino int8 ({job.target.name})"
-    limits = _limits(job, "int8")
+    contract = contract_for(job, "int8")
     max_drop = getattr(job.config, "max_accuracy_drop", None)
     say = job.progress or (lambda _m: None)
     notes = []
@@ -317,30 +299,32 @@ def _quantize(job: CompileJob, opts: OpenVINOOptions, model: Any, f32: Any, f32_
                     "calib_samples": min(len(job.calib), s.subset_size)}
     cfg = runtime_config({"inference_precision": opts.inference_precision}, "CPU")
     compiled = compile_model(qmodel, "CPU", cfg)
-    metrics = _evaluate(job, compiled)
-    tried = max_drop is not None and opts.int8_mode == "static" and _misses(metrics, limits)
+    verdict = _evaluate(job, compiled, "int8")
+    tried = max_drop is not None and opts.int8_mode == "static" and not verdict.ok
     if tried:
-        qmodel, compiled, metrics = _accuracy_control(job, opts, model, qmodel, s, metrics, limits, cfg, step,
+        qmodel, compiled, verdict = _accuracy_control(job, opts, model, qmodel, s, verdict, contract, cfg, step,
                                                       settings, notes, nq)
     elif max_drop is not None:
         notes.append(f"plain int8 meets --max-accuracy-drop {max_drop}: accuracy control not needed")
+    metrics = verdict.metrics
     layers = nq.int8_layers(qmodel)
     metrics["_int8_layers"] = {"count": len(layers), "by_type": _count(layers.values())}
     metrics["_execution"] = execution_info(compiled)
     if opts.compare_precisions:
         metrics["_compare"] = _compare_precisions(job, model, f32, f32_metrics, compiled, metrics)
-    fidelity.check(step, metrics, limits, hint=_int8_hint(max_drop, tried))
+    enforce(step, verdict, hint=_int8_hint(max_drop, tried))
     return qmodel, StageRecord(name="quantize", target=job.target.name, settings=settings,
                                seconds=round(time.perf_counter() - t0, 3), metrics=metrics, notes=notes)
 
 
-def _accuracy_control(job: CompileJob, opts: OpenVINOOptions, model: Any, plain: Any, s: Any, metrics: dict,
-                      limits: fidelity.Limits, cfg: dict, step: str, settings: dict, notes: list[str], nq: Any
-                      ) -> tuple[Any, Any, dict]:
+def _accuracy_control(job: CompileJob, opts: OpenVINOOptions, model: Any, plain: Any, s: Any, verdict: Verdict,
+                      contract: Any, cfg: dict, step: str, settings: dict, notes: list[str], nq: Any
+                      ) -> tuple[Any, Any, Verdict]:
     """Plain int8 missed the user's bound: NNCF puts the most sensitive layers back in float until it holds.
     Records the bound, the layers and the drops in ``settings``/``metrics``/``notes``; raises
     ``AccuracyError`` saying why when it cannot."""
-    max_drop = _ac_max_drop(job, limits, job.config.max_accuracy_drop)
+    max_drop = _ac_max_drop(job, contract, job.config.max_accuracy_drop)
+    metrics = verdict.metrics
     metric = nq.validation_metric(job.spec, job.eval, job.reference)
     if job.progress:
         job.progress(f"{job.target.name}: plain int8 misses the bound; NNCF accuracy control ({metric.name} drop "
@@ -350,12 +334,13 @@ def _accuracy_control(job: CompileJob, opts: OpenVINOOptions, model: Any, plain:
                                                 opts.accuracy_control_max_layers, plain=plain)
     except Exception as e:  # noqa: BLE001 - NNCF fails inside on some graphs (LSTMSequence: KeyError)
         why = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
-        fidelity.check(step, metrics, limits, hint=(
+        enforce(step, verdict, hint=(
             f"plain int8 misses the bound and NNCF accuracy control failed on this model ({why}); keep the "
             f"sensitive layers in float with --keep-fp32 NODE/OPTYPE or use --quantize fp32"))
         raise
     compiled = compile_model(res.model, "CPU", cfg)
-    new = _evaluate(job, compiled)
+    new_verdict = _evaluate(job, compiled, "int8")
+    new = new_verdict.metrics
     settings["accuracy_control"] = {"max_drop_points": max_drop, "metric": res.metric, "drop_type": "absolute"}
     new["_accuracy_control"] = {
         "metric": res.metric, "fp32": round(res.fp32_value, 4), "plain_int8": round(res.plain_int8_value, 4),
@@ -368,15 +353,7 @@ def _accuracy_control(job: CompileJob, opts: OpenVINOOptions, model: Any, plain:
                  f"{', '.join(res.reverted) or 'none'}; drop now {res.drop:.3g} points (validated on the eval data, "
                  f"so this drop is measured on the data the choice was made on)")
     nq.check_drop(step, res, max_drop)
-    return res.model, compiled, new
-
-
-def _misses(metrics: dict[str, Any], limits: fidelity.Limits) -> bool:
-    try:
-        fidelity.check("int8", metrics, limits)
-        return False
-    except AccuracyError:
-        return True
+    return res.model, compiled, new_verdict
 
 
 def _int8_hint(max_drop: Optional[float], tried: bool) -> str:
@@ -403,7 +380,7 @@ def _compare_precisions(job: CompileJob, model: Any, f32: Any, f32_metrics: dict
     caps = core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     if "BF16" in caps:
         bf16 = compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"})
-        out["bf16"] = {**_headline(_evaluate(job, bf16)), "latency_ms": _latency_ms(bf16, feed)}
+        out["bf16"] = {**_headline(_evaluate(job, bf16, "bf16").metrics), "latency_ms": _latency_ms(bf16, feed)}
     else:
         out["bf16"] = {"note": "this CPU has no bf16 arithmetic"}
     out["int8"] = {**_headline(int8_metrics), "latency_ms": _latency_ms(int8, feed),
@@ -413,8 +390,9 @@ def _compare_precisions(job: CompileJob, model: Any, f32: Any, f32_metrics: dict
 
 
 def _save_and_verify(job: CompileJob, opts: OpenVINOOptions, model: Any, precision: str, f32: Any,
-                     ov: Any) -> StageRecord:
-    """Write the IR and check the written files, compiled as ``load`` will compile them."""
+                     ov: Any) -> tuple[StageRecord, Any]:
+    """Write the IR and check the written files, compiled as ``load`` will compile them. Returns the record
+    and the contract the artifact was held to (an fp32 IR that the CPU runs in bf16 is held to bf16's)."""
     t0 = time.perf_counter()
     ir_weights = opts.ir_weights or ("fp16" if precision == "fp16" else "fp32")
     job.out_dir.mkdir(parents=True, exist_ok=True)
@@ -426,8 +404,13 @@ def _save_and_verify(job: CompileJob, opts: OpenVINOOptions, model: Any, precisi
     run_on = device if present else "CPU"
     options = _entry_options(job, opts, hint)
     compiled = compile_model(core().read_model(str(xml)), run_on, runtime_config(options, run_on))
-    metrics = _evaluate(job, compiled)
     info = execution_info(compiled)
+    judged_as = precision
+    if precision == "fp32" and info["inference_precision"] not in (None, "f32"):
+        judged_as = "bf16"
+    contract = contract_for(job, judged_as)
+    verdict = _evaluate(job, compiled, judged_as)
+    metrics = verdict.metrics
     metrics["_execution"] = info
     notes = [f"IR float weights written as {ir_weights} (ov.save_model compress_to_fp16={ir_weights == 'fp16'})",
              f"verified on {run_on} ({core().get_property(run_on, 'FULL_DEVICE_NAME')}); asked inference precision "
@@ -437,15 +420,14 @@ def _save_and_verify(job: CompileJob, opts: OpenVINOOptions, model: Any, precisi
         notes.append(f"target device {device} is not present on the build machine: verified on CPU instead")
     if hint and info["inference_precision"] and hint != info["inference_precision"]:
         notes.append(f"asked {hint}, but {run_on} runs {info['inference_precision']} (no {hint} arithmetic here)")
-    lim = _limits(job, precision) if precision != "fp32" else _convert_limits(job)
-    if precision == "fp32" and info["inference_precision"] not in (None, "f32"):
-        lim = _limits(job, "bf16")
-    fidelity.check(f"openvino compile ({job.target.name})", metrics, lim)
+    if judged_as != precision:
+        notes.append(f"the fp32 IR runs in {info['inference_precision']} on {run_on}: held to the bf16 contract")
+    enforce(f"openvino compile ({job.target.name})", verdict)
     return StageRecord(name="compile", target=job.target.name,
                        settings={"device": device, "ir_weights": ir_weights, "inference_precision": hint,
                                  "performance_hint": opts.performance_hint},
                        input_sha256=None, output_sha256=sha256_path(job.out_dir),
-                       seconds=round(time.perf_counter() - t0, 3), metrics=metrics, notes=notes)
+                       seconds=round(time.perf_counter() - t0, 3), metrics=metrics, notes=notes), contract
 
 
 def _entry_options(job: CompileJob, opts: OpenVINOOptions, hint: Optional[str]) -> dict[str, Any]:

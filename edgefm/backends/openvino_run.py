@@ -15,7 +15,7 @@ import numpy as np
 
 from edgefm.errors import BackendUnavailableError
 from edgefm.models.spec import ModelSpec
-from edgefm.runtime import BasePredictor
+from edgefm.predictor import BasePredictor
 
 log = logging.getLogger(__name__)
 

@@ -23,16 +23,18 @@ from typing import Any, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from edgefm import fidelity
-from edgefm.backends.base import CompileJob, CompileResult, LoadOptions
+from edgefm.backends.base import CompileJob, CompileResult, LoadOptions, judge_job
 from edgefm.bundle import StageRecord, TargetEntry, sha256_file
-from edgefm.errors import (AccuracyError, BackendUnavailableError, ConfigError, TargetError,
+from edgefm.contract import enforce
+from edgefm.errors import (BackendUnavailableError, ConfigError, TargetError,
                            UnsupportedOpError)
 from edgefm.models.spec import ModelSpec
 from edgefm.quantize.tensorrt import TrtQuantConfig
 from edgefm.targets import TargetSpec, backend_options
 
 EXTRA = "tensorrt"
+# optional verbs (edgefm.backends.base.CAPABILITIES)
+CAPABILITIES = frozenset({"availability", "check_rules", "check_rules_for", "compile_on_device"})
 BUILD_FILE = "build.json"
 BUILD_FORMAT = 1
 log = logging.getLogger(__name__)
@@ -160,20 +162,6 @@ def _ort_outputs(path: Path, job: CompileJob) -> dict[str, np.ndarray]:
     return ort_backend.eval_outputs(path, job, ort_backend.Options())
 
 
-def _limits(job: CompileJob, precision: str) -> fidelity.Limits:
-    from edgefm.pipeline import _limits as pipeline_limits
-
-    return job.limits if job.limits is not None else pipeline_limits(job.config, precision)
-
-
-def _passes(metrics, limits) -> bool:
-    try:
-        fidelity.check("probe", metrics, limits)
-        return True
-    except AccuracyError:
-        return False
-
-
 def _int8_with_fallback(job: CompileJob, src: Path, artifact: Path, opts: TensorRTOptions, step: str,
                         notes: list[str]) -> dict:
     """Quantize and measure against fp32. Past the limit, and only when the user stated a bound
@@ -188,29 +176,29 @@ def _int8_with_fallback(job: CompileJob, src: Path, artifact: Path, opts: Tensor
     result = q.quantize_qdq(src, artifact, job.calib.inputs, job.spec.family, opts.quantization,
                             job.spec.input_names)
     notes += result.notes
-    limits = _limits(job, "int8")
-    metrics = fidelity.evaluate(job.spec, job.reference, _ort_outputs(artifact, job), job.eval.labels)
+    verdict = judge_job(job, _ort_outputs(artifact, job), "int8")
     allowed_fallback = job.config is not None and job.config.max_accuracy_drop is not None
-    if _passes(metrics, limits) or not allowed_fallback or result.qdq_pairs == 0:
-        fidelity.check(step, metrics, limits, hint=_hint(opts, allowed_fallback))
-        return metrics
+    if verdict.ok or not allowed_fallback or result.qdq_pairs == 0:
+        enforce(step, verdict, hint=_hint(opts, allowed_fallback))
+        return verdict.metrics
     qmodel, fp32 = onnx.load(str(artifact)), onnx.load(str(src))
     ranking = [t for t, _, _ in sensitive_tensors(src, artifact, job.calib, job.spec.input_names)]
     allowed = max(1, int(len(ranking) * opts.max_fallback_fraction))
-    first = metrics
+    first = verdict
     for k in sorted({min(2 ** i, allowed) for i in range(allowed.bit_length() + 1)}):
         trial, layers = q.leave_float(qmodel, ranking[:k], fp32)
         onnx.save(trial, str(artifact))
-        metrics = fidelity.evaluate(job.spec, job.reference, _ort_outputs(artifact, job), job.eval.labels)
-        if _passes(metrics, limits):
+        verdict = judge_job(job, _ort_outputs(artifact, job), "int8")
+        metrics = verdict.metrics
+        if verdict.ok:
             notes.append(f"accuracy fallback: {len(layers)} layer(s) reading the {k} most damaged activation(s) "
                          f"(lowest int8 SQNR) left in fp16: {', '.join(layers)}")
-            metrics["_fallback"] = {"activations": k, "layers": len(layers), "first_try": first}
+            metrics["_fallback"] = {"activations": k, "layers": len(layers), "first_try": first.metrics}
             return metrics
     onnx.save(qmodel, str(artifact))
-    fidelity.check(step, first, limits, hint=f"the fp16 fallback of up to {allowed} activations did not reach "
-                                             f"it either; {_hint(opts, True)}")
-    return first  # pragma: no cover - check raised
+    enforce(step, first, hint=f"the fp16 fallback of up to {allowed} activations did not reach "
+                              f"it either; {_hint(opts, True)}")
+    return first.metrics  # pragma: no cover - enforce raised
 
 
 def _hint(opts: TensorRTOptions, fallback_tried: bool) -> str:
@@ -265,9 +253,10 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
             artifact = out / "model.onnx" if opts.sparsity else Path(job.onnx_path)
             if opts.sparsity:
                 shutil.copyfile(src, artifact)
-            metrics = fidelity.evaluate(spec, job.reference, _ort_outputs(artifact, job), job.eval.labels)
+            verdict = judge_job(job, _ort_outputs(artifact, job))
+            metrics = verdict.metrics
             if opts.sparsity:
-                fidelity.check(step, metrics, _limits(job, precision), hint=_hint(opts, False))
+                enforce(step, verdict, hint=_hint(opts, False))
             notes.append(f"{precision} numerics are TensorRT's own: they are measured on the device by "
                          f"`edgefm compile` against the fp32 reference")
         final = onnx.load(str(artifact))

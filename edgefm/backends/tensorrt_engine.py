@@ -22,7 +22,7 @@ import numpy as np
 
 from edgefm.errors import (BackendUnavailableError, BundleError, DeviceMismatchError, UnsupportedOpError)
 from edgefm.models.spec import ModelSpec
-from edgefm.runtime import BasePredictor
+from edgefm.predictor import BasePredictor
 
 log = logging.getLogger(__name__)
 
@@ -288,9 +288,8 @@ def compile_engine(bundle: Path, target: Optional[str] = None, *, allow_other_de
 
     The bundle is rewritten atomically (a new copy is renamed into place). A target made for another
     compute capability is refused unless ``allow_other_device``. Returns the new manifest."""
-    from edgefm import fidelity
     from edgefm.bundle import StageRecord, finalize, read_manifest, sha256_file, staging, verify_files
-    from edgefm.verify import limits_for
+    from edgefm.contract import enforce, recorded
 
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
@@ -319,9 +318,10 @@ def compile_engine(bundle: Path, target: Optional[str] = None, *, allow_other_de
             engine, cache = folder / "model.engine", folder / "timing.cache"
             info = build_engine(tmp / entry.options["onnx"], build, engine,
                                 cache if build.get("timing_cache", True) else None)
-            metrics = _engine_metrics(tmp, manifest, engine, name, build)
-            limits = limits_for(manifest, entry.precision)
-            fidelity.check(f"engine ({name}, TensorRT {here['tensorrt']})", metrics, limits)
+            contract, how = recorded(manifest, name)
+            verdict = _engine_verdict(tmp, manifest, engine, name, build, contract)
+            metrics = verdict.metrics
+            enforce(f"engine ({name}, TensorRT {here['tensorrt']}; {how})", verdict)
             rel = lambda p: str(p.relative_to(tmp))  # noqa: E731
             entry.artifact = rel(engine)
             entry.files = sorted(set(entry.files) | {rel(engine)} | ({rel(cache)} if cache.is_file() else set()))
@@ -340,12 +340,13 @@ def compile_engine(bundle: Path, target: Optional[str] = None, *, allow_other_de
     return manifest
 
 
-def _engine_metrics(tmp: Path, manifest, engine: Path, name: str, build: dict) -> dict:
-    from edgefm import fidelity
-    from edgefm.verify import read_eval
+def _engine_verdict(tmp: Path, manifest, engine: Path, name: str, build: dict, contract):
+    """The engine's outputs on the bundle's eval data, judged by the target's recorded contract."""
+    from edgefm.bundle import read_eval
+    from edgefm.contract import Verdict, judge
 
     if not manifest.eval_data:
-        return {}
+        return Verdict(ok=True, notes=["no eval data in the bundle: the engine was not checked"])
     feeds, ref, labels = read_eval(tmp, manifest)
     got = TrtPredictor(engine, manifest.spec, name, build)(feeds)
-    return fidelity.evaluate(manifest.spec, ref, got, labels)
+    return judge(contract, ref, got, labels, feeds)

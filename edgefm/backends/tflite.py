@@ -21,16 +21,17 @@ from typing import Any, Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgefm import fidelity
 from edgefm.backends import tflite_convert, tflite_lstm
-from edgefm.backends.base import CompileJob, CompileResult, LoadOptions
+from edgefm.backends.base import CompileJob, CompileResult, LoadOptions, judge_job
 from edgefm.bundle import StageRecord, TargetEntry, sha256_file
+from edgefm.contract import enforce
 from edgefm.errors import BackendUnavailableError, CalibrationError, ConfigError, ExportError, UnsupportedOpError
 from edgefm.models.spec import ModelSpec
-from edgefm.runtime import BasePredictor
+from edgefm.predictor import BasePredictor
 from edgefm.targets import backend_options
 
 EXTRA = "tflite"
+CAPABILITIES = frozenset({"verify_emulated"})  # optional verbs (edgefm.backends.base.CAPABILITIES)
 ARTIFACT = "model.tflite"
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
         fp32, final = work / "fp32.tflite", work / ("quant.tflite" if mode else "fp32.tflite")
         _check_builtin(final, job.target.name)
         stages = [_verify_stage(job, "convert", fp32, work / "model.pt2", result,
-                                export_s + result["seconds"].get("convert", 0.0), _limits(job, None))]
+                                export_s + result["seconds"].get("convert", 0.0), "fp32")]
         if result.get("fused_lstm"):
             stages[0].settings["fused_lstm_layers"] = result["fused_lstm"]
             stages[0].notes.append(f"{result['fused_lstm']} nn.LSTM module(s) as fused UNIDIRECTIONAL_SEQUENCE_LSTM ops")
@@ -133,7 +134,7 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
             stages[0].notes.append(fallback)
         if mode:
             stage = _verify_stage(job, "quantize", final, fp32, result, result["seconds"].get("quantize", 0.0),
-                                  _limits(job, mode))
+                                  "fp16" if mode == "fp16" else "int8")
             # Sizes live in settings: metrics hold only per-output figures and _accuracy (the CLI reads them so).
             stage.settings["fp32_bytes"] = fp32.stat().st_size
             stage.settings["size_ratio"] = round(final.stat().st_size / fp32.stat().st_size, 4)
@@ -214,25 +215,13 @@ def _convert(job: CompileJob, python: Path, request: dict, mode: Optional[str], 
     return result, fallback
 
 
-def _limits(job: CompileJob, mode: Optional[str]) -> fidelity.Limits:
-    from edgefm.config import Tolerances
-
-    tol = job.config.tolerances if job.config is not None else Tolerances()
-    if mode is None:
-        return tol.compile
-    if mode == "fp16":
-        return tol.fp16
-    if job.limits is not None:
-        return job.limits
-    return job.config.quant_limits() if job.config is not None else tol.quantize
-
-
 def _verify_stage(job: CompileJob, name: str, model: Path, source: Path, result: dict, seconds: float,
-                  limits: fidelity.Limits) -> StageRecord:
+                  precision: str) -> StageRecord:
     runner = _runner(model, 1)  # one thread: the check is about values, and build machines are shared
     got = runner.run({s.name: np.asarray(job.eval.inputs[s.name]).astype(s.dtype) for s in job.spec.inputs})
-    metrics = fidelity.evaluate(job.spec, job.reference, got, job.eval.labels)
-    fidelity.check(f"{name} ({job.target.name}, tflite)", metrics, limits)
+    verdict = judge_job(job, got, precision)
+    metrics = verdict.metrics
+    enforce(f"{name} ({job.target.name}, tflite)", verdict)
     v = result["versions"]
     if name == "convert":
         settings = {"converter": tflite_convert.CONVERTER, "converter_version": v.get("litert-torch"),

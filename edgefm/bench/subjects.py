@@ -99,7 +99,7 @@ def _open_bundle(s: Subject, threads: Optional[int]) -> Opened:
 def _checked(s: Subject, backend: str, run: Callable[[Feed], dict[str, np.ndarray]]):
     """Wrap a raw runtime call in the same input checks a bundle target's Predictor does, so a baseline
     does not look faster only because it skips them (a few microseconds, visible on tiny models)."""
-    from edgefm.runtime import BasePredictor
+    from edgefm.predictor import BasePredictor
 
     class _Predictor(BasePredictor):
         def _run(self, feed: Feed) -> dict[str, np.ndarray]:

@@ -84,7 +84,7 @@ def load_hf(folder: Path) -> HFModel:
         notes.append(f"sentence-transformers pipeline: {', '.join(m.get('type', '?').rsplit('.', 1)[-1] for m in st_modules)}")
         return HFModel(module, "feature-extraction", "sentence_embedding", "embedding", None,
                        max_length=min(DEFAULT_MAX_LENGTH, max_len or DEFAULT_MAX_LENGTH), **common)
-    return HFModel(model, "feature-extraction", "last_hidden_state", "hidden", "last_hidden_state", **common)
+    return HFModel(model, "feature-extraction", "last_hidden_state", "embedding", "last_hidden_state", **common)
 
 
 def _read_json(path: Path) -> Any:

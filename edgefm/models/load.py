@@ -106,11 +106,21 @@ def _hf(source: Path, arch, decls) -> LoadedModel:
         inputs = [i if i.name in declared else InputSpec(name=i.name, shape=["batch", fixed[0]], dtype=i.dtype)
                   for i in inputs]
     spec = ModelSpec(family="transformer", task=hf.task, inputs=inputs,
-                     outputs=[OutputSpec(name=hf.output, kind=hf.output_kind)], num_classes=hf.num_classes,
+                     outputs=[OutputSpec(name=hf.output, kind=hf.output_kind, reason=_hf_reason(hf))],
+                     num_classes=hf.num_classes,
                      arch=hf.arch, preprocessing=Preprocessing(kind="text", tokenizer=str(hf.model_dir),
                                                                max_length=fixed[0] if fixed else hf.max_length))
     wrap.probe(module, example_inputs(spec), source)  # e.g. an encoder-decoder that needs decoder inputs fails here
     return LoadedModel(module, spec, "hf", source, "", tokenizer_dir=hf.model_dir, notes=hf.notes)
+
+
+def _hf_reason(hf) -> str:
+    """Why the one output of a Hugging Face model has its kind (a strong guess, kept by later inference)."""
+    if hf.output == "sentence_embedding":
+        return "sentence-transformers pooling: a sentence embedding"
+    if hf.output == "last_hidden_state":
+        return "Hugging Face base model: per-token hidden states, judged as embeddings"
+    return f"Hugging Face {hf.task} head: class scores"
 
 
 def _state_dict(source: Path, arch, decls) -> LoadedModel:

@@ -4,10 +4,10 @@ dtypes and dynamic axes; outputs; preprocessing). It travels in the manifest, so
 from __future__ import annotations
 
 import re
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgefm.errors import CalibrationError, ConfigError
 
@@ -49,11 +49,26 @@ class InputSpec(BaseModel):
                 f"{where}: input '{self.name}' has dtype {arr.dtype}, but the model expects {self.dtype}")
 
 
+OutputKind = Literal["logits", "probabilities", "binary", "ordinal", "embedding", "regression", "detections",
+                     "state", "other"]
+
+
 class OutputSpec(BaseModel):
+    """One named output and what it means (its kind picks the accuracy gates, see ``edgefm.contract``)."""
+
     model_config = ConfigDict(extra="forbid")
     name: str
-    kind: Literal["logits", "embedding", "hidden", "other"] = Field(
-        "other", description="logits: top-1 agreement is meaningful; embedding: cosine is")
+    kind: OutputKind = Field("other", description="What the output means: " + ", ".join(OutputKind.__args__))
+    params: dict[str, Any] = Field(default_factory=dict,
+                                   description="Kind params, e.g. threshold for binary, boxes=0:4 for detections")
+    declared: bool = Field(False, description="True when the user declared the kind; False when edgefm guessed it")
+    reason: str = Field("", description="Why this kind (the guess edgefm made, or 'declared')")
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _legacy(cls, v: Any) -> Any:
+        # manifests written before the accuracy contract used "hidden" for per-token hidden states
+        return {"hidden": "embedding"}.get(v, v)
 
 
 class Preprocessing(BaseModel):

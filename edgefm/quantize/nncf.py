@@ -21,7 +21,7 @@ from typing import Any, Callable, Literal, Optional, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgefm.backends.base import Feed, Samples
+from edgefm.samples import Feed, Samples
 from edgefm.errors import AccuracyError, CalibrationError, ConfigError
 from edgefm.fidelity import cosine_per_sample
 from edgefm.models.spec import ModelSpec

@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from edgefm.backends.base import Samples
+from edgefm.samples import Samples
 from edgefm.errors import ConfigError
 
 log = logging.getLogger(__name__)

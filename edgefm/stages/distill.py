@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgefm.backends.base import Samples
+from edgefm.samples import Samples
 from edgefm.bundle import StageRecord
 from edgefm.errors import CalibrationError, CheckpointError, ConfigError
 from edgefm.models.spec import ModelSpec

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from edgefm.backends.base import Samples
+from edgefm.samples import Samples
 from edgefm.bundle import StageRecord, sha256_file
 from edgefm.errors import AccuracyError, ExportError
 from edgefm.fidelity import Limits, check, compare

@@ -23,7 +23,7 @@ from typing import Any, Callable, Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from edgefm.backends.base import Samples
+from edgefm.samples import Samples
 from edgefm.bundle import StageRecord
 from edgefm.errors import ConfigError
 from edgefm.models.spec import ModelSpec

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from edgefm.backends.base import Samples
+from edgefm.samples import Samples
 from edgefm.models.spec import ModelSpec
 
 

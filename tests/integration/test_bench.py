@@ -67,7 +67,7 @@ def build_digits_bundle(out: Path, ckpt: Path) -> Path:
                 **base.options, "recipes": ["static-qdq-u8s8-per-channel-minmax"]}})
             job = CompileJob(onnx_path=ref_path, spec=SPEC, target=target, precision=precision, calib=calib_s,
                              eval=eval_s, reference=reference, out_dir=tmp / name, bundle_dir=tmp, config=cfg,
-                             model=model, limits=cfg.quant_limits())
+                             model=model)
             entries[name] = ort_backend.compile(job).entry
         manifest = Manifest(edgefm_version="test", source=SourceInfo(path=str(ckpt), kind="state_dict"), spec=SPEC,
                             config=cfg.model_dump(mode="json"), reference="fp32/model.onnx", eval_data="eval.npz",

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgefm.backends.base import Samples
+from edgefm.samples import Samples
 from edgefm.datasets import load_samples, save_npz, split
 from edgefm.errors import CalibrationError, ConfigError
 from edgefm.models.spec import InputSpec, ModelSpec, OutputSpec, Preprocessing

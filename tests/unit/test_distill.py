@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("torch_pruning")
 
-from edgefm.backends.base import Samples  # noqa: E402
+from edgefm.samples import Samples  # noqa: E402
 from edgefm.errors import CalibrationError, CheckpointError  # noqa: E402
 from edgefm.stages import sparsity  # noqa: E402
 from edgefm.stages.distill import DistillConfig, distill_model  # noqa: E402

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torch_pruning")
 from torch import nn  # noqa: E402
 
-from edgefm.backends.base import Samples  # noqa: E402
+from edgefm.samples import Samples  # noqa: E402
 from edgefm.errors import ConfigError  # noqa: E402
 from edgefm.models.spec import InputSpec, ModelSpec, OutputSpec  # noqa: E402
 from edgefm.stages import macs, sparsity  # noqa: E402

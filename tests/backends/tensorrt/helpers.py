@@ -18,7 +18,6 @@ from edgefm.backends.base import CompileJob, Samples
 from edgefm.bundle import Manifest, SourceInfo, finalize, staging
 from edgefm.config import CompressConfig
 from edgefm.models.spec import InputSpec, ModelSpec, OutputSpec, Preprocessing
-from edgefm.pipeline import _limits
 from edgefm.targets import TargetSpec, get_target
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -138,8 +137,7 @@ def make_bundle(ex: Exported, target: str | TargetSpec, out: Path, precision: st
         precision = precision or target.precision
         job = CompileJob(onnx_path=tmp / "fp32" / "model.onnx", spec=ex.spec, target=target,
                          precision=precision, calib=ex.calib, eval=ex.eval,
-                         reference=ex.reference, out_dir=tmp / target.name, bundle_dir=tmp, config=cfg,
-                         limits=_limits(cfg, precision))
+                         reference=ex.reference, out_dir=tmp / target.name, bundle_dir=tmp, config=cfg)
         res = get_backend("tensorrt").compile(job)
         manifest = Manifest(edgefm_version=__version__, source=SourceInfo(path=str(ex.onnx_path), kind="onnx"),
                             spec=ex.spec, config=cfg.model_dump(mode="json"), reference="fp32/model.onnx",

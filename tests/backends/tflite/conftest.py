@@ -82,8 +82,7 @@ def digits_job(tmp: Path, model, seq: bool, target: TargetSpec, bundle_dir: Path
     cfg = CompressConfig(source=tmp / "digits.pt", output=bundle_dir, targets=[target.name])
     return CompileJob(onnx_path=onnx, spec=spec, target=target, precision=target.precision,
                       calib=Samples({"x": calib}), eval=Samples({"x": x}, y), reference=ref,
-                      out_dir=bundle_dir / target.name, bundle_dir=bundle_dir, config=cfg, model=model,
-                      limits=cfg.quant_limits() if target.precision == "int8" else None)
+                      out_dir=bundle_dir / target.name, bundle_dir=bundle_dir, config=cfg, model=model)
 
 
 def write_bundle(out: Path, job_for, target: TargetSpec):

@@ -82,7 +82,7 @@ def minilm_int8(tmp_path_factory):
     # converts from the torch model and never reads onnx_path).
     job = CompileJob(onnx_path=out / "fp32" / "model.onnx", spec=SPEC, target=target, precision="int8",
                      calib=Samples(calib), eval=Samples(held), reference=ref, out_dir=out / target.name,
-                     bundle_dir=out, config=cfg, model=model, limits=cfg.quant_limits())
+                     bundle_dir=out, config=cfg, model=model)
     return job, tflite.compile(job)
 
 
