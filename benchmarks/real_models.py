@@ -31,6 +31,7 @@ from benchmarks import realdata as rd  # noqa: E402
 from benchmarks import realzoo as rz  # noqa: E402
 
 WORK = ROOT / ".cache" / "real_models"
+METRICS = ROOT / "benchmarks" / "real_metrics.py"
 TARGETS = ["onnxruntime-cpu", "openvino-cpu", "tflite-arm64", "jetson-orin-nano"]
 Run = Callable[[dict], dict]  # feed (one batch) -> outputs, both by name
 
@@ -48,6 +49,8 @@ class Case:
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)  # "KIND[:k=v,...]" by output position (--output-kind)
     note: str = ""
+    metric: Optional[str] = None  # --metric file.py:fn (the user's own task metric at compress time)
+    metric_drop: Optional[float] = None
     state: Optional[tuple[str, int]] = None  # (state input, position of the state output it is fed from)
 
 
@@ -327,11 +330,13 @@ def cases() -> dict[str, Case]:
         Case("mtcnn_onet", "cnn", lambda: rz.path("facenet-pytorch", "facenet_pytorch/data/onet.pt"),
              lambda w: _npz(w, "onet_calib.npz", lambda: {"x": rd.face_crops(seed=0, n=160, size=48)}),
              _face_task(48), arch=f"{arch}:mtcnn_onet", inputs=["x:batch,3,48,48:float32"],
-             outputs=["regression", "regression", "probabilities"]),
+             outputs=["regression:rel_error=none", "regression:rel_error=none", "probabilities"],
+             metric=f"{METRICS}:mtcnn_onet_px", metric_drop=0.75,
+             note="box offsets/landmarks judged in pixels by --metric (rel_error of near-zero offsets is not the task)"),
         Case("mtcnn_rnet", "cnn", lambda: rz.path("facenet-pytorch", "facenet_pytorch/data/rnet.pt"),
              lambda w: _npz(w, "rnet_calib.npz", lambda: {"x": rd.face_crops(seed=0, n=160, size=24)}),
              _face_task(24), arch=f"{arch}:mtcnn_rnet", inputs=["x:batch,3,24,24:float32"],
-             outputs=["regression", "probabilities"]),
+             outputs=["regression:rel_error=none", "probabilities"], metric=f"{METRICS}:mtcnn_rnet_px", metric_drop=0.75),
         Case("nudenet_320n", "detector", lambda: rz.path("nudenet", "nudenet/320n.onnx"),
              lambda w: _npz(w, "nudenet_calib.npz", lambda: {"images": rd.detector_images(seed=0, n=48)}),
              detector_task, inputs=["images:batch,3,320,320:float32"], outputs=["detections:boxes=0:4,scores=4:,layout=cxcywh,axis=1,score_threshold=0.2"]),
@@ -363,6 +368,8 @@ def compress_pair(case: Case, target: str, work: Path) -> dict:
         inputs = [i.replace(":2,batch", ":!2,batch") for i in inputs]
     fields = dict(source=case.source(), output=out, targets=[target], arch=case.arch, inputs=inputs,
                   calib=case.calib(work), force=True)
+    if case.metric and "metric" in CompressConfig.model_fields:
+        fields.update(metric=case.metric, metric_drop=case.metric_drop)
     t0 = time.perf_counter()
     try:
         if case.state and streaming_supported():
