@@ -191,29 +191,32 @@ def nn_identity(emb: np.ndarray, ids: np.ndarray) -> float:
 
 # ---------------------------------------------------------------- photos
 
+_PHOTOS = ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "hubble_deep_field.jpg", "ihc.png",
+           "retina.jpg", "logo.png", "motorcycle_left.png", "color.png", "camera.png", "page.png", "moon.png",
+           "coins.png", "text.png", "brick.png", "grass.png", "gravel.png"]
+
+
 def photos() -> list[np.ndarray]:
-    """scikit-image's bundled colour photos as uint8 (H, W, 3)."""
-    from skimage import data
+    """The photos inside scikit-image's wheel (read from its data folder: never its downloader) as uint8
+    (H, W, 3)."""
+    import skimage
+    from PIL import Image
 
-    names = ["astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
-             "cat", "colorwheel", "logo", "motorcycle_left", "skin"]
+    folder = Path(skimage.__file__).parent / "data"
     out = []
-    for n in names:
-        f = getattr(data, n, None)
-        if f is None:
-            continue
-        try:
-            im = np.asarray(f())
-        except Exception:  # an image that needs pooch (a download) is skipped: everything stays offline
-            continue
-        if im.ndim == 2:
-            im = np.repeat(im[..., None], 3, 2)
-        out.append(im[..., :3].astype(np.uint8))
-    from skimage import data as d2
-
-    for gray in ("camera", "page", "moon"):
-        out.append(np.repeat(np.asarray(getattr(d2, gray)())[..., None], 3, 2).astype(np.uint8))
+    for name in _PHOTOS:
+        with Image.open(folder / name) as im:
+            out.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
     return out
+
+
+def lfw_faces() -> np.ndarray:
+    """scikit-image's bundled Labeled Faces in the Wild subset: 100 grayscale 25x25 faces (the file's first
+    100; the other 100 are non-faces), as uint8 (100, 25, 25, 3)."""
+    import skimage
+
+    x = np.load(Path(skimage.__file__).parent / "data" / "lfw_subset.npy")[:100]
+    return np.repeat((np.clip(x, 0, 1) * 255).astype(np.uint8)[..., None], 3, -1)
 
 
 def _resize(im: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -248,31 +251,35 @@ def detector_images(seed: int = 0, n: int = 48, size: int = 320) -> np.ndarray:
     return np.stack(out[:n]).astype(np.float32)
 
 
-def face_crops(seed: int = 0, n: int = 192, size: int = 48) -> np.ndarray:
-    """(N, 3, size, size) MTCNN-normalized crops ((x - 127.5) / 128): half jittered around the faces in
-    scikit-image's astronaut and camera photos, half random boxes anywhere in the photos."""
+def face_crops(seed: int = 0, n: int = 192, size: int = 48, with_truth: bool = False):
+    """(N, 3, size, size) MTCNN-normalized crops ((x - 127.5) / 128): half faces (scikit-image's LFW subset,
+    and jittered boxes around the astronaut's face), half random boxes in the bundled photos (not faces).
+    With ``with_truth``, also the (N,) face/not-face truth."""
     rng = np.random.default_rng(seed)
-    from skimage import data
-
-    faces = [(np.asarray(data.astronaut()), (170, 40, 100)),  # (image, (x, y, side)) of the face, by eye
-             (np.repeat(np.asarray(data.camera())[..., None], 3, 2), (215, 60, 70))]
-    ims = photos()
-    out = []
+    ims, lfw = photos(), lfw_faces()
+    astronaut = ims[0]
+    out, truth = [], []
     for i in range(n):
-        if i % 2 == 0:
-            im, (fx, fy, side) = faces[(i // 2) % len(faces)]
-            s = int(side * rng.uniform(0.8, 1.3))
-            x = int(fx + rng.uniform(-0.2, 0.2) * side)
-            y = int(fy + rng.uniform(-0.2, 0.2) * side)
+        if i % 2 == 0 and i % 4 != 0:  # an LFW face
+            crop = lfw[rng.integers(len(lfw))]
+            if rng.random() < 0.5:
+                crop = crop[:, ::-1]
         else:
-            im = ims[rng.integers(len(ims))]
-            s = int(rng.uniform(0.1, 0.5) * min(im.shape[:2]))
-            x, y = rng.integers(0, im.shape[1] - s), rng.integers(0, im.shape[0] - s)
-        h, w = im.shape[:2]
-        x, y = int(np.clip(x, 0, w - s)), int(np.clip(y, 0, h - s))
-        crop = _resize(np.ascontiguousarray(im[y:y + s, x:x + s]), size, size).astype(np.float32)
+            if i % 2 == 0:  # the astronaut's face, jittered (its box by eye: x 170, y 40, side 100)
+                im, s = astronaut, int(100 * rng.uniform(0.85, 1.2))
+                x, y = int(170 + rng.uniform(-0.1, 0.1) * 100), int(40 + rng.uniform(-0.1, 0.1) * 100)
+            else:
+                im = ims[1 + rng.integers(len(ims) - 1)]
+                s = int(rng.uniform(0.1, 0.5) * min(im.shape[:2]))
+                x, y = rng.integers(0, im.shape[1] - s), rng.integers(0, im.shape[0] - s)
+            h, w = im.shape[:2]
+            x, y = int(np.clip(x, 0, w - s)), int(np.clip(y, 0, h - s))
+            crop = im[y:y + s, x:x + s]
+        crop = _resize(np.ascontiguousarray(crop), size, size).astype(np.float32)
         out.append(((crop - 127.5) / 128.0).transpose(2, 0, 1))
-    return np.stack(out).astype(np.float32)
+        truth.append(i % 2 == 0)
+    x = np.stack(out).astype(np.float32)
+    return (x, np.asarray(truth)) if with_truth else x
 
 
 # ---------------------------------------------------------------- detections (packed YOLOv8 output)
