@@ -111,6 +111,9 @@ def run_litert(path: Path) -> Run:
 
     def run(feed):
         feed = {k: v for k, v in feed.items() if k in ins}
+        if all(tuple(v.shape) == tuple(ins[k]["shape"]) for k, v in feed.items()):  # one call as compiled
+            res = sig(**{k: q(k, v) for k, v in feed.items()})
+            return {k: dq(k, np.asarray(res[k])) for k in outs}
         n = next(iter(feed.values())).shape[0]
         parts: dict[str, list] = {k: [] for k in outs}
         for s in range(0, n, batch):  # LiteRT models have a static batch
@@ -202,7 +205,7 @@ def _vad_jit_calib(work: Path) -> Path:
 
 def _stream(run: Run, chunks: np.ndarray, names: tuple[str, str, str]) -> np.ndarray:
     """Speech probabilities over a stream, one call per chunk, feeding the returned state back."""
-    inp, state, out_state = names
+    inp, state, _ = names
     st = np.zeros((2, 1, 128), np.float32)
     probs = []
     if state not in getattr(run, "inputs", {state}):  # an artifact without a state input (from the .jit's
@@ -211,8 +214,9 @@ def _stream(run: Run, chunks: np.ndarray, names: tuple[str, str, str]) -> np.nda
                            for c in chunks])
     for c in chunks:
         o = run({inp: c[None], state: st, "sr": np.array(16000, np.int64)})
-        st = o[out_state] if out_state in o else first(o, 1)
-        probs.append(float(np.asarray(o.get("output", first(o))).ravel()[0]))
+        # by shape, not name: a torch-sourced artifact names its outputs in its own way
+        st = next(v for v in o.values() if v.ndim == 3)
+        probs.append(float(next(v for v in o.values() if v.ndim == 2).ravel()[0]))
     return np.asarray(probs)
 
 
