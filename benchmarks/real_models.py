@@ -292,15 +292,20 @@ def minilm_task(run: Run, ref: Run, work: Path) -> dict:
                                                         return_tensors="np").items()}
     e, e0 = (first(batched(r, enc, len(lines))) for r in (run, ref))
 
-    def nn(v):
+    def sims(v):
         v = v / np.linalg.norm(v, axis=1, keepdims=True)
         s = v @ v.T
         np.fill_diagonal(s, -np.inf)
-        return s.argmax(1)
-    agree = float((nn(e) == nn(e0)).mean())
+        return s
+    s, s0 = sims(e), sims(e0)
+    nn0 = s0.argmax(1)
+    agree = float((s.argmax(1) == nn0).mean())
+    top3 = np.argsort(-s, axis=1)[:, :3]
+    in3 = float(np.mean([nn0[i] in top3[i] for i in range(len(nn0))]))
     cos = float(np.mean(np.sum(e * e0, 1) / np.linalg.norm(e, axis=1) / np.linalg.norm(e0, axis=1)))
-    return {"metric": f"nearest-neighbour = fp32 {agree:.3f} over {len(lines)} sentences, cos {cos:.4f}",
-            "bound": "NN agreement >= 0.9", "ok": agree >= 0.9, "value": agree}
+    return {"metric": f"fp32's nearest neighbour in the artifact's top 3: {in3:.3f}, top-1 = fp32 {agree:.3f} "
+                      f"({len(lines)} sentences), cos {cos:.4f}",
+            "bound": "fp32 NN in top 3 >= 0.95", "ok": in3 >= 0.95, "value": in3}
 
 
 def _npz(work: Path, name: str, make: Callable[[], dict]) -> Path:
