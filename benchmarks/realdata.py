@@ -235,10 +235,18 @@ def letterbox(im: np.ndarray, size: int = 320) -> np.ndarray:
 
 
 def detector_images(seed: int = 0, n: int = 48, size: int = 320) -> np.ndarray:
-    """(N, 3, size, size): the photos, plus seeded crops and mirror images of them."""
+    """(N, 3, size, size): the photos, grids of faces, and seeded crops and mirror images of the photos."""
     rng = np.random.default_rng(seed)
-    ims = photos()
+    ims, lfw = photos(), lfw_faces()
     out = [letterbox(im, size) for im in ims]
+    for _ in range(n // 3):  # group photos: a grid of LFW faces (grayscale, 25 px, upscaled)
+        g = int(rng.integers(2, 5))
+        tile = size // g
+        sheet = np.full((size, size, 3), 255, np.uint8)
+        for r in range(g):
+            for c in range(g):
+                sheet[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] = _resize(lfw[rng.integers(len(lfw))], tile, tile)
+        out.append(sheet.astype(np.float32).transpose(2, 0, 1) / 255.0)
     while len(out) < n:
         im = ims[rng.integers(len(ims))]
         h, w = im.shape[:2]
