@@ -471,6 +471,13 @@ def write(rows: list[dict], out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     info = machine_info()
+    done = {(r["model"], r["target"]) for r in rows}
+    if (out / "real_models.csv").is_file():  # a run of some models keeps the other models' rows
+        with open(out / "real_models.csv", newline="") as f:
+            rows = rows + [r for r in csv.DictReader(f) if (r["model"], r["target"]) not in done]
+    order = {name: i for i, name in enumerate(cases())}
+    rows = sorted(rows, key=lambda r: (order.get(r["model"], 99), TARGETS.index(r["target"])
+                                       if r["target"] in TARGETS else 9))
     with open(out / "real_models.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
