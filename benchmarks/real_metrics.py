@@ -24,3 +24,13 @@ def mtcnn_onet_px(ref, got, labels=None):
 def mtcnn_rnet_px(ref, got, labels=None):
     """RNet (24 px crops): minus the box offsets' mean pixel error."""
     return -_mtcnn_px(ref, got, 24)
+
+
+def nudenet_detections(ref, got, labels=None):
+    """nudenet's own post-processing (score >= 0.2, per-class NMS at IoU 0.45), then the artifact's detections
+    matched to fp32's by IoU >= 0.5 and class: the lower of precision and recall."""
+    from benchmarks.realdata import match_detections, yolo_detections
+
+    key = next(iter(ref))
+    prec, rec, _ = match_detections(yolo_detections(ref[key], conf=0.2), yolo_detections(got[key], conf=0.2))
+    return {"score": min(prec, rec), "precision": prec, "recall": rec}

@@ -51,6 +51,7 @@ class Case:
     note: str = ""
     metric: Optional[str] = None  # --metric file.py:fn (the user's own task metric at compress time)
     metric_drop: Optional[float] = None
+    eval: Optional[Callable[[Path], Path]] = None  # --eval (held out from both calib and the task data)
     state: Optional[tuple[str, int]] = None  # (state input, position of the state output it is fed from)
 
 
@@ -350,7 +351,9 @@ def cases() -> dict[str, Case]:
              outputs=["regression:rel_error=none", "probabilities"], metric=f"{METRICS}:mtcnn_rnet_px", metric_drop=0.75),
         Case("nudenet_320n", "detector", lambda: rz.path("nudenet", "nudenet/320n.onnx"),
              lambda w: _npz(w, "nudenet_calib.npz", lambda: {"images": rd.detector_images(seed=0, n=48)}),
-             detector_task, inputs=["images:batch,3,320,320:float32"], outputs=["detections:boxes=0:4,scores=4:,layout=cxcywh,axis=1,score_threshold=0.2"]),
+             detector_task, inputs=["images:batch,3,320,320:float32"], metric=f"{METRICS}:nudenet_detections",
+             metric_drop=0.1, outputs=["detections:boxes=0:4,scores=4:,layout=cxcywh,axis=1,score_threshold=0.2"],
+             eval=lambda w: _npz(w, "nudenet_eval.npz", lambda: {"images": rd.detector_images(seed=2, n=32)})),
         Case("minilm", "transformer", lambda: __import__("edgefm.zoo", fromlist=["x"]).minilm_path(),
              lambda w: ROOT / "calibration" / "sentences.txt", minilm_task, outputs=["embedding"]),
     ]}
@@ -379,6 +382,8 @@ def compress_pair(case: Case, target: str, work: Path) -> dict:
         inputs = [i.replace(":2,batch", ":!2,batch") for i in inputs]
     fields = dict(source=case.source(), output=out, targets=[target], arch=case.arch, inputs=inputs,
                   calib=case.calib(work), force=True)
+    if case.eval is not None:
+        fields["eval"] = case.eval(work)
     if case.metric and "metric" in CompressConfig.model_fields:
         fields.update(metric=case.metric, metric_drop=case.metric_drop)
     t0 = time.perf_counter()
