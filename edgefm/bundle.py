@@ -74,6 +74,12 @@ class TargetEntry(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict, description="Fidelity/accuracy against fp32")
     hardware: dict[str, Any] = Field(default_factory=dict,
                                      description="What the artifact was built for/on (GPU, versions …)")
+    kept_in_float: list[str] = Field(default_factory=list,
+                                     description="Nodes/layers/ops the accuracy fallback (--max-accuracy-drop) kept "
+                                                 "out of int8, in the backend's own names")
+    fallback: Optional[dict[str, Any]] = Field(
+        None, description="The accuracy fallback's record: rounds (what was kept, the verdict after), budget, "
+                          "the precision kept parts run in; None when it did not run")
     contract: Optional[Contract] = Field(None, description="The accuracy contract this target was built and "
                                                            "checked against (None in bundles made before it)")
     notes: list[str] = Field(default_factory=list, description="What a user of this artifact should know (e.g. an "

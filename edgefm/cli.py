@@ -63,7 +63,9 @@ def compress(
     eval: Optional[Path] = typer.Option(None, "--eval", help="Evaluation data (same formats; .npz may hold labels)"),
     quantize: Optional[str] = typer.Option(None, help="int8, fp16 or fp32 for every target (default: the target's)"),
     keep_fp32: Optional[List[str]] = typer.Option(None, "--keep-fp32", help="Node name or op type kept in float"),
-    max_accuracy_drop: Optional[float] = typer.Option(None, help="Allowed top-1 drop in points on labeled eval data"),
+    max_accuracy_drop: Optional[float] = typer.Option(
+        None, help="Allowed top-1 drop in points on labeled eval data; also lets every target keep the int8 parts "
+                   "that break the accuracy contract in higher precision until it holds (listed in the manifest)"),
     output_kind: Optional[List[str]] = typer.Option(
         None, "--output-kind", help="What an output means, NAME:KIND[:key=value,...] (repeatable), e.g. "
                                     "speaker:embedding, vad:binary:threshold=0.5, "

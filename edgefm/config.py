@@ -57,7 +57,8 @@ class CompressConfig(BaseModel):
     keep_fp32: list[str] = Field(default_factory=list,
                                  description="Node names or op types left in float when quantizing")
     max_accuracy_drop: Optional[float] = Field(
-        None, ge=0, description="Allowed top-1 drop in points (labels) — overrides tolerances.quantize.accuracy_drop")
+        None, ge=0, description="Allowed top-1 drop in points (labels) — overrides tolerances.quantize.accuracy_drop; "
+                                "also turns on the accuracy fallback (edgefm.quantize.fallback) on every target")
     tolerances: Tolerances = Field(default_factory=Tolerances)
     outputs: dict[str, dict[str, Any]] = Field(
         default_factory=dict,

@@ -168,52 +168,62 @@ def _int8(job: CompileJob, opts: Options, out: Path) -> tuple[dict[str, Any], di
     return settings, metrics, notes
 
 
-FALLBACK_ROUNDS = 8
+class OrtFallback:
+    """Fallback hooks (edgefm.quantize.fallback) for ORT's static QDQ: units are quantized activations ranked
+    by ORT's QDQ debugger (per-channel SQNR, ``sensitive_tensors``); keeping one excludes the nodes that
+    produce or consume it (in QDQ form a producer quantizes its output, a consumer its input)."""
+
+    precision_kept = "float"
+
+    def __init__(self, job: CompileJob, opts: Options, out: Path, recipe):
+        self.job, self.opts, self.out, self.recipe = job, opts, out, recipe
+        self.settings: dict[str, Any] = {}
+        self.made: list[Path] = []
+
+    def sensitivity(self, candidate):
+        from edgefm.quantize.fallback import Unit
+        from edgefm.quantize.onnxruntime import sensitive_tensors
+
+        ranked = sensitive_tensors(self.job.onnx_path, candidate.path, self.job.calib, self.job.spec.input_names)
+        return [Unit(t, s, list(nodes)) for t, s, nodes in ranked]
+
+    def build(self, keep):
+        from edgefm.quantize.fallback import Candidate
+        from edgefm.quantize.onnxruntime import quantize
+
+        nodes = list(dict.fromkeys(n for u in keep for n in u.nodes))
+        path = self.out.with_name(f".fallback{len(self.made)}.onnx")
+        self.made.append(path)
+        self.settings = quantize(self.job.onnx_path, path, self.recipe, self.job.calib, self.job.spec.input_names,
+                                 self.job.config.keep_fp32, fallback_nodes=nodes)
+        return Candidate(path, kept=nodes)
+
+    def run(self, candidate):
+        return eval_outputs(candidate.path, self.job, self.opts)
 
 
 def _fallback(job: CompileJob, opts: Options, out: Path, static: list, notes: list[str]) -> list:
-    """Greedy accuracy fallback for the static candidate closest to the limits: each round asks ORT's QDQ
-    debugger which quantized activation is most damaged (lowest SQNR) in the current model and keeps it in
-    float (its producer and consumers are excluded), until the limits hold or FALLBACK_ROUNDS pass.
-    Re-ranking each round matters: freeing one tensor can move the damage to its neighbour (a Conv whose
-    Relu was excluded now quantizes its own output). Returns [candidate] or []."""
-    from edgefm.quantize.onnxruntime import quantize, quick_latency_ms, sensitive_tensors
+    """The accuracy fallback (edgefm.quantize.fallback) on the static candidate closest to the limits.
+    Returns [candidate] or []; every round goes into ``notes`` and the kept nodes into the settings."""
+    from edgefm.quantize.fallback import Candidate, run_fallback
+    from edgefm.quantize.onnxruntime import quick_latency_ms
 
     if not static:
         notes.append("fallback: no static (QDQ) recipe to refine; dynamic recipes have no per-node fallback")
         return []
-    recipe, _, _, _, current, _ = max(static, key=lambda c: c[2].margin)
-    excluded: list[str] = []
-    freed: dict[str, float] = {}
-    for round_ in range(1, FALLBACK_ROUNDS + 1):
-        ranked = [r for r in sensitive_tensors(job.onnx_path, current, job.calib, job.spec.input_names)
-                  if r[2] and not set(r[2]) <= set(excluded)]
-        if not ranked:
-            break
-        tensor, sqnr, nodes = ranked[0]
-        freed[tensor] = round(sqnr, 2)
-        excluded += [n for n in nodes if n not in excluded]
-        trial = out.with_name(f".fallback{round_}.onnx")
-        settings = quantize(job.onnx_path, trial, recipe, job.calib, job.spec.input_names, job.config.keep_fp32,
-                            fallback_nodes=excluded)
-        verdict = judge_job(job, eval_outputs(trial, job, opts))
-        if current not in [c[4] for c in static]:
-            current.unlink(missing_ok=True)
-        current = trial
-        try:
-            enforce(f"quantize int8 ({recipe.name}, {len(excluded)} nodes in float)", verdict)
-        except AccuracyError as e:
-            notes.append(f"fallback round {round_}: kept '{tensor}' (int8 SQNR {sqnr:.1f} dB) in float: still {e}")
-            continue
-        ms = quick_latency_ms(trial, job.eval.take(slice(0, 1)).inputs, threads=job.target.threads or 0)
-        settings["fallback_nodes_fp32"] = list(excluded)
-        notes.append(f"fallback: kept {len(excluded)} node(s) in float {excluded} so that the most damaged "
-                     f"activations stay float (their int8 SQNR in dB: {freed}); now within the limits")
-        return [(recipe, settings, verdict, ms, trial, None)]
-    if current not in [c[4] for c in static]:
-        current.unlink(missing_ok=True)
-    notes.append(f"fallback: gave up after {len(freed)} rounds ({len(excluded)} nodes in float)")
-    return []
+    recipe, _, _, _, start, _ = max(static, key=lambda c: c[2].margin)
+    hooks = OrtFallback(job, opts, out, recipe)
+    res = run_fallback(hooks, lambda got: judge_job(job, got), Candidate(start), progress=job.progress)
+    notes += res.notes()
+    for p in hooks.made:
+        if res.candidate is None or p != res.candidate.path:
+            p.unlink(missing_ok=True)
+    if not res.ok:
+        return []
+    path = res.candidate.path
+    ms = quick_latency_ms(path, job.eval.take(slice(0, 1)).inputs, threads=job.target.threads or 0)
+    settings = dict(hooks.settings, fallback_nodes_fp32=list(res.kept), fallback=res.record())
+    return [(recipe, settings, res.verdict, ms, path, None)]
 
 
 def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contract's name
@@ -244,7 +254,8 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
     rel = str(Path(artifact).relative_to(job.bundle_dir))
     entry = TargetEntry(backend="onnxruntime", precision=job.precision, device=job.target.device, artifact=rel,
                         files=[rel], runtime_versions=versions(), options=opts.model_dump(), metrics=metrics,
-                        hardware={"arch": job.target.arch})
+                        hardware={"arch": job.target.arch},
+                        kept_in_float=list(settings.get("fallback_nodes_fp32", [])), fallback=settings.get("fallback"))
     stage = StageRecord(name="quantize" if job.precision != "fp32" else "compile", target=job.target.name,
                         settings=settings, input_sha256=sha256_file(job.onnx_path),
                         output_sha256=sha256_file(artifact), seconds=round(time.perf_counter() - t0, 3),

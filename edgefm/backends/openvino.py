@@ -79,8 +79,9 @@ class OpenVINOOptions(BaseModel):
     dynamic_shapes: bool = Field(True, description="Compile once with dynamic batch; False compiles per input "
                                                    "shape (NPU)")
     compare_precisions: bool = Field(True, description="For int8, also measure the fp32 IR at f32 and bf16")
-    accuracy_control_max_layers: Optional[int] = Field(
-        None, ge=1, description="Most groups of layers NNCF accuracy control may put back in float; None: no cap")
+    max_fallback_fraction: float = Field(
+        0.5, gt=0, le=1, description="With --max-accuracy-drop: share of the activation quantizers whose layers the "
+                                     "accuracy fallback may keep in float")
 
 
 def options_for(target: TargetSpec) -> OpenVINOOptions:
@@ -184,15 +185,6 @@ def _check_io(model: Any, spec: ModelSpec, where: str) -> None:
 
 # --- compile ---------------------------------------------------------------------------------------------
 
-def _ac_max_drop(job: CompileJob, contract: Any, asked: float) -> float:
-    """The bound NNCF accuracy control works to, in points of its metric: top-1 with labels; without labels
-    its metric is the mean cosine to fp32 in points, bounded by the contract's tightest cosine gate."""
-    if job.eval.labels is not None:
-        return asked
-    cos = [g.limit for g in contract.gates() if g.metric in ("cosine", "prob_cosine")]
-    return round(100.0 * (1.0 - max(cos)), 6) if cos else asked
-
-
 def _evaluate(job: CompileJob, compiled: Any, precision: Optional[str] = None) -> Verdict:
     names = job.spec.output_names or list(job.reference)
     got = _infer(compiled, job.eval, names)
@@ -245,6 +237,9 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
     records.append(record)
     entry = _entry(job, opts, precision, records[-1])
     entry.contract = contract
+    fb = next((r.settings.get("fallback") for r in records if r.name == "quantize"), None)
+    if fb is not None:
+        entry.fallback, entry.kept_in_float = fb, list(fb["kept_in_float"]) if fb["ok"] else []
     return CompileResult(entry=entry, stages=records)
 
 
@@ -265,11 +260,10 @@ def _settings(job: CompileJob, opts: OpenVINOOptions, nq: Any, model: Any) -> An
 
 def _quantize(job: CompileJob, opts: OpenVINOOptions, model: Any, f32: Any, f32_metrics: dict, nq: Any
               ) -> tuple[Any, StageRecord]:
-    """int8 through NNCF; with ``max_accuracy_drop`` and a missed bound, NNCF accuracy control."""
+    """int8 through NNCF; with ``max_accuracy_drop`` and a missed bound, the shared accuracy fallback."""
     t0 = time.perf_counter()
     s = _settings(job, opts, nq, model)
     step = f"openvino int8 ({job.target.name})"
-    contract = contract_for(job, "int8")
     max_drop = getattr(job.config, "max_accuracy_drop", None)
     say = job.progress or (lambda _m: None)
     notes = []
@@ -301,66 +295,83 @@ def _quantize(job: CompileJob, opts: OpenVINOOptions, model: Any, f32: Any, f32_
     compiled = compile_model(qmodel, "CPU", cfg)
     verdict = _evaluate(job, compiled, "int8")
     tried = max_drop is not None and opts.int8_mode == "static" and not verdict.ok
+    fallback = None
     if tried:
-        qmodel, compiled, verdict = _accuracy_control(job, opts, model, qmodel, s, verdict, contract, cfg, step,
-                                                      settings, notes, nq)
+        qmodel, compiled, verdict, fallback = _fallback(job, opts, model, qmodel, s, cfg, settings, notes, nq)
     elif max_drop is not None:
-        notes.append(f"plain int8 meets --max-accuracy-drop {max_drop}: accuracy control not needed")
+        notes.append(f"plain int8 meets --max-accuracy-drop {max_drop}: the accuracy fallback is not needed")
     metrics = verdict.metrics
     layers = nq.int8_layers(qmodel)
     metrics["_int8_layers"] = {"count": len(layers), "by_type": _count(layers.values())}
     metrics["_execution"] = execution_info(compiled)
     if opts.compare_precisions:
         metrics["_compare"] = _compare_precisions(job, model, f32, f32_metrics, compiled, metrics)
-    enforce(step, verdict, hint=_int8_hint(max_drop, tried))
+    enforce(step, verdict, hint=_int8_hint(max_drop, fallback))
     return qmodel, StageRecord(name="quantize", target=job.target.name, settings=settings,
                                seconds=round(time.perf_counter() - t0, 3), metrics=metrics, notes=notes)
 
 
-def _accuracy_control(job: CompileJob, opts: OpenVINOOptions, model: Any, plain: Any, s: Any, verdict: Verdict,
-                      contract: Any, cfg: dict, step: str, settings: dict, notes: list[str], nq: Any
-                      ) -> tuple[Any, Any, Verdict]:
-    """Plain int8 missed the user's bound: NNCF puts the most sensitive layers back in float until it holds.
-    Records the bound, the layers and the drops in ``settings``/``metrics``/``notes``; raises
-    ``AccuracyError`` saying why when it cannot."""
-    max_drop = _ac_max_drop(job, contract, job.config.max_accuracy_drop)
-    metrics = verdict.metrics
-    metric = nq.validation_metric(job.spec, job.eval, job.reference)
+class OvFallback:
+    """Fallback hooks (edgefm.quantize.fallback) for NNCF int8: units are the activation FakeQuantize ops ranked
+    by per-channel SQNR (``nncf.sensitive_fake_quantizes``); keeping one puts the layers reading it into NNCF's
+    ignored scope, so NNCF quantizes the model again without that quantizer (weights of those layers too)."""
+
+    precision_kept = "float"
+
+    def __init__(self, job: CompileJob, model: Any, s: Any, cfg: dict, nq: Any):
+        self.job, self.model, self.s, self.cfg, self.nq = job, model, s, cfg, nq
+        # NNCF's ignored scope takes names of the float model (it refuses others): readers NNCF created are dropped
+        self.names = {op.get_friendly_name() for op in model.get_ordered_ops()}
+
+    def sensitivity(self, candidate):
+        from edgefm.quantize.fallback import Unit
+
+        return [Unit(name, sqnr, [r for r in readers if r in self.names])
+                for name, sqnr, readers in self.nq.sensitive_fake_quantizes(candidate.handle, self.job.calib)]
+
+    def build(self, keep):
+        from edgefm.quantize.fallback import Candidate
+
+        nodes = list(dict.fromkeys(n for u in keep for n in u.nodes))
+        s = self.s.model_copy(update={"ignored_names": sorted(set(self.s.ignored_names) | set(nodes))})
+        return Candidate(None, self.nq.quantize(self.model, self.job.calib, s), kept=nodes)
+
+    def run(self, candidate):
+        candidate.compiled = compile_model(candidate.handle, "CPU", self.cfg)
+        return _infer(candidate.compiled, self.job.eval, self.job.spec.output_names or list(self.job.reference))
+
+
+def _fallback(job: CompileJob, opts: OpenVINOOptions, model: Any, plain: Any, s: Any, cfg: dict,
+              settings: dict, notes: list[str], nq: Any) -> tuple[Any, Any, Verdict, Any]:
+    """Plain int8 missed the contract and the user stated a bound: the shared accuracy fallback keeps the
+    layers reading the most damaged quantizers in float (NNCF ignored scope) until it holds. Returns
+    (model, compiled, verdict, fallback result); on failure the plain model, for the caller's error."""
+    from edgefm.quantize.fallback import Candidate, run_fallback
+
     if job.progress:
-        job.progress(f"{job.target.name}: plain int8 misses the bound; NNCF accuracy control ({metric.name} drop "
-                     f"<= {max_drop})")
-    try:
-        res = nq.quantize_with_accuracy_control(model, job.calib, metric, max_drop, s,
-                                                opts.accuracy_control_max_layers, plain=plain)
-    except Exception as e:  # noqa: BLE001 - NNCF fails inside on some graphs (LSTMSequence: KeyError)
-        why = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
-        enforce(step, verdict, hint=(
-            f"plain int8 misses the bound and NNCF accuracy control failed on this model ({why}); keep the "
-            f"sensitive layers in float with --keep-fp32 NODE/OPTYPE or use --quantize fp32"))
-        raise
-    compiled = compile_model(res.model, "CPU", cfg)
-    new_verdict = _evaluate(job, compiled, "int8")
-    new = new_verdict.metrics
-    settings["accuracy_control"] = {"max_drop_points": max_drop, "metric": res.metric, "drop_type": "absolute"}
-    new["_accuracy_control"] = {
-        "metric": res.metric, "fp32": round(res.fp32_value, 4), "plain_int8": round(res.plain_int8_value, 4),
-        "int8": round(res.int8_value, 4), "drop_points": round(res.drop, 4),
-        "plain_drop_points": round(res.fp32_value - res.plain_int8_value, 4), "max_drop_points": max_drop,
-        "layers_kept_in_float": res.reverted, "int8_layers_left": res.int8_layers,
-        "plain_int8_headline": _headline(metrics)}
-    notes.append(f"plain int8 missed the bound ({res.metric} drop {res.fp32_value - res.plain_int8_value:.3g} > "
-                 f"{max_drop}); NNCF accuracy control put {len(res.reverted)} layer(s) back in float: "
-                 f"{', '.join(res.reverted) or 'none'}; drop now {res.drop:.3g} points (validated on the eval data, "
-                 f"so this drop is measured on the data the choice was made on)")
-    nq.check_drop(step, res, max_drop)
-    return res.model, compiled, new_verdict
+        job.progress(f"{job.target.name}: plain int8 misses the bound; accuracy fallback (NNCF ignored scope)")
+    hooks = OvFallback(job, model, s, cfg, nq)
+    res = run_fallback(hooks, lambda got: judge_job(job, got, "int8"), Candidate(None, plain),
+                       max_share=opts.max_fallback_fraction, progress=job.progress)
+    notes += res.notes()
+    settings["fallback"] = res.record()
+    if not res.ok:
+        compiled = compile_model(plain, "CPU", cfg)
+        return plain, compiled, _evaluate(job, compiled, "int8"), res
+    verdict = res.verdict
+    verdict.metrics["_fallback"] = {"layers_kept_in_float": list(res.kept), "rounds": len(res.rounds)}
+    return res.candidate.handle, res.candidate.compiled, verdict, res
 
 
-def _int8_hint(max_drop: Optional[float], tried: bool) -> str:
-    if tried:
-        return "even after NNCF accuracy control"
+def _int8_hint(max_drop: Optional[float], fallback: Any) -> str:
+    if fallback is not None:
+        from edgefm.quantize.fallback import figures
+
+        return (f"even after the accuracy fallback kept {len(fallback.kept)} layer(s) in float ({fallback.stopped}; "
+                f"last try: {figures(fallback.verdict)}); keep more with --keep-fp32 NODE/OPTYPE or use --quantize "
+                f"fp32/bf16")
     if max_drop is None:
-        return ("pass --max-accuracy-drop to let NNCF keep the most sensitive layers in float, or --keep-fp32 "
+        return ("pass --max-accuracy-drop to let the most sensitive layers stay in float, or --keep-fp32 "
                 "NODE/OPTYPE")
     return ""
 

@@ -162,16 +162,58 @@ def _ort_outputs(path: Path, job: CompileJob) -> dict[str, np.ndarray]:
     return ort_backend.eval_outputs(path, job, ort_backend.Options())
 
 
-def _int8_with_fallback(job: CompileJob, src: Path, artifact: Path, opts: TensorRTOptions, step: str,
-                        notes: list[str]) -> dict:
-    """Quantize and measure against fp32. Past the limit, and only when the user stated a bound
-    (--max-accuracy-drop, as for every backend), the activations ONNX Runtime's QDQ debugger finds most
-    damaged (lowest SQNR) are left in fp16 with the layers reading them, doubling their number until the limit
-    holds or ``max_fallback_fraction`` of them is used. Calibration is kept: layers only lose their Q/DQ."""
-    import onnx
+class TrtFallback:
+    """Fallback hooks (edgefm.quantize.fallback) on the TensorRT Q/DQ graph: units are the quantized activations
+    ranked by ONNX Runtime's QDQ debugger (per-channel SQNR); keeping one drops the Q/DQ in front of the layers
+    reading it, which TensorRT then runs in fp16 (calibration is kept: layers only lose their Q/DQ)."""
 
+    precision_kept = "fp16"
+
+    def __init__(self, job: CompileJob, src: Path, artifact: Path):
+        import onnx
+
+        self.job, self.src, self.artifact = job, src, artifact
+        self.qmodel, self.fp32 = onnx.load(str(artifact)), onnx.load(str(src))
+        self.made: list[Path] = []
+
+    def sensitivity(self, candidate):
+        import onnx
+
+        from edgefm.quantize import tensorrt as q
+        from edgefm.quantize.fallback import Unit
+        from edgefm.quantize.onnxruntime import sensitive_tensors
+
+        model = onnx.load(str(candidate.path))
+        units = []
+        for t, sqnr, _ in sensitive_tensors(self.src, candidate.path, self.job.calib, self.job.spec.input_names):
+            _, layers = q.leave_float(model, [t])  # the layers that read this tensor through a Q/DQ pair
+            units.append(Unit(t, sqnr, layers))
+        return units
+
+    def build(self, keep):
+        import onnx
+
+        from edgefm.quantize import tensorrt as q
+        from edgefm.quantize.fallback import Candidate
+
+        trial, layers = q.leave_float(self.qmodel, [u.name for u in keep], self.fp32)
+        path = self.artifact.with_name(f".fallback{len(self.made)}.onnx")
+        self.made.append(path)
+        onnx.save(trial, str(path))
+        return Candidate(path, kept=layers)
+
+    def run(self, candidate):
+        return _ort_outputs(candidate.path, self.job)
+
+
+def _int8_with_fallback(job: CompileJob, src: Path, artifact: Path, opts: TensorRTOptions, step: str,
+                        notes: list[str]) -> tuple[dict, Any]:
+    """Quantize and measure against fp32. Past the limit, and only when the user stated a bound
+    (--max-accuracy-drop, as for every backend), the accuracy fallback (edgefm.quantize.fallback) leaves the
+    layers reading the most damaged activations in fp16 until the contract holds or ``max_fallback_fraction``
+    of the activations is used. Returns (metrics, fallback result or None)."""
     from edgefm.quantize import tensorrt as q
-    from edgefm.quantize.onnxruntime import sensitive_tensors
+    from edgefm.quantize.fallback import Candidate, figures, run_fallback
 
     result = q.quantize_qdq(src, artifact, job.calib.inputs, job.spec.family, opts.quantization,
                             job.spec.input_names)
@@ -180,25 +222,24 @@ def _int8_with_fallback(job: CompileJob, src: Path, artifact: Path, opts: Tensor
     allowed_fallback = job.config is not None and job.config.max_accuracy_drop is not None
     if verdict.ok or not allowed_fallback or result.qdq_pairs == 0:
         enforce(step, verdict, hint=_hint(opts, allowed_fallback))
-        return verdict.metrics
-    qmodel, fp32 = onnx.load(str(artifact)), onnx.load(str(src))
-    ranking = [t for t, _, _ in sensitive_tensors(src, artifact, job.calib, job.spec.input_names)]
-    allowed = max(1, int(len(ranking) * opts.max_fallback_fraction))
-    first = verdict
-    for k in sorted({min(2 ** i, allowed) for i in range(allowed.bit_length() + 1)}):
-        trial, layers = q.leave_float(qmodel, ranking[:k], fp32)
-        onnx.save(trial, str(artifact))
-        verdict = judge_job(job, _ort_outputs(artifact, job), "int8")
-        metrics = verdict.metrics
-        if verdict.ok:
-            notes.append(f"accuracy fallback: {len(layers)} layer(s) reading the {k} most damaged activation(s) "
-                         f"(lowest int8 SQNR) left in fp16: {', '.join(layers)}")
-            metrics["_fallback"] = {"activations": k, "layers": len(layers), "first_try": first.metrics}
-            return metrics
-    onnx.save(qmodel, str(artifact))
-    enforce(step, first, hint=f"the fp16 fallback of up to {allowed} activations did not reach "
-                              f"it either; {_hint(opts, True)}")
-    return first.metrics  # pragma: no cover - enforce raised
+        return verdict.metrics, None
+    hooks = TrtFallback(job, src, artifact)
+    res = run_fallback(hooks, lambda got: judge_job(job, got, "int8"), Candidate(artifact),
+                       max_share=opts.max_fallback_fraction, progress=job.progress)
+    notes += res.notes()
+    for p in hooks.made:
+        if res.candidate is not None and p == res.candidate.path:
+            p.replace(artifact)
+        else:
+            p.unlink(missing_ok=True)
+    if res.ok:
+        metrics = res.verdict.metrics
+        metrics["_fallback"] = {"activations": sum(len(r.added) for r in res.rounds), "layers": len(res.kept),
+                                "rounds": len(res.rounds), "first_try": verdict.metrics}
+        return metrics, res
+    enforce(step, verdict, hint=f"the fp16 fallback ({res.stopped}) did not reach it either "
+                                f"({figures(res.verdict)}); {_hint(opts, True)}")
+    return verdict.metrics, res  # pragma: no cover - enforce raised
 
 
 def _hint(opts: TensorRTOptions, fallback_tried: bool) -> str:
@@ -236,6 +277,7 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
     sparse_report = None
+    fallback = None
     step = f"quantize ({target.name}, TensorRT Q/DQ int8)" if precision == "int8" else f"compile ({target.name})"
     with tempfile.TemporaryDirectory(prefix="edgefm-trt-") as tmp:
         src = Path(job.onnx_path)
@@ -247,7 +289,7 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
             onnx.save(model, str(src))
         if precision == "int8":
             artifact = out / "model.qdq.onnx"
-            metrics = _int8_with_fallback(job, src, artifact, opts, step, notes)
+            metrics, fallback = _int8_with_fallback(job, src, artifact, opts, step, notes)
         else:
             # float targets build from the bundle's verified fp32 ONNX itself, unless sparsity changed it
             artifact = out / "model.onnx" if opts.sparsity else Path(job.onnx_path)
@@ -277,7 +319,9 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
         runtime_versions={k: v for k, v in versions().items() if k == "onnxruntime"},
         options={"onnx": rel(artifact), "build": rel(out / BUILD_FILE), "engine": None,
                  "executes": "onnxruntime: the Q/DQ ONNX on the CPU until `edgefm compile` builds the engine"},
-        metrics=metrics, hardware={"target": dict(target.hardware)})
+        metrics=metrics, hardware={"target": dict(target.hardware)},
+        kept_in_float=list(fallback.kept) if fallback is not None else [],
+        fallback=fallback.record() if fallback is not None else None)
     stage = StageRecord(name="quantize" if precision == "int8" else "compile", target=target.name,
                         settings={"precision": precision, **{k: build[k] for k in ("quantization", "sparsity")}},
                         input_sha256=sha256_file(Path(job.onnx_path)), output_sha256=sha256_file(artifact),

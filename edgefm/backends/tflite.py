@@ -25,7 +25,8 @@ from edgefm.backends import tflite_convert, tflite_lstm
 from edgefm.backends.base import CompileJob, CompileResult, LoadOptions, judge_job
 from edgefm.bundle import StageRecord, TargetEntry, sha256_file
 from edgefm.contract import enforce
-from edgefm.errors import BackendUnavailableError, CalibrationError, ConfigError, ExportError, UnsupportedOpError
+from edgefm.errors import (AccuracyError, BackendUnavailableError, CalibrationError, ConfigError, ExportError,
+                           UnsupportedOpError)
 from edgefm.models.spec import ModelSpec
 from edgefm.predictor import BasePredictor
 from edgefm.targets import backend_options
@@ -132,9 +133,28 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
             stages[0].notes.append(f"{result['fused_lstm']} nn.LSTM module(s) as fused UNIDIRECTIONAL_SEQUENCE_LSTM ops")
         if fallback:
             stages[0].notes.append(fallback)
+        accuracy_fallback = None
         if mode:
-            stage = _verify_stage(job, "quantize", final, fp32, result, result["seconds"].get("quantize", 0.0),
-                                  "fp16" if mode == "fp16" else "int8")
+            precision = "fp16" if mode == "fp16" else "int8"
+            flag = getattr(job.config, "max_accuracy_drop", None) is not None
+            hint = "" if mode == "fp16" else (
+                "allow a bounded drop with --max-accuracy-drop (the most damaged ops then stay in float), keep ops "
+                "in float with --keep-fp32, or use --quantize fp16/fp32")
+            if flag and mode != "fp16":
+                hint = "" if _may_fall_back(job, mode, result) else (
+                    "no accuracy fallback here: fused LSTM ops are quantized by TFLite's own calibrator, which "
+                    "keeps no op in float; set the target option lstm: unrolled, or use --quantize fp16/fp32")
+            try:
+                stage = _verify_stage(job, "quantize", final, fp32, result, result["seconds"].get("quantize", 0.0),
+                                      precision, hint)
+            except AccuracyError:
+                if not (flag and _may_fall_back(job, mode, result)):
+                    raise
+                accuracy_fallback = _fallback(job, python, request, work, final)
+                stage = _verify_stage(job, "quantize", final, fp32, result, result["seconds"].get("quantize", 0.0),
+                                      precision)
+                stage.settings["fallback"] = accuracy_fallback.record()
+                stage.notes += accuracy_fallback.notes()
             # Sizes live in settings: metrics hold only per-output figures and _accuracy (the CLI reads them so).
             stage.settings["fp32_bytes"] = fp32.stat().st_size
             stage.settings["size_ratio"] = round(final.stat().st_size / fp32.stat().st_size, 4)
@@ -148,7 +168,77 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
             stages.append(stage)
         job.out_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed compile leaves nothing behind
         shutil.copyfile(final, job.out_dir / ARTIFACT)
-    return CompileResult(entry=_entry(job, mode, gran, opts, result, stages[-1].metrics), stages=stages)
+    entry = _entry(job, mode, gran, opts, result, stages[-1].metrics)
+    if accuracy_fallback is not None:
+        entry.kept_in_float, entry.fallback = list(accuracy_fallback.kept), accuracy_fallback.record()
+    return CompileResult(entry=entry, stages=stages)
+
+
+def _may_fall_back(job: CompileJob, mode: str, result: dict) -> bool:
+    """The accuracy fallback runs only when the user stated a bound, on AI Edge Quantizer's int8 modes (its
+    per-op recipe keeps ops float; TFLite's quantizer for fused LSTMs takes no deny-list)."""
+    return (getattr(job.config, "max_accuracy_drop", None) is not None and mode != "fp16"
+            and result["quantize"].get("quantizer") == "ai-edge-quantizer")
+
+
+class LiteRTFallback:
+    """Fallback hooks (edgefm.quantize.fallback) for AI Edge Quantizer: units are the quantized tensors ranked by
+    per-channel SQNR of the fp32 model's values against their int8 grid (``litert.sensitive_tensors``);
+    keeping one puts the ops around it (named by their output tensor) under a NO_QUANTIZE recipe entry, and
+    the converter worker quantizes the same fp32 ``.tflite`` again (no new conversion)."""
+
+    precision_kept = "float"
+
+    def __init__(self, job: CompileJob, python: Path, request: dict, work: Path):
+        self.job, self.python, self.request, self.work = job, python, request, work
+        self.fp32 = Path(request["fp32_out"])
+        n = min(16, len(job.calib))
+        runner = _runner(self.fp32, 1)
+        self.feeds = [{k: np.asarray(job.calib.inputs[k][i:i + runner.batch]).astype(runner.inputs[k]["dtype"])
+                       for k in runner.inputs} for i in range(0, n - runner.batch + 1, runner.batch)]
+        self.made = 0
+
+    def sensitivity(self, candidate):
+        from edgefm.quantize.fallback import Unit
+        from edgefm.quantize.litert import sensitive_tensors
+
+        return [Unit(t, db, ops) for t, db, ops in sensitive_tensors(self.fp32, candidate.path, self.feeds)]
+
+    def build(self, keep):
+        from edgefm.quantize.fallback import Candidate
+        from edgefm.quantize.litert import scope_regex
+
+        nodes = list(dict.fromkeys(n for u in keep for n in u.nodes))
+        q = dict(self.request["quantize"])
+        base = q.get("keep") or {}
+        q["keep"] = {**base, "scopes": [scope_regex(n) for n in nodes]}
+        self.made += 1
+        out = self.work / f"fallback{self.made}.tflite"
+        sub = self.work / f"fallback{self.made}"
+        sub.mkdir()
+        tflite_convert.convert(self.python, {**self.request, "quantize": q, "out": str(out), "quantize_only": True},
+                               sub)
+        return Candidate(out, kept=nodes)
+
+    def run(self, candidate):
+        return _runner(candidate.path, 1).run({s.name: np.asarray(self.job.eval.inputs[s.name]).astype(s.dtype)
+                                                for s in self.job.spec.inputs})
+
+
+def _fallback(job: CompileJob, python: Path, request: dict, work: Path, final: Path):
+    """The shared accuracy fallback on the quantized ``final``; on success ``final`` is replaced by the passing
+    candidate, else the plain int8 verdict is enforced with the fallback's figures in the hint."""
+    from edgefm.quantize.fallback import Candidate, figures, run_fallback
+
+    hooks = LiteRTFallback(job, python, request, work)
+    res = run_fallback(hooks, lambda got: judge_job(job, got, "int8"), Candidate(final), progress=job.progress)
+    if not res.ok:
+        plain = judge_job(job, hooks.run(Candidate(final)), "int8")
+        enforce(f"quantize ({job.target.name}, tflite)", plain,
+                hint=f"the accuracy fallback kept {len(res.kept)} op(s) in float and gave up ({res.stopped}; last "
+                     f"try: {figures(res.verdict)})")
+    shutil.copyfile(res.candidate.path, final)
+    return res
 
 
 # Conversions already made in this process, so that two targets with the same conversion settings (say
@@ -216,12 +306,12 @@ def _convert(job: CompileJob, python: Path, request: dict, mode: Optional[str], 
 
 
 def _verify_stage(job: CompileJob, name: str, model: Path, source: Path, result: dict, seconds: float,
-                  precision: str) -> StageRecord:
+                  precision: str, hint: str = "") -> StageRecord:
     runner = _runner(model, 1)  # one thread: the check is about values, and build machines are shared
     got = runner.run({s.name: np.asarray(job.eval.inputs[s.name]).astype(s.dtype) for s in job.spec.inputs})
     verdict = judge_job(job, got, precision)
     metrics = verdict.metrics
-    enforce(f"{name} ({job.target.name}, tflite)", verdict)
+    enforce(f"{name} ({job.target.name}, tflite)", verdict, hint=hint)
     v = result["versions"]
     if name == "convert":
         settings = {"converter": tflite_convert.CONVERTER, "converter_version": v.get("litert-torch"),

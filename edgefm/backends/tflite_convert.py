@@ -296,27 +296,33 @@ def _serve() -> int:
     return 0
 
 
+def _convert_program(req: dict[str, Any], result: dict[str, Any]) -> None:
+    """The exported program -> fp32 ``.tflite`` (``req['fp32_out']``) with short tensor names."""
+    import torch
+    import litert_torch
+
+    example = np.load(req["example"])
+    kwargs = {k: torch.from_numpy(example[k]) for k in example.files}
+    t = time.time()
+    if req.get("fused_lstm"):
+        from edgefm.backends import tflite_lstm
+
+        tflite_lstm.register_lowering()  # before loading: the program calls edgefm::lstm_layer
+    program = torch.export.load(req["program"]).module()
+    litert_torch.convert(program, sample_kwargs=kwargs).export(req["fp32_out"])
+    shorten_names(Path(req["fp32_out"]))
+    if req.get("fused_lstm"):
+        result["fused_lstm"] = tflite_lstm.rewrite(Path(req["fp32_out"]))
+    result["seconds"]["convert"] = time.time() - t
+
+
 def _handle(request_path: str) -> None:
     req = json.loads(Path(request_path).read_text())
     result: dict[str, Any] = {"ok": False, "versions": _versions(), "seconds": {}}
     step = "convert"
     try:
-        import torch
-        import litert_torch
-
-        example = np.load(req["example"])
-        kwargs = {k: torch.from_numpy(example[k]) for k in example.files}
-        t = time.time()
-        if req.get("fused_lstm"):
-            from edgefm.backends import tflite_lstm
-
-            tflite_lstm.register_lowering()  # before loading: the program calls edgefm::lstm_layer
-        program = torch.export.load(req["program"]).module()
-        litert_torch.convert(program, sample_kwargs=kwargs).export(req["fp32_out"])
-        shorten_names(Path(req["fp32_out"]))
-        if req.get("fused_lstm"):
-            result["fused_lstm"] = tflite_lstm.rewrite(Path(req["fp32_out"]))
-        result["seconds"]["convert"] = time.time() - t
+        if not req.get("quantize_only"):  # quantize_only: the accuracy fallback re-quantizes fp32_out as it is
+            _convert_program(req, result)
         if req.get("quantize"):
             step = "quantize"
             from edgefm.quantize import litert
@@ -325,6 +331,8 @@ def _handle(request_path: str) -> None:
             calib = _calib_feeds(req["fp32_out"], req.get("calib"))
             if result.get("fused_lstm") and req["quantize"]["mode"] == "full":
                 # AI Edge Quantizer does not know the fused LSTM op; TFLite's own quantizer does.
+                from edgefm.backends import tflite_lstm
+
                 result["quantize"] = tflite_lstm.quantize_full(Path(req["fp32_out"]), Path(req["out"]), calib,
                                                                io=req["quantize"].get("io", "float"))
             else:

@@ -7,7 +7,7 @@ installs it; nothing here is imported by ``import edgefm``."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Literal, Mapping, Sequence
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -32,7 +32,8 @@ def recipe(mode: Mode, granularity: str = "channel", io: str = "float", keep: Ma
 
     ``granularity`` (channel|tensor) applies to int8 weights; ``io`` (float|int8) to full-integer
     models: with ``float`` the model keeps float inputs/outputs and quantizes/dequantizes inside.
-    ``keep``: ``{"ops": [LiteRT op names], "regex": [tensor-name patterns]}`` left in float (``--keep-fp32``);
+    ``keep``: ``{"ops": [LiteRT op names], "regex": [tensor-name patterns], "scopes": [op-scope patterns]}`` left
+    in float (``--keep-fp32``; scopes come from the accuracy fallback);
     the quantizer puts QUANTIZE/DEQUANTIZE around them."""
     from ai_edge_quantizer import qtyping, recipe_manager
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
@@ -60,7 +61,8 @@ def recipe(mode: Mode, granularity: str = "channel", io: str = "float", keep: Ma
     keep = keep or {}
     for op in keep.get("ops", []):  # later entries override earlier ones in the recipe
         rm.add_quantization_config(regex=".*", operation_name=ops(op), algorithm_key=AlgorithmName.NO_QUANTIZE)
-    for pattern in keep.get("regex", []):
+    # "scopes": op-scope patterns from the accuracy fallback (``scope_regex``), matched the quantizer's way
+    for pattern in list(keep.get("regex", [])) + list(keep.get("scopes", [])):
         rm.add_quantization_config(regex=pattern, operation_name=ops.ALL_SUPPORTED,
                                    algorithm_key=AlgorithmName.NO_QUANTIZE)
     return rm.get_quantization_recipe()
@@ -137,3 +139,75 @@ def unmatched(model: Path, keep: Mapping[str, list] | None) -> list[str]:
 
     names = [t["name"] for t in Interpreter(model_path=str(model)).get_tensor_details()]
     return [p for p in (keep or {}).get("regex", []) if not any(re.fullmatch(p, n) for n in names)]
+
+
+def scope_regex(node: str) -> str:
+    """AI Edge Quantizer matches a recipe's ``regex`` (``re.search``) against an op's scope, its output tensor
+    names each followed by ``;``: this pattern matches exactly the op whose output ``node`` is."""
+    import re
+
+    return rf"(^|;){re.escape(node)};"
+
+
+def _fake_quant(x: np.ndarray, params: Mapping[str, Any], dtype: Any) -> np.ndarray:
+    """``x`` quantized and dequantized with a LiteRT tensor's scales / zero points (per-channel along
+    ``quantized_dimension`` when there are several)."""
+    scales = np.asarray(params["scales"], np.float64)
+    zeros = np.asarray(params["zero_points"], np.float64)
+    if scales.size > 1:
+        shape = [1] * x.ndim
+        shape[int(params.get("quantized_dimension", 0))] = scales.size
+        scales, zeros = scales.reshape(shape), zeros.reshape(shape)
+    info = np.iinfo(dtype)
+    q = np.clip(np.round(x / scales) + zeros, info.min, info.max)
+    return (q - zeros) * scales
+
+
+def sensitive_tensors(fp32: Path, quant: Path, feeds: Sequence[Mapping[str, np.ndarray]]
+                      ) -> list[tuple[str, float, list[str]]]:
+    """Quantized tensors of the LiteRT model ``quant`` ordered from most to least damaged, measured the way
+    ONNX Runtime's QDQ debugger does on its graph: each tensor's fp32 values (the fp32 model run with
+    ``experimental_preserve_all_tensors`` on ``feeds``) against the same values quantized with ``quant``'s
+    scale and zero point, as per-channel SQNR in dB (channels = last axis: NHWC activations, the input
+    channels of a weight). Each entry: (tensor, SQNR, ops around it by output tensor name: the producer and
+    the consumers of an activation, the op reading a weight; keeping them unquantized keeps the tensor float)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgefm.quantize.onnxruntime import channel_sqnr
+
+    import warnings
+
+    with warnings.catch_warnings():  # "intended for debugging": it is, and the model is small enough to keep
+        warnings.simplefilter("ignore", UserWarning)
+        f = Interpreter(model_path=str(fp32), experimental_preserve_all_tensors=True)
+    runner = f.get_signature_runner()
+    details = {t["index"]: t for t in f.get_tensor_details()}
+    by_name = {t["name"]: t for t in details.values() if t["name"] and np.dtype(t["dtype"]) == np.float32}
+    qdet = {t["name"]: t for t in Interpreter(model_path=str(quant)).get_tensor_details()}
+    wanted = {}
+    for name, qt in qdet.items():
+        params, ft = qt.get("quantization_parameters") or {}, by_name.get(name)
+        if (ft is not None and np.dtype(qt["dtype"]).kind in "iu" and len(params.get("scales", [])) > 0
+                and list(ft["shape"]) == list(qt["shape"]) and len(ft["shape"]) >= 1):
+            wanted[ft["index"]] = (name, params, np.dtype(qt["dtype"]))
+    values: dict[int, list[np.ndarray]] = {i: [] for i in wanted}
+    for feed in feeds:
+        runner(**feed)
+        for i in values:
+            values[i].append(np.array(f.get_tensor(i), np.float64))
+    ops = f._get_ops_details()  # the only listing of ops LiteRT exposes in Python
+    names = {i: t["name"] for i, t in details.items()}
+    scope = [names.get(int(d["outputs"][0]), "") if len(d["outputs"]) else "" for d in ops]
+    ranked = []
+    for i, (name, params, dtype) in wanted.items():
+        ref = np.stack(values[i]) if values[i] else np.empty(0)
+        if ref.size == 0:
+            continue
+        got = _fake_quant(ref, params, dtype) if len(params["scales"]) == 1 else \
+            np.stack([_fake_quant(v, params, dtype) for v in values[i]])
+        c = ref.shape[-1]
+        db = channel_sqnr([ref.reshape(-1, c)], [got.reshape(-1, c)], (1, c))
+        around = [scope[k] for k, d in enumerate(ops) if i in set(int(x) for x in d["outputs"])
+                  or i in set(int(x) for x in d["inputs"])]
+        ranked.append((name, db, [s for s in dict.fromkeys(around) if s]))
+    return sorted(ranked, key=lambda r: r[1])

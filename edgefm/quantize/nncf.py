@@ -3,11 +3,12 @@ library. Everything edgefm asks of NNCF goes through here:
 
 - ``quantize``: post-training static int8 (weights and activations), with the model type, preset, target
   device and ignored scope that ``PTQSettings`` names;
-- ``quantize_with_accuracy_control``: the same, but NNCF puts the most sensitive layers back into float
-  until the drop of a validation metric is within a bound (``--max-accuracy-drop``);
+- ``sensitive_fake_quantizes``: the activation quantizers of an int8 model ranked by the damage they do
+  (the OpenVINO hook of the shared accuracy fallback, ``edgefm.quantize.fallback``, which then keeps the
+  layers reading the worst in NNCF's ignored scope);
 - ``compress_weights``: weight-only int8 (activations stay float), an option for Transformers;
 - ``int8_layers``: which operations of a model compute from int8 inputs, so the manifest can list what was
-  quantized and what accuracy control put back.
+  quantized and what the fallback kept in float.
 
 Imports nncf and openvino inside the functions only (``import edgefm`` stays light)."""
 
@@ -15,16 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgefm.samples import Feed, Samples
-from edgefm.errors import AccuracyError, CalibrationError, ConfigError
-from edgefm.fidelity import cosine_per_sample
-from edgefm.models.spec import ModelSpec
+from edgefm.errors import CalibrationError, ConfigError
+from edgefm.samples import Samples
 
 log = logging.getLogger(__name__)
 
@@ -63,30 +61,6 @@ class PTQSettings(BaseModel):
     ignored_names: list[str] = Field(default_factory=list, description="Node names left in float")
     ignored_types: list[str] = Field(default_factory=list, description="OpenVINO op types left in float")
     verbose: bool = Field(False, description="Let NNCF log at INFO (its reports also go into the manifest)")
-
-
-@dataclass
-class ValidationMetric:
-    """The metric accuracy control keeps within ``max_drop`` of the fp32 model (higher is better)."""
-
-    name: str            # "top1_points" (labels) or "cosine_points" (fidelity to the fp32 reference)
-    items: list[Any]     # one (feed, reference, label) per eval sample
-    fn: Callable[[Any, Any], tuple[float, list[float]]]
-
-
-@dataclass
-class AccuracyControlResult:
-    model: Any                                 # openvino.Model
-    metric: str
-    fp32_value: float
-    int8_value: float
-    plain_int8_value: Optional[float] = None
-    reverted: list[str] = field(default_factory=list)   # layers put back in float
-    int8_layers: int = 0                                 # layers still int8 afterwards
-
-    @property
-    def drop(self) -> float:
-        return self.fp32_value - self.int8_value
 
 
 def dataset(samples: Samples) -> Any:
@@ -187,71 +161,60 @@ def compress_weights(model: Any, s: PTQSettings, symmetric: bool = False) -> Any
         return nncf.compress_weights(model, mode=mode, ignored_scope=_ignored_scope(s, model))
 
 
-def validation_metric(spec: ModelSpec, eval_: Samples, reference: Feed) -> ValidationMetric:
-    """Top-1 accuracy in points when ``eval_`` has labels, else mean cosine to the fp32 reference in
-    points (100 = identical direction). Either way a drop of 1.0 is one point."""
-    names = [o.name for o in spec.outputs] or list(reference)
-    logits = [o.name for o in spec.outputs if o.kind == "logits"] or names[:1]
-    labels = eval_.labels
-    items = [({k: v[i:i + 1] for k, v in eval_.inputs.items()},
-              {k: reference[k][i:i + 1] for k in names},
-              None if labels is None else int(labels[i])) for i in range(len(eval_))]
-
-    def run(compiled: Any, batch: list[Any]) -> list[np.ndarray]:
-        feed = {k: np.concatenate([it[0][k] for it in batch]) for k in batch[0][0]}
-        res = compiled(feed)
-        return [np.asarray(res[i]) for i in range(len(compiled.outputs))]
-
-    if labels is not None:
-        idx = names.index(logits[0])
-
-        def top1(compiled: Any, data: Any) -> tuple[float, list[float]]:
-            batch = list(data)
-            got = run(compiled, batch)[idx].argmax(-1)
-            per = [100.0 * float(g == it[2]) for g, it in zip(got, batch)]
-            return float(np.mean(per)), per
-        return ValidationMetric("top1_points", items, top1)
-
-    def cosine(compiled: Any, data: Any) -> tuple[float, list[float]]:
-        batch = list(data)
-        outs = run(compiled, batch)
-        per = np.mean([cosine_per_sample(np.concatenate([it[1][n] for it in batch]), o)
-                       for n, o in zip(names, outs)], axis=0)
-        per = [100.0 * float(c) for c in per]
-        return float(np.mean(per)), per
-    return ValidationMetric("cosine_points", items, cosine)
+#: Ops a quantizer is propagated through (NNCF puts one FakeQuantize before a MaxPool or a Reshape that serves
+#: the convolution after it): walked over to find the layers a FakeQuantize really feeds.
+_FQ_PASS = {"MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Split", "VariadicSplit",
+            "StridedSlice", "Gather", "Convert", "Interpolate", "ShapeOf"}
 
 
-def evaluate_metric(model: Any, metric: ValidationMetric) -> float:
-    """The validation metric of an ``openvino.Model`` compiled in f32 on CPU (as NNCF's accuracy control
-    compiles it), so plain int8, accuracy-controlled int8 and fp32 are compared alike."""
+def _is_weight(node: Any) -> bool:
+    kind = node.get_type_name()
+    if kind == "Constant":
+        return True
+    return kind in ("Convert", "Reshape", "Transpose") and _is_weight(node.input_value(0).get_node())
+
+
+def _readers(node: Any, depth: int = 0) -> list[str]:
+    """Names of the compute ops reading ``node``'s output, through data-movement ops."""
+    out: list[str] = []
+    for port in node.output(0).get_target_inputs():
+        op = port.get_node()
+        if op.get_type_name() in _FQ_PASS and depth < 6:
+            out += _readers(op, depth + 1)
+        elif op.get_type_name() != "Result":
+            out.append(op.get_friendly_name())
+    return list(dict.fromkeys(out))
+
+
+def sensitive_fake_quantizes(qmodel: Any, calib: Samples, samples: int = 16) -> list[tuple[str, float, list[str]]]:
+    """The activation FakeQuantize ops of an NNCF int8 model, most damaged first: per-channel SQNR (dB,
+    ``edgefm.quantize.onnxruntime.channel_sqnr``) of each one's input vs its output on ``samples`` calibration
+    samples, run at f32. Each entry: (FakeQuantize name, SQNR, the layers reading it: keeping those in NNCF's
+    ignored scope removes this quantizer)."""
     import openvino as ov
 
+    from edgefm.quantize.onnxruntime import channel_sqnr
+
+    model = qmodel.clone()
+    fqs = [op for op in model.get_ordered_ops()
+           if op.get_type_name() == "FakeQuantize" and not _is_weight(op.input_value(0).get_node())]
+    if not fqs:
+        return []
+    first = len(model.outputs)
+    model.add_outputs([o for fq in fqs for o in (fq.input_value(0), fq.output(0))])
     compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    return metric.fn(compiled, metric.items)[0]
-
-
-def quantize_with_accuracy_control(model: Any, calib: Samples, metric: ValidationMetric, max_drop: float,
-                                   s: PTQSettings, max_layers: Optional[int] = None,
-                                   plain: Any = None) -> AccuracyControlResult:
-    """int8 where NNCF reverts the most sensitive layers to float until ``metric`` drops by at most
-    ``max_drop`` points from the fp32 model (``max_layers`` caps how many). ``plain`` is the plain int8
-    model, when the caller has it, to name the reverted layers; it is built here otherwise."""
-    import nncf
-
-    restorer = nncf.AdvancedAccuracyRestorerParameters(
-        **({} if max_layers is None else {"max_num_iterations": max_layers}))
-    with _nncf_log(s.verbose):
-        result = nncf.quantize_with_accuracy_control(
-            model, dataset(calib), nncf.Dataset(metric.items), metric.fn, max_drop=max_drop,
-            drop_type=nncf.DropType.ABSOLUTE, advanced_quantization_parameters=_advanced(s),
-            advanced_accuracy_restorer_parameters=restorer, **_common_kwargs(s, model, len(calib)))
-    plain = plain if plain is not None else quantize(model, calib, s)
-    before, after = int8_layers(plain), int8_layers(result)
-    return AccuracyControlResult(
-        model=result, metric=metric.name, fp32_value=evaluate_metric(model, metric),
-        int8_value=evaluate_metric(result, metric), plain_int8_value=evaluate_metric(plain, metric),
-        reverted=sorted(set(before) - set(after)), int8_layers=len(after))
+    req = compiled.create_infer_request()
+    few = calib.take(slice(0, samples))
+    acts: list[list[np.ndarray]] = [[] for _ in range(2 * len(fqs))]
+    for i in range(len(few)):
+        req.infer({k: v[i:i + 1] for k, v in few.inputs.items()})
+        for j in range(len(acts)):
+            acts[j].append(req.get_output_tensor(first + j).data.copy())
+    ranked = []
+    for k, fq in enumerate(fqs):
+        pre, post = acts[2 * k], acts[2 * k + 1]
+        ranked.append((fq.get_friendly_name(), channel_sqnr(pre, post, pre[0].shape), _readers(fq)))
+    return sorted(ranked, key=lambda r: r[1])
 
 
 def _is_int8_source(node: Any, depth: int = 0) -> bool:
@@ -284,25 +247,3 @@ def int8_layers(model: Any) -> dict[str, str]:
         if any(_is_int8_source(i.get_source_output().get_node()) for i in op.inputs()):
             found[op.get_friendly_name()] = kind
     return found
-
-
-def check_drop(step: str, result: AccuracyControlResult, max_drop: float) -> None:
-    """Raise ``AccuracyError`` saying why accuracy control could not meet the bound (or met it only by
-    putting every layer back in float, which is no int8 model at all)."""
-    if result.drop <= max_drop + 1e-9 and result.int8_layers == 0:
-        raise AccuracyError(
-            step, "labels" if result.metric == "top1_points" else "all outputs", "int8_layers", 0, 1,
-            hint=(f"NNCF accuracy control met the {result.metric} bound of {max_drop} points only by putting all "
-                  f"{len(result.reverted)} quantized layers back in float (plain int8 drop "
-                  f"{result.fp32_value - (result.plain_int8_value or 0):.3g} points): the bound cannot be met with "
-                  f"int8 here; loosen --max-accuracy-drop or use --quantize fp32/bf16"))
-    if result.drop <= max_drop + 1e-9:
-        return
-    raise AccuracyError(
-        step, "labels" if result.metric == "top1_points" else "all outputs", f"{result.metric}_drop",
-        result.drop, max_drop,
-        hint=(f"NNCF accuracy control put {len(result.reverted)} layer(s) back in float "
-              f"({', '.join(result.reverted[:6]) or 'none'}{' …' if len(result.reverted) > 6 else ''}) and "
-              f"{result.int8_layers} remain int8, but the drop is still {result.drop:.3g} points (plain int8: "
-              f"{result.fp32_value - (result.plain_int8_value or 0):.3g}); the bound cannot be met with int8 "
-              f"here: loosen --max-accuracy-drop, keep more layers with --keep-fp32, or use --quantize fp32"))

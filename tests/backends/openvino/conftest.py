@@ -1,5 +1,5 @@
 """Real models for the OpenVINO backend tests, built once per session: the digits CNN and LSTM (trained
-here in seconds), a CNN with an outlier channel (for accuracy control), and the real all-MiniLM-L6-v2.
+here in seconds), a CNN with an outlier channel (for the accuracy fallback), and the real all-MiniLM-L6-v2.
 
 Until the pipeline drives the backend, ``build_bundle`` does what it will do: export the fp32 ONNX,
 compute the reference with ONNX Runtime, build a ``CompileJob``, compile, and write a bundle."""

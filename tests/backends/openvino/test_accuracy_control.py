@@ -1,7 +1,8 @@
-"""``--max-accuracy-drop`` with NNCF accuracy control, on a CNN with an outlier channel (conftest): plain
-int8 misses a tight bound, accuracy control meets it by putting the conv that reads the outlier channel
-back in float, and the manifest names it; with labels the metric is top-1, without it is cosine to fp32;
-when the bound cannot be met, a typed error says so and why."""
+"""``--max-accuracy-drop`` on OpenVINO, through the shared accuracy fallback (edgefm.quantize.fallback) on a
+CNN with an outlier channel (conftest): plain int8 misses a tight bound; the fallback ranks the activation
+FakeQuantizes by SQNR, keeps the conv that reads the outlier channel in float (NNCF ignored scope) and the
+manifest names it; without the flag plain int8 is refused; a bound the budget cannot reach is a typed error
+naming the figures."""
 
 import pytest
 
@@ -13,16 +14,17 @@ from .conftest import build_bundle, stage, target, top1
 CONV = "/features/features.7/Conv/WithoutBiases"
 
 
-def test_plain_int8_misses_and_accuracy_control_meets_a_tight_bound(outlier_cnn, tmp_path):
+def test_plain_int8_misses_and_the_fallback_meets_a_tight_bound(outlier_cnn, tmp_path):
     manifest, result = build_bundle(outlier_cnn, target("openvino-cpu", compare_precisions=False),
                                     tmp_path / "b", max_accuracy_drop=0.5)
-    ac = stage(result, "quantize").metrics["_accuracy_control"]
-    assert ac["metric"] == "top1_points"
-    assert ac["plain_drop_points"] > 0.5            # plain int8 misses the bound ...
-    assert ac["drop_points"] <= 0.5                 # ... accuracy control meets it
-    assert CONV in ac["layers_kept_in_float"]       # and names the layer it put back in float
-    assert ac["int8_layers_left"] >= 3              # the rest stays int8
-    assert manifest.stages[1].settings["accuracy_control"]["max_drop_points"] == 0.5
+    q = stage(result, "quantize")
+    fb = q.settings["fallback"]
+    assert fb["ok"] and CONV in fb["kept_in_float"], fb       # names the layer it kept in float
+    assert not fb["rounds"][0]["ok"] or len(fb["rounds"]) == 1
+    assert len(fb["kept_in_float"]) <= 2                      # the rest stays int8
+    assert q.metrics["_int8_layers"]["count"] >= 3
+    entry = manifest.targets["openvino-cpu"]
+    assert entry.kept_in_float == fb["kept_in_float"] and entry.fallback["kept_precision"] == "float"
     # the bundle delivers it
     pred = edgefm.load(tmp_path / "b")
     labels = outlier_cnn.eval.labels
@@ -30,36 +32,27 @@ def test_plain_int8_misses_and_accuracy_control_meets_a_tight_bound(outlier_cnn,
     assert got >= top1(outlier_cnn.reference["logits"], labels) - 0.005
 
 
-def test_unlabeled_data_uses_cosine(outlier_cnn, tmp_path):
-    _, result = build_bundle(outlier_cnn, target("openvino-cpu", compare_precisions=False), tmp_path / "b",
-                             labels=False, max_accuracy_drop=0.5)
-    q = stage(result, "quantize")
-    ac = q.metrics["_accuracy_control"]
-    assert ac["metric"] == "cosine_points" and ac["plain_drop_points"] > 0.5 and ac["drop_points"] <= 0.5
-    assert CONV in ac["layers_kept_in_float"]
-    assert q.metrics["logits"]["cosine"] >= 0.995
-
-
 def test_without_the_flag_plain_int8_fails_with_a_hint(outlier_cnn, tmp_path):
-    with pytest.raises(AccuracyError, match=r"cosine = 0\.9.*--max-accuracy-drop"):
-        build_bundle(outlier_cnn, target("openvino-cpu", compare_precisions=False), tmp_path / "b")
+    """The same 0.5-point bound given as a tolerance, not with the flag: no fallback, a refusal that says how."""
+    from edgefm.config import Tolerances
+    from edgefm.fidelity import Limits
 
-
-def test_bound_met_only_by_giving_up_int8_is_an_error(outlier_cnn, tmp_path):
-    """A cosine bound of 0.999999 (0.0001 points): accuracy control has to put every layer back in float,
-    which is no int8 model at all; the error says the bound cannot be met with int8."""
-    with pytest.raises(AccuracyError, match="cannot be met with int8") as err:
-        build_bundle(outlier_cnn, target("openvino-cpu", compare_precisions=False), tmp_path / "b",
-                     labels=False, max_accuracy_drop=0.0001)
-    assert "all 5 quantized layers back in float" in str(err.value)
+    tol = Tolerances(quantize=Limits(cosine=0.98, top1_agreement=0.95, accuracy_drop=0.5))
+    with pytest.raises(AccuracyError, match=r"but the limit is.*--max-accuracy-drop"):
+        build_bundle(outlier_cnn, target("openvino-cpu", compare_precisions=False), tmp_path / "b", tolerances=tol)
     assert not (tmp_path / "b").exists()
 
 
-def test_capped_accuracy_control_says_why(outlier_cnn, tmp_path):
-    """At most one layer back in float: not enough for a 0.01-point cosine bound; the error names what
-    was tried and what is left."""
-    tgt = target("openvino-cpu", compare_precisions=False, accuracy_control_max_layers=1)
-    with pytest.raises(AccuracyError, match="cannot be met with int8") as err:
-        build_bundle(outlier_cnn, tgt, tmp_path / "b", labels=False, max_accuracy_drop=0.01)
-    assert err.value.metric == "cosine_points_drop" and err.value.value > 0.01
-    assert "put 1 layer(s) back in float" in str(err.value)
+def test_a_bound_out_of_budget_is_an_error_with_figures(outlier_cnn, tmp_path):
+    """A cosine gate 1e-8 from exact, which no int8 model meets, with the budget capped at two quantizers: the
+    fallback gives up and the error names the gate, the budget and the last try's figures; no bundle is written."""
+    from edgefm.config import Tolerances
+    from edgefm.fidelity import Limits
+
+    tgt = target("openvino-cpu", compare_precisions=False, max_fallback_fraction=0.1)
+    with pytest.raises(AccuracyError, match=r"even after the accuracy fallback kept 2 layer\(s\).*share budget.*"
+                                            r"prob_cosine") as err:
+        build_bundle(outlier_cnn, tgt, tmp_path / "b", max_accuracy_drop=0.5,
+                     tolerances=Tolerances(quantize=Limits(cosine=1 - 1e-8)))
+    assert err.value.metric == "prob_cosine"
+    assert not (tmp_path / "b").exists()
