@@ -201,7 +201,7 @@ def measure(c: Case, made: dict[str, Path], timing: Timing, extra: Callable[[Pat
                                 bundle=str(b), target=target))
     skipped = list(skipped or [])
     if torch_eager:
-        ts, why = torch_baseline(manifest)
+        ts, why = torch_baseline(manifest, c.source, c.arch)  # the suite's own case, not the bundle's word
         subjects += [ts] if ts else []
         skipped += [] if ts else [Skipped(name="torch-eager", reason=why)]
     subjects += extra(first)

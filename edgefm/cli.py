@@ -86,7 +86,9 @@ def compress(
                                                                          "optional); default --calib"),
     recipe: Optional[Path] = typer.Option(None, help="Recipe YAML with CompressConfig fields; flags override it"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved configuration and stop"),
-    force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it exists"),
+    force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it is an edgefm bundle"),
+    trust_source: bool = typer.Option(False, "--trust-source", help="Load a torch.export program (.pt2): its "
+                                                                    "loading unpickles and can run code"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs and tracebacks"),
 ):
     """Compress SOURCE into a verified bundle for one or more targets."""
@@ -99,14 +101,17 @@ def compress(
     cfg = build_config(recipe, source=source, output=output, targets=target, arch=arch, inputs=input, calib=calib,
                        eval=eval, quantize=quantize, keep_fp32=keep_fp32, max_accuracy_drop=max_accuracy_drop,
                        outputs=decls or None, metric=metric, metric_drop=metric_drop,
-                       max_length=max_length, force=force or None, dry_run=dry_run or None, verbose=verbose or None,
+                       max_length=max_length, force=force or None, trust_source=trust_source or None,
+                       dry_run=dry_run or None, verbose=verbose or None,
                        prune=_section(ratio=prune, macs_target=prune_macs, num_layers=prune_layers),
                        distill=(_section(epochs=distill_epochs) or {}) if distill or distill_epochs else None,
                        train_data=train_data)
     if cfg.dry_run:
         out.print_json(json.dumps(plan(cfg).describe()))
         return
-    with console.status("starting") as status:
+    from edgefm.bundle import sigterm_as_interrupt
+
+    with sigterm_as_interrupt(), console.status("starting") as status:  # SIGTERM cleans up like Ctrl-C
         manifest = run(cfg, progress=lambda msg: (status.update(msg), console.log(msg)))
     _print_targets(manifest)
     if manifest.failed:  # the others were written and verify; the run as a whole did not do all it was asked
@@ -153,15 +158,18 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle folder"),
 
     from edgefm.bundle import read_manifest, verify_files
 
-    m = read_manifest(bundle)
-    if json_out:
-        out.print_json(m.model_dump_json())
-        return
+    m = read_manifest(bundle)  # refuses paths leading out of the bundle, unlisted artifacts and tokenizer files
     try:
         verify_files(bundle, m)
-        integrity = "[green]all files match their sha256[/]"
+        integrity, intact = "[green]all files match their sha256[/]", True
     except EdgefmError as e:
-        integrity = f"[red]{e}[/]"
+        integrity, intact = f"[red]{e}[/]", False
+        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+    if json_out:
+        out.print_json(m.model_dump_json())
+        if not intact:
+            raise typer.Exit(1)
+        return
     out.print(f"[bold]{bundle}[/]  edgefm {m.edgefm_version}, created {m.created}")
     out.print(f"source: {m.source.path} ({m.source.kind}, sha256 {str(m.source.sha256)[:12]}…)")
     out.print(f"model: {m.spec.family} / {m.spec.task}; integrity: {integrity}")
@@ -181,6 +189,8 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle folder"),
         settings = ", ".join(f"{k}={v}" for k, v in s.settings.items() if k not in ("op_types", "limits"))
         st.add_row(s.name, s.target or "", f"{s.seconds:.1f}", settings[:160], _fidelity_text(s.metrics) or "")
     out.print(st)
+    if not intact:  # a modified bundle is shown, but not as if it were fine
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -245,6 +255,12 @@ def bench(
     runs: Optional[int] = typer.Option(None, help="Fixed number of timed runs (instead of --seconds)"),
     seconds: Optional[float] = typer.Option(None, help="Time budget of the timed runs per measurement (default 2)"),
     no_baselines: bool = typer.Option(False, "--no-baselines", help="Skip the fp32 ONNX and torch eager baselines"),
+    torch_source: Optional[Path] = typer.Option(None, "--torch-source", help="The bundle's source checkpoint, for the "
+                                                                             "torch eager baseline (never read from "
+                                                                             "the bundle)"),
+    arch: Optional[str] = typer.Option(None, help="--arch of --torch-source when it is a state_dict"),
+    trust_source: bool = typer.Option(False, "--trust-source", help="--torch-source may be a .pt2 (its loading "
+                                                                    "unpickles and can run code)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write the result JSON (edgefm.bench schema)"),
     md: Optional[Path] = typer.Option(None, "--md", help="Write the Markdown table"),
     plots: Optional[Path] = typer.Option(None, "--plots", help="Write pareto.png and latency.png into this folder"),
@@ -257,7 +273,8 @@ def bench(
     _setup_logging(verbose)
     cfg = build(BenchConfig, bundle=bundle, targets=target or None, eval=eval, batches=batch or None,
                 threads=threads, warmup=warmup, runs=runs, seconds=seconds, baselines=False if no_baselines else None,
-                json_out=json_out, md_out=md, plots=plots, verbose=verbose or None)
+                torch_source=torch_source, arch=arch, trust_source=trust_source or None, json_out=json_out,
+                md_out=md, plots=plots, verbose=verbose or None)
     run(cfg, echo=print, progress=lambda msg: console.log(msg))
 
 

@@ -76,7 +76,9 @@ class CompressConfig(BaseModel):
     opset: Optional[int] = Field(None, description="ONNX opset; None picks the exporter's default")
     seed: int = Field(0, description="Seed for sampling and splits")
     cache_dir: Optional[Path] = Field(None, description="Cache of verified ONNX exports by content hash (default ~/.cache/edgefm; EDGEFM_CACHE_DIR=0 turns it off)")
-    force: bool = Field(False, description="Replace OUT if it exists")
+    force: bool = Field(False, description="Replace OUT if it is an edgefm bundle (anything else is refused)")
+    trust_source: bool = Field(False, description="Load a torch.export program (.pt2), whose loading unpickles "
+                                                  "parts of the file and can run code: only for files you trust")
     dry_run: bool = Field(False, description="Print the resolved configuration and stop")
     verbose: bool = Field(False, description="Show tracebacks and debug logs")
 
@@ -117,6 +119,8 @@ def load_recipe(path: Path) -> dict[str, Any]:
 def build_config(recipe: Optional[Path] = None, **fields: Any) -> CompressConfig:
     """Merge a recipe (lowest priority) with explicitly given fields (None = not given)."""
     data = load_recipe(recipe) if recipe else {}
+    if "trust_source" in data:  # trusting a file that can run code is the user's own, explicit choice
+        raise ConfigError(f"recipe {recipe}: trust_source can only be given on the command line (--trust-source)")
     for k, v in fields.items():
         if v is None or v == []:
             continue

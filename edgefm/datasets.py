@@ -132,7 +132,7 @@ def _text(path: Path, spec: ModelSpec, tokenizer_dir: Optional[Path], max_length
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True, trust_remote_code=False)
     except Exception as e:  # missing/broken tokenizer files: one line for people
         raise CalibrationError(f"data {path}: cannot load the tokenizer from {tok_dir} ({type(e).__name__})") from None
     enc = tok(lines, padding="max_length", truncation=True, max_length=max_length, return_tensors="np")

@@ -17,7 +17,8 @@ import numpy as np
 import edgefm
 from edgefm.backends import get_backend
 from edgefm.backends.base import CompileJob, Samples
-from edgefm.bundle import FailedTarget, Manifest, SourceInfo, StageRecord, finalize, sha256_file, staging
+from edgefm.bundle import (FailedTarget, Manifest, SourceInfo, StageRecord, check_replaceable, finalize, sha256_file,
+                           staging)
 from edgefm.config import CompressConfig
 from edgefm.contract import resolve
 from edgefm.errors import BundleError, CalibrationError, ConfigError, EdgefmError, TargetFailedError
@@ -52,8 +53,7 @@ def plan(config: CompressConfig) -> Plan:
     if config.distill is not None and config.prune is None:
         raise ConfigError("--distill needs --prune (or a prune section in the recipe): distillation trains the "
                           "pruned student from the original model")
-    if config.output.exists() and not config.force:
-        raise BundleError(f"{config.output} exists already; pass --force to replace it")
+    check_replaceable(config.output, config.force, _inputs(config))  # --force replaces an edgefm bundle only
     targets = [get_target(t) for t in config.targets]
     names = [t.name for t in targets]
     if len(set(names)) != len(names):
@@ -65,6 +65,11 @@ def plan(config: CompressConfig) -> Plan:
         raise CalibrationError("int8 needs calibration data: pass --calib FILE (.npz, .txt or an image folder), "
                                "or --quantize fp32")
     return Plan(config, targets, precisions)
+
+
+def _inputs(config: CompressConfig) -> list[Optional[Path]]:
+    """Paths a run reads: an OUT holding one of them is never replaced."""
+    return [config.source, config.calib, config.eval, config.train_data, config.cache_dir]
 
 
 def _data(config: CompressConfig, loaded) -> tuple[Samples, Samples, list[str]]:
@@ -111,7 +116,7 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
     p = plan(config)
     t0 = time.perf_counter()
     say(f"loading {config.source}")
-    loaded = load_checkpoint(config.source, config.arch, config.inputs)
+    loaded = load_checkpoint(config.source, config.arch, config.inputs, trust_source=config.trust_source)
     from edgefm.models.output_kinds import declare, infer_kinds
 
     loaded.spec = declare(loaded.spec, config.outputs)  # a wrong output name fails before minutes of work
@@ -127,7 +132,7 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
     model, extra_stages = _torch_stages(config, loaded, calib, ev, say)
     stages += extra_stages
 
-    with staging(config.output, force=config.force) as tmp:
+    with staging(config.output, force=config.force, protect=_inputs(config)) as tmp:
         ref_path = tmp / "fp32" / "model.onnx"
         ref_path.parent.mkdir()
         if loaded.kind == "onnx":
@@ -220,42 +225,139 @@ def _cache_dir(config: CompressConfig) -> Optional[Path]:
 
 def _export_cached(config: CompressConfig, loaded, model, calib: Samples, out: Path, cacheable: bool,
                    say: Progress) -> StageRecord:
-    """Export (and verify) once per content: the key covers the checkpoint's sha256, the spec, the samples the
-    export is verified on, the limits and the torch/edgefm versions. A hit copies the verified file back."""
-    from edgefm.stages.export import export_onnx
+    """Export (and verify) once per content. The key covers everything that defines the model (the
+    checkpoint's bytes, the --arch code, the module's class sources, structure and weights), the spec, the
+    samples the export is verified on, the limits and the torch/edgefm versions. A hit is verified against
+    torch again, with the same limits as a fresh export, before it is used; a torn, corrupt or failing
+    entry is a miss."""
+    from edgefm.stages.export import export_onnx, verify_onnx
 
     cache = _cache_dir(config) if cacheable else None
-    key = None
-    if cache is not None:
-        import torch
-
-        h = hashlib.sha256()
-        for part in (loaded.sha256, loaded.spec.model_dump_json(), config.tolerances.export.model_dump_json(),
-                     str(config.opset), torch.__version__, edgefm.__version__):
-            h.update(part.encode())
-        for name in sorted(calib.inputs):
-            h.update(np.ascontiguousarray(calib.inputs[name][:64]).tobytes())
-        key = h.hexdigest()[:32]
+    key = _export_key(config, loaded, model, calib) if cache is not None else None
+    if key is not None:
         hit_onnx, hit_rec = cache / "exports" / f"{key}.onnx", cache / "exports" / f"{key}.json"
-        if hit_onnx.is_file() and hit_rec.is_file():
-            record = StageRecord.model_validate_json(hit_rec.read_text())
-            if sha256_file(hit_onnx) == record.output_sha256:
-                shutil.copyfile(hit_onnx, out)
-                record.notes.append(f"reused the verified export from the cache ({hit_onnx})")
-                say("reusing the verified ONNX export from the cache")
+        record = _cache_entry(hit_onnx, hit_rec)
+        if record is not None:
+            shutil.copyfile(hit_onnx, out)
+            try:
+                record.metrics = verify_onnx(model, loaded.spec, calib, out, config.tolerances.export)
+            except Exception as e:  # noqa: BLE001 - AccuracyError or an ONNX that no longer runs: export afresh
+                log.warning("the cached export %s failed verification against torch (%s); exporting again",
+                            hit_onnx, str(e).splitlines()[0] if str(e) else type(e).__name__)
+                out.unlink(missing_ok=True)
+            else:
+                record.notes.append(f"reused the verified export from the cache ({hit_onnx}); verified against torch "
+                                    f"again with the same limits")
+                say("reusing the ONNX export from the cache (verified against torch again)")
                 return record
     say("exporting to ONNX and verifying against torch")
     record = export_onnx(model, loaded.spec, calib, out, config.tolerances.export, opset=config.opset)
     if key is not None:
-        try:
-            (cache / "exports").mkdir(parents=True, exist_ok=True)
-            tmp = cache / "exports" / f".{key}.{os.getpid()}.onnx"
-            shutil.copyfile(out, tmp)
-            tmp.replace(cache / "exports" / f"{key}.onnx")
-            (cache / "exports" / f"{key}.json").write_text(record.model_dump_json())
-        except OSError as e:  # a read-only or full cache must not fail the run
-            log.warning("could not write the export cache %s: %s", cache, e)
+        _cache_put(cache / "exports", key, out, record)
     return record
+
+
+def _cache_entry(onnx_path: Path, rec_path: Path) -> Optional[StageRecord]:
+    """The cached record when both files are there, whole, and the ONNX matches its recorded sha256."""
+    if not (onnx_path.is_file() and rec_path.is_file()):
+        return None
+    try:
+        record = StageRecord.model_validate_json(rec_path.read_text())
+    except (ValueError, OSError) as e:  # torn or corrupt (a full disk, a killed run): a miss
+        log.debug("export cache entry %s is unreadable (%s): a miss", rec_path, str(e).splitlines()[0])
+        return None
+    if sha256_file(onnx_path) != record.output_sha256:
+        log.debug("export cache entry %s: the ONNX does not match its record: a miss", onnx_path)
+        return None
+    return record
+
+
+def _cache_put(folder: Path, key: str, onnx_path: Path, record: StageRecord) -> None:
+    """Write an entry atomically: each file to a temporary name, renamed into place, the record last."""
+    tmp_onnx = folder / f".{key}.{os.getpid()}.onnx.tmp"
+    tmp_rec = folder / f".{key}.{os.getpid()}.json.tmp"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(onnx_path, tmp_onnx)
+        tmp_onnx.replace(folder / f"{key}.onnx")
+        tmp_rec.write_text(record.model_dump_json())
+        tmp_rec.replace(folder / f"{key}.json")
+    except OSError as e:  # a read-only or full cache must not fail the run
+        log.warning("could not write the export cache %s: %s", folder, e)
+        for t in (tmp_onnx, tmp_rec):
+            t.unlink(missing_ok=True)
+
+
+def _export_key(config: CompressConfig, loaded, model, calib: Samples) -> str:
+    import onnx
+    import torch
+
+    h = hashlib.sha256()
+    for part in (loaded.sha256, model_fingerprint(model), _arch_code(config.arch), loaded.spec.model_dump_json(),
+                 config.tolerances.export.model_dump_json(), str(config.opset), torch.__version__, onnx.__version__,
+                 edgefm.__version__):
+        h.update(part.encode())
+        h.update(b"\0")
+    for name in sorted(calib.inputs):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(calib.inputs[name][:64]).tobytes())
+    return h.hexdigest()[:32]
+
+
+def _arch_code(arch: Optional[str]) -> str:
+    """sha256 of the file that defines an --arch factory (``file.py:fn`` or an imported ``module:fn``)."""
+    import importlib.util
+    import sys
+
+    if not arch or ":" not in arch or arch.startswith("timm:"):
+        return arch or ""
+    where = arch.rsplit(":", 1)[0]
+    path = Path(where) if where.endswith(".py") or "/" in where else None
+    if path is None:
+        mod = sys.modules.get(where)
+        origin = getattr(mod, "__file__", None) if mod else None
+        if origin is None:
+            spec = importlib.util.find_spec(where)
+            origin = spec.origin if spec else None
+        path = Path(origin) if origin else None
+    return f"{arch}:{sha256_file(path)}" if path is not None and path.is_file() else arch
+
+
+def model_fingerprint(model) -> str:
+    """sha256 of what defines a torch module's behaviour: the source files of its classes (every class in
+    their MRO; scripted and graph modules' generated code), its structure (``repr``: hyper-parameters such
+    as the activation or dropout) and every tensor of its state_dict."""
+    import inspect
+
+    import torch
+
+    h = hashlib.sha256()
+    files: set[str] = set()
+    for m in model.modules():
+        for klass in type(m).__mro__:
+            try:
+                f = inspect.getsourcefile(klass)
+            except TypeError:  # built-in classes
+                f = None
+            if f and Path(f).is_file():
+                files.add(f)
+            else:
+                h.update(f"{klass.__module__}.{klass.__qualname__}".encode())
+        code = getattr(m, "code", None)
+        if isinstance(code, str):
+            h.update(code.encode())
+    for f in sorted(files):
+        h.update(f.encode())
+        h.update(Path(f).read_bytes())
+    h.update(repr(model).encode())
+    for name, t in model.state_dict().items():
+        if not isinstance(t, torch.Tensor):
+            h.update(f"{name}={t!r}".encode())
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def _torch_stages(config: CompressConfig, loaded, calib: Samples, ev: Samples, say: Progress):

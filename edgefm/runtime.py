@@ -50,6 +50,11 @@ def load(bundle: str | Path, target: Optional[str] = None, *, device: Optional[s
         verify_files(bundle, manifest, only=target_files(manifest, name))
     backend = get_backend(entry.backend)
     opts = LoadOptions(device=device, threads=threads, strict=strict)
-    predictor = backend.load(bundle, name, entry, manifest.spec, opts)
+    try:
+        predictor = backend.load(bundle, name, entry, manifest.spec, opts)
+    except (KeyError, TypeError, AttributeError) as e:  # options the manifest got wrong
+        key = e.args[0] if isinstance(e, KeyError) and e.args else str(e).splitlines()[0][:200]
+        raise BundleError(f"bundle {bundle}: manifest.json targets.{name}.options is invalid for the "
+                          f"{entry.backend} backend ({type(e).__name__}: {key!r}); rebuild the bundle") from None
     log.debug("loaded %s target %s from %s", entry.backend, name, bundle)
     return predictor

@@ -85,7 +85,12 @@ def verify_target(bundle: Path, manifest: Manifest, name: str, emulate: Optional
     else:
         report.checks.append(Check("fidelity", True, f"skipped: the {entry.backend} runtime is not installed here"))
     if has(backend, "check_rules"):
-        violations = backend.check_rules(bundle, name, entry, manifest)
+        try:
+            violations = backend.check_rules(bundle, name, entry, manifest)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # options the manifest got wrong
+            key = e.args[0] if isinstance(e, KeyError) and e.args else str(e).splitlines()[0][:200]
+            violations = [f"manifest.json targets.{name}.options is invalid for the {entry.backend} backend "
+                          f"({type(e).__name__}: {key!r})"]
         report.checks.append(Check("rules", not violations, "; ".join(violations) or "all rules hold"))
     if emulate:
         if not has(backend, "verify_emulated"):

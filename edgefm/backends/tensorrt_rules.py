@@ -268,7 +268,9 @@ def verify_bundle(bundle, target_name: str, target=None) -> list[Violation]:
     build = json.loads((bundle / entry.options["build"]).read_text())
     shapes: dict[str, tuple] = {}
     if manifest.eval_data and (bundle / manifest.eval_data).is_file():
-        with np.load(bundle / manifest.eval_data) as data:
-            shapes = {k[3:]: data[k].shape for k in data.files if k.startswith("in/")}
+        from edgefm.bundle import read_npz
+
+        data = read_npz(bundle / manifest.eval_data, "bundle eval data")
+        shapes = {k[3:]: v.shape for k, v in data.items() if k.startswith("in/")}
     return (_target_violations(build, target)
             + check_model(model, tensorrt_version(target), build.get("profiles"), shapes))

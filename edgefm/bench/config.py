@@ -29,7 +29,12 @@ class BenchConfig(BaseModel):
     max_eval_samples: Optional[int] = Field(None, ge=1, description="Use at most this many eval samples")
     eval_batch: int = Field(32, ge=1, description="Batch size of the accuracy pass over the eval data")
     baselines: bool = Field(True, description="Also measure the fp32 ONNX (ONNX Runtime) and torch eager baselines")
-    torch_baseline: bool = Field(True, description="Measure the source model in torch eager mode where it loads")
+    torch_baseline: bool = Field(True, description="Measure the source model in torch eager mode (needs torch_source)")
+    torch_source: Optional[Path] = Field(None, description="Checkpoint of the torch eager baseline (--torch-source); "
+                                                           "never taken from the bundle, which is data")
+    arch: Optional[str] = Field(None, description="--arch of torch_source when it is a state_dict")
+    trust_source: bool = Field(False, description="torch_source may be a torch.export program (.pt2), whose "
+                                                  "loading unpickles and can run code")
     json_out: Optional[Path] = Field(None, description="Write the result JSON here (--json)")
     md_out: Optional[Path] = Field(None, description="Write the Markdown table here (--md)")
     plots: Optional[Path] = Field(None, description="Write latency/accuracy plots (PNG) into this folder")

@@ -60,20 +60,18 @@ class Timing:
 # ---------------------------------------------------------------- eval data
 
 def _read_npz(path: Path, spec: ModelSpec) -> tuple[dict, Optional[np.ndarray], dict]:
-    try:
-        z = np.load(path)
-    except (OSError, ValueError) as e:
-        raise CalibrationError(f"eval data {path}: cannot be read as .npz ({e})") from None
-    with z:
-        files = set(z.files)
-        prefixed = any(k.startswith("in/") for k in files)
-        inputs = {k[3:]: z[k] for k in files if k.startswith("in/")} if prefixed else \
-            {k: z[k] for k in files if k != "labels" and "/" not in k}
-        if not prefixed and len(spec.inputs) == 1 and len(inputs) == 1 and spec.inputs[0].name not in inputs:
-            # a single-input model and a single array of another name: take it (as edgefm.datasets does)
-            inputs = {spec.inputs[0].name: next(iter(inputs.values()))}
-        labels = z["labels"] if "labels" in files else None
-        ref = {k[4:]: z[k] for k in files if k.startswith("ref/")}
+    from edgefm.bundle import read_npz
+
+    z = read_npz(path, "eval data")  # no pickle, unpacked size capped
+    files = set(z)
+    prefixed = any(k.startswith("in/") for k in files)
+    inputs = {k[3:]: z[k] for k in files if k.startswith("in/")} if prefixed else \
+        {k: z[k] for k in files if k != "labels" and "/" not in k}
+    if not prefixed and len(spec.inputs) == 1 and len(inputs) == 1 and spec.inputs[0].name not in inputs:
+        # a single-input model and a single array of another name: take it (as edgefm.datasets does)
+        inputs = {spec.inputs[0].name: next(iter(inputs.values()))}
+    labels = z["labels"] if "labels" in files else None
+    ref = {k[4:]: z[k] for k in files if k.startswith("ref/")}
     return inputs, labels, ref
 
 
@@ -158,7 +156,7 @@ def bundle_subjects(cfg: BenchConfig, manifest: Manifest, bundle: Path
         subjects.append(Subject(name=name, role="target", kind="bundle", spec=spec, precision=entry.precision,
                                 bundle=str(bundle), target=name))
     if cfg.baselines and cfg.torch_baseline:
-        torch_subject, why = torch_baseline(manifest)
+        torch_subject, why = torch_baseline(manifest, cfg.torch_source, cfg.arch, cfg.trust_source)
         if torch_subject is not None:
             subjects.append(torch_subject)
         else:
@@ -166,22 +164,29 @@ def bundle_subjects(cfg: BenchConfig, manifest: Manifest, bundle: Path
     return subjects, skipped
 
 
-def torch_baseline(manifest: Manifest) -> tuple[Optional[Subject], str]:
-    """The source model in torch eager mode, when it can be reloaded as it was compressed."""
-    src = Path(manifest.source.path)
+def torch_baseline(manifest: Manifest, source: Optional[Path] = None, arch: Optional[str] = None,
+                   trust_source: bool = False) -> tuple[Optional[Subject], str]:
+    """The source model in torch eager mode, loaded from ``source`` (with ``arch``) as given on the bench
+    command line. A bundle is data: its manifest's source path and --arch are never imported or run here,
+    only its input declarations (shapes) and the source's sha256 are read from it."""
     if manifest.source.kind == "onnx":
         return None, "the bundle's source is an ONNX file (no torch model)"
+    if source is None:
+        return None, ("pass --torch-source CHECKPOINT (and --arch for a state_dict) to measure the source model in "
+                      "torch eager mode; edgefm never runs code a bundle names")
+    src = Path(source)
     if not src.exists():
-        return None, f"the bundle's source {src} is not on this machine"
+        raise ConfigError(f"--torch-source {src}: no such file or folder")
     if importlib.util.find_spec("torch") is None:
         return None, "torch is not installed here"
-    if importlib.util.find_spec("edgefm.models.load") is None:
-        return None, "this edgefm has no checkpoint loader (edgefm.models.load)"
     if manifest.source.sha256 and sha256_path(src) != manifest.source.sha256:
-        return None, f"the source {src} changed since the bundle was written (sha256 differs)"
+        return None, f"--torch-source {src} is not the checkpoint this bundle was made from (sha256 differs)"
     cfg = manifest.config or {}
+    inputs = cfg.get("inputs") or []
+    if not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs):
+        raise BundleError("manifest.json: config.inputs must be a list of NAME:DIMS[:DTYPE] strings")
     return Subject(name="torch-eager", role="torch-eager", kind="torch", spec=manifest.spec, precision="fp32",
-                   path=str(src), arch=cfg.get("arch"), inputs=list(cfg.get("inputs") or [])), ""
+                   path=str(src), arch=arch, inputs=list(inputs), trust_source=trust_source), ""
 
 
 # ---------------------------------------------------------------- running

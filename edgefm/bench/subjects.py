@@ -36,6 +36,7 @@ class Subject(BaseModel):
     size_from: Optional[str] = Field(None, description="Path whose size on disk is reported (default: path)")
     arch: Optional[str] = Field(None, description="torch: --arch of the checkpoint")
     inputs: list[str] = Field(default_factory=list, description="torch: --input declarations of the checkpoint")
+    trust_source: bool = Field(False, description="torch: the user passed --trust-source (a .pt2 may be loaded)")
     torch_dynamic_int8: bool = Field(False, description="torch: torch.ao dynamic quantization of Linear/LSTM/GRU")
     options: dict[str, Any] = Field(default_factory=dict, description="Runtime settings (e.g. OpenVINO hints)")
 
@@ -163,7 +164,7 @@ def _open_torch(s: Subject, threads: Optional[int]) -> Opened:
 
     if threads:
         torch.set_num_threads(threads)
-    loaded = load_checkpoint(Path(s.path or ""), arch=s.arch, inputs=s.inputs)
+    loaded = load_checkpoint(Path(s.path or ""), arch=s.arch, inputs=s.inputs, trust_source=s.trust_source)
     module = loaded.module.eval()
     notes = []
     if s.torch_dynamic_int8:

@@ -75,7 +75,7 @@ def verify_emulated(bundle: str | Path, target: Optional[str] = None, arch: str 
     ``cpu`` (default: the target's ``cpu_core``, else cortex-a72) over the bundle's eval data, and the same
     file on this machine; return how the two differ. Builds the arm64 root on first use."""
     from edgefm.backends.tflite_run import Runner
-    from edgefm.bundle import read_manifest, target_files, verify_files
+    from edgefm.bundle import read_manifest, read_npz, target_files, verify_files
     from edgefm.emulate import arm64
     from edgefm.fidelity import compare
 
@@ -90,9 +90,12 @@ def verify_emulated(bundle: str | Path, target: Optional[str] = None, arch: str 
     cpu = arm64.check_core(cpu or entry.hardware.get("cpu_core") or DEFAULT_CORE)
     if not manifest.eval_data:
         raise BundleError(f"bundle {bundle} has no eval data to run")
-    data = np.load(bundle / manifest.eval_data)
+    data = read_npz(bundle / manifest.eval_data, "bundle eval data")  # no pickle, unpacked size capped
+    missing = [s.name for s in manifest.spec.inputs if f"in/{s.name}" not in data]
+    if missing:
+        raise BundleError(f"bundle {bundle}: {manifest.eval_data} has no arrays for inputs {missing}")
     feed = {s.name: data[f"in/{s.name}"][:max_samples].astype(s.dtype) for s in manifest.spec.inputs}
-    labels = data["labels"][:max_samples] if "labels" in data.files else None
+    labels = data["labels"][:max_samples] if "labels" in data else None
     root = arm64.ensure_root(progress)
     with tempfile.TemporaryDirectory(prefix="edgefm-emulate-") as tmp:
         work = Path(tmp)

@@ -39,8 +39,12 @@ class LoadedModel:
 
 
 def load_checkpoint(source: Path, arch: Optional[str] = None,
-                    inputs: Sequence[Union[str, InputSpec]] = ()) -> LoadedModel:
+                    inputs: Sequence[Union[str, InputSpec]] = (), trust_source: bool = False) -> LoadedModel:
     """Load ``source`` (HF folder, state_dict + ``arch``, TorchScript, ``.pt2``, ``.onnx``).
+
+    A torch.export program (``.pt2``, whatever its name: the kind is judged by content) is only loaded with
+    ``trust_source=True`` (``--trust-source``): ``torch.export.load`` unpickles parts of the archive with
+    ``weights_only=False`` and resolves names in it, so a crafted file runs code.
 
     ``inputs`` are ``--input`` declarations (``NAME:DIMS[:DTYPE]`` strings or ``InputSpec``): they define the
     inputs of state_dict/TorchScript modules and override same-named inputs of the other kinds. Raises
@@ -52,6 +56,11 @@ def load_checkpoint(source: Path, arch: Optional[str] = None,
         raise ConfigError(f"--arch '{arch}' is only used with a state_dict, but {source} is a {kind} checkpoint")
     loader = {"hf": _hf, "state_dict": _state_dict, "torchscript": _torchscript,
               "exported_program": _exported_program, "onnx": _onnx}[kind]
+    if kind == "exported_program" and not trust_source:
+        raise CheckpointError(
+            f"checkpoint {source}: a torch.export program (.pt2); edgefm does not load it by default because "
+            f"torch.export.load unpickles parts of the file, which can run arbitrary code. Pass --trust-source "
+            f"(trust_source=True) only for a file you made or trust, or export it to ONNX and pass the .onnx")
     loaded = loader(source, arch, decls)
     loaded.sha256 = sha256_path(source)
     for note in loaded.notes:

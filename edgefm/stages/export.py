@@ -88,6 +88,24 @@ def _export_once(module, spec: ModelSpec, example: dict[str, np.ndarray], out: P
             prog.save(str(out), external_data=False)
 
 
+def verify_onnx(module, spec: ModelSpec, calib: Samples, path: Path, limits: Limits) -> dict[str, Any]:
+    """Check an existing ONNX file against ``module`` exactly as ``export_onnx`` checks a fresh export (the
+    same samples, batch 1 and batch ``VERIFY_BATCH``, the same ``limits``); returns the merged metrics or
+    raises ``AccuracyError``. Used for a cached export, which must be as verified as a new one."""
+    import onnx
+
+    onnx.checker.check_model(str(path))
+    verify_set = calib.take(slice(0, min(len(calib), 4 * VERIFY_BATCH)))
+    ref = batched_outputs(lambda f: _torch_outputs(module, spec, f), verify_set, VERIFY_BATCH)
+    got_b1 = batched_outputs(lambda f: onnx_outputs(path, f), verify_set.take(slice(0, 4)), 1)
+    got_bn = batched_outputs(lambda f: onnx_outputs(path, f), verify_set, VERIFY_BATCH)
+    metrics = compare(ref, got_bn, spec)
+    metrics_b1 = compare({k: v[:4] for k, v in ref.items()}, got_b1, spec)
+    check("export (torch vs ONNX, batch %d)" % VERIFY_BATCH, metrics, limits)
+    check("export (torch vs ONNX, batch 1)", metrics_b1, limits)
+    return {k: {**m, **{f"batch1_{mk}": mv for mk, mv in metrics_b1.get(k, {}).items()}} for k, m in metrics.items()}
+
+
 def export_onnx(module, spec: ModelSpec, calib: Samples, out: Path, limits: Limits,
                 opset: Optional[int] = None, exporters: tuple[str, ...] = EXPORTERS) -> StageRecord:
     """Export ``module`` to ``out`` and verify it against torch; returns the stage record.

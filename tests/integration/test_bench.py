@@ -82,11 +82,12 @@ def bundle(tmp_path_factory, digits_cnn_ckpt) -> Path:
 
 
 @pytest.fixture(scope="module")
-def result(bundle, tmp_path_factory) -> tuple[BenchResult, Path]:
+def result(bundle, tmp_path_factory, digits_cnn_ckpt) -> tuple[BenchResult, Path]:
     from edgefm.bench.cli import bench
 
     out = tmp_path_factory.mktemp("bench-out")
-    cfg = BenchConfig(bundle=bundle, batches=[1, 8], json_out=out / "r.json", md_out=out / "r.md", plots=out,
+    # the torch baseline comes only from the command line (--torch-source, --arch), never from the bundle
+    cfg = BenchConfig(bundle=bundle, batches=[1, 8], torch_source=digits_cnn_ckpt[0], arch="edgefm.zoo:digits_cnn", json_out=out / "r.json", md_out=out / "r.md", plots=out,
                       **FAST)
     return bench(cfg, echo=lambda s: None, progress=None), out
 

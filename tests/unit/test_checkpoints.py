@@ -153,7 +153,7 @@ def test_torchscript_traced_and_scripted(files, models, tmp_path):
 
 
 def test_exported_program(files, models):
-    lm = load_checkpoint(files / "lstm.pt2")
+    lm = load_checkpoint(files / "lstm.pt2", trust_source=True)
     assert lm.kind == "exported_program" and lm.spec.family == "rnn"
     assert [(i.name, i.shape, i.dtype) for i in lm.spec.inputs] == [("x", ["batch", 8, 8], "float32")]
     assert any("dynamo=True" in n for n in lm.notes)
@@ -438,4 +438,4 @@ def test_input_declarations(files):
     with pytest.raises(ConfigError, match="only used with a state_dict"):
         load_checkpoint(files / "lstm.pt2", arch="edgefm.zoo:digits_lstm")
     with pytest.raises(ConfigError, match=r"--input names \['y'\] are not inputs of the model; its inputs are \['x'\]"):
-        load_checkpoint(files / "lstm.pt2", inputs=["y:1,8,8"])
+        load_checkpoint(files / "lstm.pt2", inputs=["y:1,8,8"], trust_source=True)
