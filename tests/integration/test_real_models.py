@@ -59,3 +59,29 @@ def test_task_metrics_can_fail():
     assert rd.match_detections([box], [box]) == (1.0, 1.0, 1)
     assert rd.match_detections([box], [np.zeros((0, 6))])[1] == 0.0
     assert rd.match_detections([box], [box + [0, 0, 0, 0, 0, 1]])[0] == 0.0  # wrong class
+
+
+needs_streams = pytest.mark.skipif(not rm.streaming_supported(),
+                                   reason="needs state pairs and streamed data (CompressConfig.state, helper modelsin)")
+
+
+@needs_streams
+def test_silero_vad_streams_from_its_shipped_onnx_with_state_fed_back(work):
+    """The shipped streaming ONNX (If on the sample rate, LSTM state (2, batch, 128) carried call to call):
+    compressed with the state pair declared and sr a constant, then streamed in ONNX Runtime."""
+    _, res = _certified_and_judged("silero_vad_onnx", "onnxruntime-cpu", work)
+    assert res["value"] >= 0.85  # frame accuracy against the espeak-ng speech / silence / noise truth
+
+
+@needs_streams
+def test_silero_vad_torch_form_streams_too(work):
+    _, res = _certified_and_judged("silero_vad_torch", "onnxruntime-cpu", work)
+    assert res["value"] >= 0.85
+
+
+@needs_streams  # the nested-checkpoint loader lands with the same branch
+def test_resemblyzer_nested_training_checkpoint_keeps_speaker_identity(work):
+    """resemblyzer ships {"step", "model_state", "optimizer_state"}: edgefm takes the nested weights."""
+    bundle, res = _certified_and_judged("resemblyzer", "onnxruntime-cpu", work)
+    notes = " ".join(n for st in json.loads((bundle / "manifest.json").read_text())["stages"] for n in st["notes"])
+    assert "model_state" in notes
