@@ -159,9 +159,19 @@ class SileroVAD16k(nn.Module):
         x = torch.sqrt(x[:, :129] ** 2 + x[:, 129:] ** 2)
         for conv in (self.conv1, self.conv2, self.conv3, self.conv4):
             x = F.relu(conv(x))
-        h, c = self.lstm_cell(x.squeeze(-1), (state[0], state[1]))
+        h, c = self._cell(x.squeeze(-1), state[0], state[1])
         out = torch.sigmoid(self.final_conv(F.relu(h.unsqueeze(-1))))
         return out.squeeze(1).mean(dim=1, keepdim=True), torch.stack([h, c])
+
+    def _cell(self, x, h, c):
+        """nn.LSTMCell's math on its own parameters, with gates sliced rather than chunked: the TorchScript
+        ONNX exporter cannot chunk a dynamic batch (``unsafe_chunk, unknown dimension size``)."""
+        p = self.lstm_cell
+        g = F.linear(x, p.weight_ih, p.bias_ih) + F.linear(h, p.weight_hh, p.bias_hh)
+        i, f = torch.sigmoid(g[:, :128]), torch.sigmoid(g[:, 128:256])
+        gg, o = torch.tanh(g[:, 256:384]), torch.sigmoid(g[:, 384:])
+        c = f * c + i * gg
+        return o * torch.tanh(c), c
 
 
 def silero_vad_16k() -> nn.Module:
