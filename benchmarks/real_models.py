@@ -461,7 +461,8 @@ def main(argv=None) -> int:
         for target in args.targets.split(","):
             print(f"== {mname} × {target}", file=sys.stderr, flush=True)
             r = compress_pair(case, target, work)
-            row = {"model": mname, "family": case.family, "target": target, "status": r["status"],
+            row = {"model": mname, "family": case.family, "target": target, "edgefm": code_version(),
+                   "status": r["status"],
                    "reason": r["reason"], "compress_s": round(r["seconds"], 1), "precision": "", "size_mb": "",
                    "task_metric": "", "bound": "", "task_ok": ""}
             if r["bundle"] is not None:
@@ -479,6 +480,16 @@ def main(argv=None) -> int:
     return 0
 
 
+def code_version() -> str:
+    """The edgefm commit the pairs ran on (EDGEFM_COMMIT for a copy without git, e.g. another branch)."""
+    import subprocess
+
+    if os.environ.get("EDGEFM_COMMIT"):
+        return os.environ["EDGEFM_COMMIT"]
+    r = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return r.stdout.strip() or "unknown"
+
+
 def write(rows: list[dict], out: Path) -> None:
     from edgefm.bench.machine import load_average, machine_info
 
@@ -492,7 +503,8 @@ def write(rows: list[dict], out: Path) -> None:
     rows = sorted(rows, key=lambda r: (order.get(r["model"], 99), TARGETS.index(r["target"])
                                        if r["target"] in TARGETS else 9))
     with open(out / "real_models.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
         w.writeheader()
         w.writerows(rows)
     default = [r for r in rows if not r["model"].endswith("_fallback")]  # variants with a user's extra flag
@@ -508,11 +520,12 @@ def write(rows: list[dict], out: Path) -> None:
              f"InferenceSession, openvino.Core().compile_model, LiteRT Interpreter signature runner; the Jetson "
              f"target's Q/DQ ONNX in ONNX Runtime) and run call after call on held-out task data; fp32 = the "
              f"bundle's reference ONNX in ONNX Runtime.", "",
-             "| model | target | edgefm | precision | MB | task metric | bound | meets bound |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| model | target | edgefm commit | edgefm says | precision | MB | task metric | bound | meets bound |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         verdict = r["status"] + (f": {r['reason']}" if r["reason"] else "")
-        lines.append(f"| {r['model']} | {r['target']} | {verdict.replace('|', '/')} | {r['precision']} | "
+        lines.append(f"| {r['model']} | {r['target']} | {r.get('edgefm') or '?'} | {verdict.replace('|', '/')} | "
+                     f"{r['precision']} | "
                      f"{r['size_mb']} | {r['task_metric']} | {r['bound']} | {r['task_ok']} |")
     (out / "real_models.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'real_models.md'}", file=sys.stderr)
