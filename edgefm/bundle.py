@@ -117,6 +117,10 @@ class Manifest(BaseModel):
     format_version: int = FORMAT_VERSION
     edgefm_version: str
     created: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    host: dict[str, Any] = Field(default_factory=dict,
+                                 description="The CPU every figure in this manifest was measured on (edgefm.hostcaps: "
+                                             "arch, cpu_model, int8 isa, caps): latencies and the int8 recipe "
+                                             "choices hold for that CPU")
     source: SourceInfo
     spec: ModelSpec
     config: dict[str, Any] = Field(default_factory=dict, description="The resolved CompressConfig")

@@ -6,27 +6,180 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+import typer.core
 from rich.console import Console
+from rich.text import Text
+from typer.core import TyperGroup
 
-from edgefm.errors import EdgefmError
+from edgefm.errors import EdgefmError, describe_write_error
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compress pretrained PyTorch models into verified int8 bundles for edge runtimes.")
-console = Console(stderr=True)
-out = Console()
+# Progress and logs go to stderr, results to stdout. Piped (not a terminal), stdout gets a wide console so
+# that tables never wrap or cut values to an 80-column guess; in a terminal, columns fold instead of "…".
+console = Console(stderr=True, log_path=False)
+out = Console() if sys.stdout.isatty() else Console(width=400)
+
+# Loggers of the libraries edgefm drives: quiet (ERROR) unless --verbose.
+_THIRD_PARTY = ("torch", "torchao", "nncf", "transformers", "onnxruntime", "onnxscript", "openvino", "absl",
+                "tensorflow", "ai_edge_litert", "ai_edge_quantizer", "litert_torch", "matplotlib", "PIL",
+                "huggingface_hub", "urllib3", "timm", "py.warnings")
+
+
+def print_error(message: str) -> None:
+    """``error: MESSAGE`` on one line of stderr. The message is printed as plain text: rich markup would eat
+    anything that looks like a tag (``[min, opt, max]``, ``[/x]``), and a newline would split it."""
+    one_line = re.sub(r"\s*\n\s*", " | ", str(message).strip())
+    console.print(Text.assemble(("error:", "bold red"), " ", one_line), soft_wrap=True, highlight=False)
+
+
+# typer >= 0.25 vendors click as typer._click; older typers use click itself
+_click = getattr(typer.core, "_click", None) or __import__("click")
+_NoArgsIsHelp = getattr(_click.exceptions, "NoArgsIsHelpError", ())
+
+
+class _OneLineErrors(TyperGroup):
+    """Click's usage errors (unknown flag, a value that is not a number …) as one ``error:`` line with exit
+    code 2, like edgefm's own errors, instead of a usage box."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NoArgsIsHelp:  # `edgefm` alone: the help, as click prints it
+            return super().main(args, prog_name, complete_var, standalone_mode=True, **extra)
+        except _click.exceptions.ClickException as e:
+            ctx = getattr(e, "ctx", None)
+            where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            print_error(f"{e.format_message()}{where}")
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            print_error("aborted")
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=_OneLineErrors,
+                  help="Compress pretrained PyTorch models into verified int8 bundles for edge runtimes.")
 
 
 def _setup_logging(verbose: bool) -> None:
+    """Default: edgefm's own warnings only, as ``level name: message`` lines on stderr. Third-party logs,
+    Python warnings (torch.onnx's TracerWarnings...), NNCF's progress bars and LiteRT's delegate banner are
+    dropped; ``--verbose`` shows all of them and edgefm's debug log."""
+    import os
+
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    if not verbose:  # libraries' import-time chatter (torchao's missing CUDA kernels, torch's pytree notices)
-        for name in ("torchao", "torch", "nncf", "transformers"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+    logging.captureWarnings(True)  # warnings.warn -> the "py.warnings" logger, filtered like the rest
+    if verbose:
+        return
+    # Libraries that log through the root logger (ONNX Runtime's quantizer: "Please consider to run
+    # pre-processing...") are cut there; edgefm's own loggers keep WARNING.
+    logging.getLogger().setLevel(logging.ERROR)
+    logging.getLogger("edgefm").setLevel(logging.WARNING)
+    # Before torch is imported (it resets its loggers on import); inherited by the converter subprocess.
+    os.environ.setdefault("TORCH_LOGS", "-torch")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("EDGEFM_QUIET", "1")  # tflite_run: silence LiteRT's once-per-process delegate banner
+    for name in _THIRD_PARTY:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import rich
+
+    rich.reconfigure(quiet=True)  # rich's global console: NNCF draws its progress bars on it (stdout)
+    # ONNX Runtime's C++ warnings (e.g. on unused initializers) go to stderr unless told otherwise. Set once it is
+    # imported: importing it here would cost a mistake that needs no model a second of start-up.
+    _after_import("onnxruntime", lambda ort: ort.set_default_logger_severity(3))
+
+
+def _after_import(name: str, hook) -> None:
+    """Run ``hook(module)`` when ``name`` is imported (now, if it already is)."""
+    import importlib.abc
+    import importlib.util
+
+    if name in sys.modules:
+        hook(sys.modules[name])
+        return
+
+    class _Finder(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path, target=None):
+            if fullname != name:
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(fullname)
+            if spec is None or spec.loader is None:
+                return spec
+            run = spec.loader.exec_module
+
+            def exec_module(module):
+                run(module)
+                try:
+                    hook(module)
+                except Exception:  # quieting a library must never break a command
+                    pass
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+    sys.meta_path.insert(0, _Finder())
+
+
+class _Steps:
+    """Progress for long commands, on stderr. Each step prints one line with the seconds since the command
+    started (``[  12.3 s] compiling openvino-cpu``); in a terminal a spinner also shows how long the current
+    step has been running."""
+
+    def __init__(self, con: Console):
+        import time
+
+        self._time, self._con = time.perf_counter, con
+        self._t0 = self._time()
+        self._live = None
+        if con.is_terminal:
+            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self._live = Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), TimeElapsedColumn(),
+                                  console=con, transient=True)
+            self._task = self._live.add_task("starting", total=None)
+
+    def __enter__(self):
+        if self._live is not None:
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self._live is not None:
+            self._live.stop()
+        return False
+
+    def __call__(self, msg: str) -> None:
+        line = f"[{self._time() - self._t0:7.1f} s] {msg}"
+        if self._live is not None:
+            self._live.reset(self._task, description=msg)  # the spinner's clock restarts with each step
+            self._live.console.print(line, highlight=False, markup=False)
+        else:
+            self._con.print(line, highlight=False, markup=False, soft_wrap=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from edgefm import __version__
+
+        print(f"edgefm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print edgefm's version and exit")) -> None:
+    """Compress pretrained PyTorch models into verified int8 bundles for edge runtimes."""
 
 
 def handles_errors(fn):
@@ -40,10 +193,24 @@ def handles_errors(fn):
         except EdgefmError as e:
             if verbose:
                 console.print_exception()
-            console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            print_error(str(e))
+            raise typer.Exit(2) from None
+        except OSError as e:
+            # Disk full or a folder edgefm may not write: the user's environment, not a bug. Stages that know
+            # what they were writing say so themselves; this is the net under the rest.
+            why = describe_write_error(e)
+            if why is None:
+                raise
+            if verbose:
+                console.print_exception()
+            print_error(why)
+            raise typer.Exit(2) from None
+        except MemoryError:
+            print_error("out of memory: the model, the declared --input shapes or the data are too large for "
+                        "this machine")
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            console.print("[red]interrupted[/] (nothing was written)")
+            print_error("interrupted (nothing was written)")
             raise typer.Exit(130) from None
 
     return wrapper
@@ -92,11 +259,11 @@ def compress(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs and tracebacks"),
 ):
     """Compress SOURCE into a verified bundle for one or more targets."""
+    _setup_logging(verbose)
     from edgefm.config import build_config
     from edgefm.contract import parse_output_decl
     from edgefm.pipeline import compress as run, plan
 
-    _setup_logging(verbose)
     decls = dict(parse_output_decl(d) for d in output_kind or [])
     cfg = build_config(recipe, source=source, output=output, targets=target, arch=arch, inputs=input, calib=calib,
                        eval=eval, quantize=quantize, keep_fp32=keep_fp32, max_accuracy_drop=max_accuracy_drop,
@@ -111,12 +278,12 @@ def compress(
         return
     from edgefm.bundle import sigterm_as_interrupt
 
-    with sigterm_as_interrupt(), console.status("starting") as status:  # SIGTERM cleans up like Ctrl-C
-        manifest = run(cfg, progress=lambda msg: (status.update(msg), console.log(msg)))
-    _print_targets(manifest)
+    with sigterm_as_interrupt(), _Steps(console) as steps:  # SIGTERM cleans up like Ctrl-C
+        manifest = run(cfg, progress=steps)
+    _print_targets(manifest, cfg.output)
     if manifest.failed:  # the others were written and verify; the run as a whole did not do all it was asked
-        console.print(f"[bold red]error:[/] {len(manifest.failed)} of {len(manifest.failed) + len(manifest.targets)} "
-                      f"targets failed ({', '.join(manifest.failed)}); the bundle holds the others")
+        print_error(f"{len(manifest.failed)} of {len(manifest.failed) + len(manifest.targets)} targets failed "
+                    f"({', '.join(manifest.failed)}); the bundle holds the others")
         raise typer.Exit(1)
 
 
@@ -126,20 +293,57 @@ def _section(**fields) -> Optional[dict]:
     return given or None
 
 
-def _print_targets(manifest) -> None:
+def _print_targets(manifest, bundle: Optional[Path] = None) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title="targets")
     for col in ("target", "backend", "precision"):
         t.add_column(col, no_wrap=True)
-    t.add_column("artifact")
-    t.add_column("fidelity to fp32")
+    t.add_column("artifact", overflow="fold")
+    if bundle is not None:
+        t.add_column("size (fp32 ONNX)", overflow="fold")
+    t.add_column("fidelity to fp32", overflow="fold")
+    fp32 = _fp32_bytes(manifest, bundle) if bundle is not None else None
     for name, e in manifest.targets.items():
-        text = _fidelity_text(e.metrics) + "".join(f"\n[yellow]note:[/] {n}" for n in e.notes)
-        t.add_row(name, e.backend, e.precision, e.artifact, text)
+        size = [_size_text(_files_bytes(bundle, e.files), fp32)] if bundle is not None else []
+        t.add_row(escape(name), e.backend, e.precision, escape(e.artifact), *size, escape(_fidelity_text(e.metrics)))
     for name, f in manifest.failed.items():
-        t.add_row(name, f.backend, f.precision, "[red]FAILED[/]", f"[red]{f.error}:[/] {f.reason}")
+        size = [""] if bundle is not None else []
+        t.add_row(escape(name), f.backend, f.precision, "[red]FAILED[/]", *size, f"[red]{escape(f.error)}[/]")
     out.print(t)
+    for name, e in manifest.targets.items():  # whole lines, so they can be read (and grepped) unwrapped
+        for n in e.notes:
+            out.print(f"[yellow]note[/] {escape(name)}: {escape(n)}", soft_wrap=True, highlight=False)
+    for name, f in manifest.failed.items():
+        out.print(f"[red]FAILED[/] {escape(name)}: {escape(f.reason)}", soft_wrap=True, highlight=False)
+
+
+def _files_bytes(bundle: Path, files: list[str]) -> Optional[int]:
+    """Bytes of the files that are there (a TensorRT engine is built on the device: None until then)."""
+    sizes = [(Path(bundle) / f).stat().st_size for f in files if (Path(bundle) / f).is_file()]
+    return sum(sizes) if sizes else None
+
+
+def _fp32_bytes(manifest, bundle: Path) -> Optional[int]:
+    """The verified fp32 ONNX with its external-data files (everything in its folder)."""
+    if not manifest.reference:
+        return None
+    folder = Path(manifest.reference).parent.as_posix()
+    return _files_bytes(bundle, [f for f in manifest.files if Path(f).parent.as_posix() == folder]
+                        or [manifest.reference])
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def _size_text(n: Optional[int], fp32: Optional[int]) -> str:
+    if n is None:
+        return "built on the device"
+    if not fp32:
+        return _mb(n)
+    return f"{_mb(n)} ({_mb(fp32)}, {n / fp32:.2f}x)"
 
 
 def _fidelity_text(metrics: dict) -> str:
@@ -153,7 +357,8 @@ def _fidelity_text(metrics: dict) -> str:
 def inspect(bundle: Path = typer.Argument(..., help="Bundle folder"),
             json_out: bool = typer.Option(False, "--json", help="Print the manifest as JSON"),
             verbose: bool = typer.Option(False, "--verbose", "-v")):
-    """Show a bundle's manifest as tables."""
+    """Show a bundle's whole manifest as tables (``--json``: the manifest itself)."""
+    from rich.markup import escape
     from rich.table import Table
 
     from edgefm.bundle import read_manifest, verify_files
@@ -161,36 +366,65 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle folder"),
     m = read_manifest(bundle)  # refuses paths leading out of the bundle, unlisted artifacts and tokenizer files
     try:
         verify_files(bundle, m)
-        integrity, intact = "[green]all files match their sha256[/]", True
+        integrity, intact = f"[green]all files match their sha256[/] ({len(m.files)} files)", True
     except EdgefmError as e:
-        integrity, intact = f"[red]{e}[/]", False
-        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        integrity, intact = f"[red]{escape(str(e))}[/]", False
+        print_error(str(e))
     if json_out:
         out.print_json(m.model_dump_json())
         if not intact:
             raise typer.Exit(1)
         return
-    out.print(f"[bold]{bundle}[/]  edgefm {m.edgefm_version}, created {m.created}")
-    out.print(f"source: {m.source.path} ({m.source.kind}, sha256 {str(m.source.sha256)[:12]}…)")
-    out.print(f"model: {m.spec.family} / {m.spec.task}; integrity: {integrity}")
+    out.print(f"[bold]{escape(str(bundle))}[/]  edgefm {escape(m.edgefm_version)}, format {m.format_version}, "
+              f"created {escape(m.created)}")
+    out.print(escape(f"source: {m.source.path} ({m.source.kind}, sha256 {m.source.sha256})"), soft_wrap=True)
+    out.print(escape(f"model: {m.spec.family} / {m.spec.task}"
+                     + (f", {m.spec.num_classes} classes" if getattr(m.spec, "num_classes", None) else "")
+                     + f"; reference {m.reference}; eval data {m.eval_data}; ") + f"integrity: {integrity}",
+              soft_wrap=True)
     io = Table(title="inputs / outputs")
     for c in ("name", "shape", "dtype / kind"):
-        io.add_column(c)
+        io.add_column(c, overflow="fold")
     for i in m.spec.inputs:
-        io.add_row(f"in: {i.name}", str(i.shape), i.dtype)
+        io.add_row(escape(f"in: {i.name}"), escape(str(i.shape)), escape(i.dtype))
     for o in m.spec.outputs:
-        io.add_row(f"out: {o.name}", "", o.kind)
+        why = "declared" if o.declared else f"guessed: {o.reason}" if o.reason else ""
+        io.add_row(escape(f"out: {o.name}"), "", escape(f"{o.kind} ({why})" if why else o.kind))
     out.print(io)
-    _print_targets(m)
+    if m.config:
+        cfg = Table(title="configuration")
+        cfg.add_column("field", no_wrap=True)
+        cfg.add_column("value", overflow="fold")
+        for k, v in m.config.items():
+            if v not in (None, [], {}, ""):
+                cfg.add_row(escape(k), escape(_value_text(v)))
+        out.print(cfg)
+    _print_targets(m, bundle)
+    det = Table(title="target details")
+    for c in ("target", "field", "value"):
+        det.add_column(c, overflow="fold")
+    shown = {"backend", "precision", "artifact", "metrics"}  # in the targets table above
+    for name, e in list(m.targets.items()) + list(m.failed.items()):
+        for k, v in e.model_dump(mode="json").items():  # every field, so new ones show without a change here
+            if k not in shown and v not in (None, [], {}, ""):
+                det.add_row(escape(name), escape(k), escape(_value_text(v)))
+    out.print(det)
     st = Table(title="stages")
-    for c in ("stage", "target", "seconds", "settings", "metrics"):
+    for c in ("stage", "target", "seconds", "settings", "metrics", "notes"):
         st.add_column(c, overflow="fold")
     for s in m.stages:
-        settings = ", ".join(f"{k}={v}" for k, v in s.settings.items() if k not in ("op_types", "limits"))
-        st.add_row(s.name, s.target or "", f"{s.seconds:.1f}", settings[:160], _fidelity_text(s.metrics) or "")
+        st.add_row(s.name, escape(s.target or ""), f"{s.seconds:.1f}", escape(_value_text(s.settings)),
+                   escape(_fidelity_text(s.metrics) or ""), escape("\n".join(s.notes)))
     out.print(st)
     if not intact:  # a modified bundle is shown, but not as if it were fine
         raise typer.Exit(1)
+
+
+def _value_text(v) -> str:
+    """A config or settings value on one line: dicts as k=v pairs, everything else as JSON."""
+    if isinstance(v, dict):
+        return ", ".join(f"{k}={_value_text(x)}" for k, x in v.items())
+    return v if isinstance(v, str) else json.dumps(v, default=str)
 
 
 @app.command()
@@ -201,11 +435,12 @@ def targets(verbose: bool = typer.Option(False, "--verbose", "-v")):
 
     from edgefm.backends import get_backend
     from edgefm.backends.base import has
-    from edgefm.targets import list_targets
+    from edgefm.targets import host_note, list_targets
 
     t = Table(title="targets")
-    for c in ("name", "backend", "precision", "here"):
+    for c in ("name", "backend", "precision"):
         t.add_column(c, no_wrap=True)
+    t.add_column("here")
     t.add_column("description")
     for name, spec in sorted(list_targets().items()):
         try:
@@ -213,6 +448,9 @@ def targets(verbose: bool = typer.Option(False, "--verbose", "-v")):
             here = mod.availability(spec) if has(mod, "availability") else ("yes" if mod.is_available() else "no")
         except EdgefmError:
             here = "no"
+        note = host_note(spec)  # another architecture, or a CPU without what the recipe counts on (not "yes")
+        if note and here != "no":
+            here = f"{'runs' if here == 'yes' else here}; {note}"
         t.add_row(name, spec.backend, spec.precision, here, spec.description)
     out.print(t)
 
@@ -227,6 +465,8 @@ def verify(bundle: Path = typer.Argument(..., help="Bundle folder"),
     """Check a bundle where it will run: integrity, fidelity on its eval data, the target's rules, emulation."""
     from rich.table import Table
 
+    from rich.markup import escape
+
     from edgefm.verify import verify_bundle
 
     _setup_logging(verbose)
@@ -236,7 +476,9 @@ def verify(bundle: Path = typer.Argument(..., help="Bundle folder"),
         t.add_column(c, no_wrap=c != "result")
     for r in reports:
         for c in r.checks:
-            t.add_row(r.target, c.name, f"[green]ok[/] {c.detail}" if c.ok else f"[red]FAIL[/] {c.detail}")
+            mark = "[yellow]skipped[/]" if c.skipped else "[green]ok[/]" if c.ok else "[red]FAIL[/]"
+            # details quote shapes such as [min, opt, max]: not markup
+            t.add_row(escape(r.target), c.name, f"{mark} {escape(str(c.detail))}")
     out.print(t)
     if not all(r.ok for r in reports):
         raise typer.Exit(1)
@@ -267,15 +509,16 @@ def bench(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs and tracebacks"),
 ):
     """Measure a bundle's targets on this machine: latency, memory, size, accuracy, against fp32 baselines."""
+    _setup_logging(verbose)
     from edgefm.bench.cli import bench as run
     from edgefm.bench.config import BenchConfig, build
 
-    _setup_logging(verbose)
     cfg = build(BenchConfig, bundle=bundle, targets=target or None, eval=eval, batches=batch or None,
                 threads=threads, warmup=warmup, runs=runs, seconds=seconds, baselines=False if no_baselines else None,
                 torch_source=torch_source, arch=arch, trust_source=trust_source or None, json_out=json_out,
                 md_out=md, plots=plots, verbose=verbose or None)
-    run(cfg, echo=print, progress=lambda msg: console.log(msg))
+    with _Steps(console) as steps:
+        run(cfg, echo=print, progress=steps)
 
 
 @app.command()

@@ -57,8 +57,10 @@ class CompressConfig(BaseModel):
     keep_fp32: list[str] = Field(default_factory=list,
                                  description="Node names or op types left in float when quantizing")
     max_accuracy_drop: Optional[float] = Field(
-        None, ge=0, description="Allowed top-1 drop in points (labels) — overrides tolerances.quantize.accuracy_drop; "
-                                "also turns on the accuracy fallback (edgefm.quantize.fallback) on every target")
+        None, ge=0, le=100, allow_inf_nan=False,
+        description="Allowed top-1 drop in points (labels), a finite number from 0 to 100 — overrides "
+                    "tolerances.quantize.accuracy_drop; also turns on the accuracy fallback "
+                    "(edgefm.quantize.fallback) on every target")
     tolerances: Tolerances = Field(default_factory=Tolerances)
     outputs: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
@@ -69,7 +71,7 @@ class CompressConfig(BaseModel):
         None, description="Your task metric 'path/to/file.py:fn', fn(ref_outputs, got_outputs, labels) -> float or "
                           "dict (key 'score' or the first is gated), higher is better; run at compress time only")
     metric_drop: Optional[float] = Field(
-        None, ge=0, description="Largest allowed drop of --metric below its fp32 value, in the metric's units "
+        None, ge=0, allow_inf_nan=False, description="Largest allowed drop of --metric below its fp32 value, in the metric's units "
                                 "(default 0.01)")
     metric_replaces_gates: bool = Field(
         False, description="With --metric: gate on it alone instead of on it and every output's gates")

@@ -21,7 +21,11 @@ state          drift (relative error; per step with ``step_axis``) <= .1/.01/.00
 other          sqnr_db >= 14/27/40 dB (integer outputs: agreement >= .95/.99/.999)
 =============  ==============================================================================================
 
-With labels, ``accuracy_drop`` (points of top-1) gates the first classifier output. A user metric
+Every kind also takes ``max_abs`` (largest |got - ref| of the raw output); the ``tolerances`` section of the
+config still counts (its cosine / top1_agreement / max_abs set the matching gates of its tier; fp32 has
+max_abs <= 1e-3 by default). With labels, ``accuracy_drop`` (points of top-1) gates the first classifier
+output; ``--max-accuracy-drop`` without labels bounds the cosine drop (100 x (1 - cosine)) of every output
+that has a cosine. A user metric
 (``--metric file.py:fn``) adds the gate ``task_drop`` <= ``metric_drop``."""
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ PARAMS: dict[str, set[str]] = {
     "detections": {"boxes", "scores", "objectness", "axis", "layout", "score_threshold", "iou", "scores_output",
                    "scores_axis", "score_logits"},
 }
+UNIVERSAL_GATES = {"max_abs": "max"}  # declarable on every kind (largest |got - ref| of the raw output)
 BOUNDED = {"top1_agreement", "prob_cosine", "decision_agreement", "within_k", "cosine", "min_cosine", "knn_recall",
            "precision", "recall", "agreement"}
 
@@ -123,6 +128,9 @@ class Contract(BaseModel):
     metric_replaces_gates: bool = False
     accuracy_drop: Optional[float] = Field(None, description="Largest top-1 drop in points with labels")
     accuracy_output: Optional[str] = Field(None, description="Output the labels are compared with")
+    fidelity_drop: Optional[float] = Field(
+        None, description="--max-accuracy-drop without labels: the mean cosine to fp32 of every output that has "
+                          "one (class scores, embeddings) may drop this many points (100 x (1 - cosine))")
     _metric_fn: Optional[Callable] = PrivateAttr(None)
 
     def output(self, name: str) -> Optional[OutputContract]:
@@ -139,7 +147,9 @@ class Contract(BaseModel):
             gs = ", ".join(f"{g.metric} {'>=' if g.direction == 'min' else '<='} {g.limit:g}" for g in o.gates)
             parts.append(f"{o.name}: {o.kind} ({'guessed' if o.inferred else 'declared'}; {gs})")
         if self.accuracy_drop is not None and self.accuracy_output:
-            parts.append(f"labels: top-1 drop <= {self.accuracy_drop:g} points on {self.accuracy_output}")
+            parts.append(f"with labels: top-1 drop <= {self.accuracy_drop:g} points on {self.accuracy_output}")
+        if self.fidelity_drop is not None:
+            parts.append(f"without labels: cosine drop <= {self.fidelity_drop:g} points")
         if self.metric_gate:
             parts.append(f"{self.metric}: task_drop <= {self.metric_gate.limit:g}")
         return "; ".join(parts)
@@ -204,11 +214,11 @@ def check_decl(name: str, decl: Mapping[str, Any], where: str) -> None:
     kind = decl.get("kind")
     if kind not in KINDS:
         raise ConfigError(f"{where}: output '{name}' kind '{kind}' is not one of {', '.join(KINDS)}")
-    allowed = PARAMS[kind] | set(DEFAULT_GATES[kind]) | {"kind"}
+    allowed = PARAMS[kind] | set(DEFAULT_GATES[kind]) | set(UNIVERSAL_GATES) | {"kind"}
     bad = sorted(set(decl) - allowed)
     if bad:
         raise ConfigError(f"{where}: output '{name}' ({kind}) has unknown params {bad}; valid: {sorted(allowed - {'kind'})}")
-    for k in set(decl) & set(DEFAULT_GATES[kind]):
+    for k in set(decl) & (set(DEFAULT_GATES[kind]) | set(UNIVERSAL_GATES)):
         if decl[k] is not None and not isinstance(decl[k], (int, float)):
             raise ConfigError(f"{where}: output '{name}' limit {k}={decl[k]!r} is not a number (or none)")
 
@@ -247,14 +257,15 @@ def output_gates(name: str, kind: str, params: Mapping[str, Any], precision: str
         if legacy and metric in legacy and metric != "max_abs" and kind != "ordinal":
             limit = legacy[metric]
         gates[metric] = Gate(output=name, metric=metric, limit=float(limit), direction=direction)
-    if legacy and "max_abs" in legacy and t == 2 and kind == "other":
+    if legacy and "max_abs" in legacy:  # the tolerances section's max_abs (fp32 default 1e-3) holds for every kind
         gates["max_abs"] = Gate(output=name, metric="max_abs", limit=float(legacy["max_abs"]), direction="max")
-    for metric in list(gates) + [m for m in params if m in DEFAULT_GATES[kind] and m not in gates]:
+    directions = {**UNIVERSAL_GATES, **{m: d for m, (d, _) in DEFAULT_GATES[kind].items()}}
+    for metric in list(gates) + [m for m in params if m in directions and m not in gates]:
         if metric in params:
             if params[metric] is None:
                 gates.pop(metric, None)
             else:
-                direction = DEFAULT_GATES[kind][metric][0]
+                direction = directions[metric]
                 gates[metric] = Gate(output=name, metric=metric, limit=float(params[metric]), direction=direction)
     return list(gates.values())
 
@@ -290,6 +301,8 @@ def resolve(spec: Any, config: Any, precision: str) -> Contract:
         if drop is None and getattr(config, "tolerances", None) is not None:
             drop = config.tolerances.quantize.accuracy_drop
         contract.accuracy_drop = 1.0 if drop is None and config is None else drop
+        # the user's bound means the same on every backend: top-1 points with labels, cosine points without
+        contract.fidelity_drop = getattr(config, "max_accuracy_drop", None)
     # labels are compared with the output that says so (labels=true), else the first classifier
     contract.accuracy_output = next((o.name for o in outs if o.params.get("labels")), None) or next(
         (o.name for o in outs if o.kind in CLASSIFIERS and o.params.get("labels") is not False), None)
@@ -322,9 +335,8 @@ def recorded(manifest: Any, target: str) -> tuple[Contract, str]:
                                                            "from the recorded config and spec")
 
 
-def load_metric(text: str) -> Callable:
-    """Import ``path.py:fn`` (user code named on the command line; only ever at compress time)."""
-    import importlib.util
+def check_metric(text: str) -> tuple[str, str]:
+    """(path, function) of ``--metric path.py:fn``, checked without importing it (the pipeline's plan)."""
     from pathlib import Path
 
     path, sep, fn = str(text).rpartition(":")
@@ -332,6 +344,14 @@ def load_metric(text: str) -> Callable:
         raise ConfigError(f"--metric '{text}': expected path/to/file.py:function")
     if not Path(path).is_file():
         raise ConfigError(f"--metric '{text}': no such file {path}")
+    return path, fn
+
+
+def load_metric(text: str) -> Callable:
+    """Import ``path.py:fn`` (user code named on the command line; only ever at compress time)."""
+    import importlib.util
+
+    path, fn = check_metric(text)
     mod_spec = importlib.util.spec_from_file_location(f"edgefm_user_metric_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(mod_spec)
     try:
@@ -353,10 +373,19 @@ def _measure(oc: OutputContract, ref: Mapping[str, np.ndarray], got: Mapping[str
     if r.shape != g.shape:
         raise AccuracyError("judge", oc.name, "shape", float("nan"), float("nan"),
                             hint=f"reference shape {r.shape} vs {g.shape}")
-    if oc.kind == "detections":
-        so = oc.params.get("scores_output")
-        return om.detections(r, g, oc.params, ref.get(so) if so else None, got.get(so) if so else None)
-    return om.MEASURES[oc.kind](r, g, oc.params)
+    try:
+        if oc.kind == "detections":
+            so = oc.params.get("scores_output")
+            if so and (so not in ref or so not in got):
+                raise ValueError(f"scores_output '{so}' is not an output of the model")
+            m = om.detections(r, g, oc.params, ref.get(so) if so else None, got.get(so) if so else None)
+        else:
+            m = om.MEASURES[oc.kind](r, g, oc.params)
+    except (ValueError, IndexError, np.exceptions.AxisError) as e:  # params that do not fit the output's shape
+        raise ConfigError(f"output '{oc.name}' ({oc.kind}, shape {list(r.shape)}, params {oc.params}): {e}") from None
+    if "max_abs" not in m:  # on the raw output, for every kind (the tolerances section may gate it)
+        m["max_abs"] = float(np.abs(om.f64(r) - om.f64(g)).max()) if r.size else 0.0
+    return m
 
 
 def _accuracy(scores: np.ndarray, labels: np.ndarray, params: Mapping[str, Any]) -> dict[str, float]:
@@ -394,9 +423,14 @@ def judge(contract: Contract, ref: Mapping[str, np.ndarray], got: Mapping[str, n
         metrics[oc.name] = m
     if labels is not None and contract.accuracy_output in got:
         oc = contract.output(contract.accuracy_output)
-        a, a_ref = _accuracy(got[oc.name], labels, oc.params), _accuracy(ref[oc.name], labels, oc.params)
-        metrics["_accuracy"] = {**a, **{f"fp32_{k}": v for k, v in a_ref.items()},
-                                "drop_points": 100.0 * (a_ref["top1"] - a["top1"])}
+        rows = int(np.prod(np.delete(np.shape(got[oc.name]), int(oc.params.get("axis", -1)))))
+        if rows != np.size(labels):
+            notes.append(f"labels ({np.size(labels)}) do not match the rows of output '{oc.name}' ({rows}): "
+                         f"accuracy not computed")
+        else:
+            a, a_ref = _accuracy(got[oc.name], labels, oc.params), _accuracy(ref[oc.name], labels, oc.params)
+            metrics["_accuracy"] = {**a, **{f"fp32_{k}": v for k, v in a_ref.items()},
+                                    "drop_points": 100.0 * (a_ref["top1"] - a["top1"])}
     fn = metric_fn or contract._metric_fn
     if contract.metric and fn is not None:
         metrics["_task"] = _task_metric(fn, contract.metric, ref, got, labels)
@@ -414,6 +448,12 @@ def judge(contract: Contract, ref: Mapping[str, np.ndarray], got: Mapping[str, n
             continue
         m = metrics[g.output]
         checks.append((g, m.get(g.metric)))
+    if labels is None and contract.fidelity_drop is not None:
+        for name, m in metrics.items():
+            if not name.startswith("_") and "cosine" in m:
+                m["cosine_drop_points"] = 100.0 * (1.0 - m["cosine"])
+                checks.append((Gate(output=name, metric="cosine_drop_points", limit=contract.fidelity_drop,
+                                    direction="max"), m["cosine_drop_points"]))
     if "_accuracy" in metrics and contract.accuracy_drop is not None:
         checks.append((Gate(output=contract.accuracy_output or "labels", metric="accuracy_drop_points",
                             limit=contract.accuracy_drop, direction="max"), metrics["_accuracy"]["drop_points"]))

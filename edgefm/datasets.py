@@ -24,6 +24,15 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 _FORMATS = ".npz (one array per input name), .npy (single-input models), .txt (one sentence per line) or a folder of images"
 
 
+def check_data_path(path: Path, flag: str) -> None:
+    """Cheap checks of a data path before any model is loaded: it exists and has a readable format."""
+    path = Path(path)
+    if not path.exists():
+        raise CalibrationError(f"{flag} {path}: no such file or folder")
+    if path.is_file() and path.suffix.lower() not in (".npz", ".npy", ".txt"):
+        raise CalibrationError(f"{flag} {path}: unknown format '{path.suffix}'; use {_FORMATS}")
+
+
 def load_samples(path: Path, spec: ModelSpec, *, tokenizer_dir: Optional[Path] = None, max_length: int = 128,
                  limit: Optional[int] = None, seed: int = 0) -> Samples:
     """Read ``path`` into ``Samples`` whose arrays fit ``spec`` (names, ranks, fixed dims, dtypes).
@@ -48,6 +57,8 @@ def load_samples(path: Path, spec: ModelSpec, *, tokenizer_dir: Optional[Path] =
     spec.check_feed(samples.inputs, f"data {path}")
     samples = Samples({i.name: np.ascontiguousarray(samples.inputs[i.name], dtype=i.dtype) for i in spec.inputs},
                       samples.labels)
+    _check_finite(path, samples)
+    _check_labels(path, samples, spec.num_classes)
     if limit is not None and len(samples) > limit:
         idx = np.sort(np.random.default_rng(seed).choice(len(samples), size=limit, replace=False))
         samples = samples.take(idx)
@@ -98,11 +109,45 @@ def _npy(path: Path, spec: ModelSpec) -> Samples:
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise CalibrationError(f"data {path}: not a readable .npy file ({e})") from None
-    return Samples({spec.input_names[0]: arr})
+    return _with_labels(path, {spec.input_names[0]: arr}, None)
+
+
+def _check_finite(path: Path, samples: Samples) -> None:
+    """NaN or ±Inf in float inputs would poison calibration ranges and every fidelity figure: name the input and
+    the first sample that holds one (after the cast to the model's dtype, where float16 overflows show up)."""
+    for name, arr in samples.inputs.items():
+        if arr.dtype.kind != "f" or arr.size == 0:
+            continue
+        bad = ~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1)
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            first = arr[rows[0]]
+            what = "NaN" if np.isnan(first).any() else "an infinite value"
+            more = f" (and {len(rows) - 1} more samples)" if len(rows) > 1 else ""
+            raise CalibrationError(f"data {path}: input '{name}' sample {int(rows[0])} holds {what}{more}; "
+                                   f"inputs must be finite numbers in the model's dtype {arr.dtype}")
+
+
+def _check_labels(path: Path, samples: Samples, num_classes: Optional[int]) -> None:
+    """Labels are class indices: 0 ≤ label < the model's number of classes (when the model says it)."""
+    labels = samples.labels
+    if labels is None or labels.size == 0:
+        return
+    valid = f"0..{num_classes - 1} (the model has {num_classes} classes)" if num_classes else "0 or more"
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes if num_classes else False))
+    if bad.size:
+        i = int(bad[0])
+        more = f" (and {bad.size - 1} more)" if bad.size > 1 else ""
+        raise CalibrationError(f"data {path}: label {int(labels[i])} of sample {i} is out of range{more}; labels "
+                               f"must be class indices {valid}")
 
 
 def _with_labels(path: Path, arrays: dict, labels: Optional[np.ndarray]) -> Samples:
-    counts = {k: (v.shape[0] if v.ndim else 0) for k, v in arrays.items()}
+    scalars = [k for k, v in arrays.items() if v.ndim == 0]
+    if scalars:
+        raise CalibrationError(f"data {path}: array '{scalars[0]}' is a 0-d scalar; every input array needs a first "
+                               f"axis of samples (shape [N, ...])")
+    counts = {k: v.shape[0] for k, v in arrays.items()}
     if len(set(counts.values())) > 1:
         raise CalibrationError(f"data {path}: arrays have different sample counts (first axis): {counts}")
     n = next(iter(counts.values()))

@@ -68,5 +68,27 @@ class DeviceMismatchError(BundleError):
 
 
 def describe_validation(e, prefix: str = "") -> str:
-    """One line from a pydantic ValidationError: ``field.path: message; …`` (``prefix`` before each path)."""
-    return "; ".join(f"{prefix}{'.'.join(map(str, x['loc'])) or 'value'}: {x['msg']}" for x in e.errors())
+    """One line from a pydantic ValidationError: ``field.path = value: message; …`` (``prefix`` before each
+    path; the value is left out for missing fields and for values too long to quote)."""
+    parts = []
+    for x in e.errors():
+        where = f"{prefix}{'.'.join(map(str, x['loc'])) or 'value'}"
+        value = x.get("input")
+        shown = repr(value) if isinstance(value, (int, float, str, bool)) and len(repr(value)) <= 80 else None
+        parts.append(f"{where} = {shown}: {x['msg']}" if shown is not None and x["type"] != "missing"
+                     else f"{where}: {x['msg']}")
+    return "; ".join(parts)
+
+
+_WRITE_ERRORS = {"ENOSPC": "the disk is full", "EDQUOT": "the disk quota is exceeded",
+                 "EFBIG": "the file size limit is reached", "EROFS": "the file system is read-only",
+                 "EACCES": "permission denied", "EPERM": "permission denied"}
+
+
+def describe_write_error(e: OSError) -> "str | None":
+    """Why a write failed, in words, when it is the user's environment (disk full, read-only, no permission);
+    None for anything else (a bug, to be shown in full)."""
+    import errno
+
+    why = _WRITE_ERRORS.get(errno.errorcode.get(e.errno or 0, ""))
+    return f"{why}: {e.filename}" if why and e.filename else why

@@ -142,8 +142,8 @@ def embedding(ref, got, p: Params) -> dict[str, float]:
 
 def _similarity(x: np.ndarray) -> np.ndarray:
     norm = np.linalg.norm(x, axis=1, keepdims=True)
-    u = x / np.where(norm == 0, 1.0, norm)
-    s = u @ u.T
+    u = (x / np.where(norm == 0, 1.0, norm)).astype(np.float32)  # float32: eval sets of wide vectors stay small
+    s = (u @ u.T).astype(np.float64)
     np.fill_diagonal(s, -np.inf)
     return s
 

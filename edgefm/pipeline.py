@@ -3,6 +3,7 @@ bundle. Plans first (targets, backends, output folder, data) so bad input fails 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -15,14 +16,16 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 import edgefm
+from edgefm import hostcaps
 from edgefm.backends import get_backend
 from edgefm.backends.base import CompileJob, Samples
 from edgefm.bundle import (FailedTarget, Manifest, SourceInfo, StageRecord, check_replaceable, finalize, sha256_file,
                            staging)
 from edgefm.config import CompressConfig
-from edgefm.contract import resolve
-from edgefm.errors import BundleError, CalibrationError, ConfigError, EdgefmError, TargetFailedError
-from edgefm.targets import TargetSpec, get_target
+from edgefm.contract import check_metric, resolve
+from edgefm.errors import (BundleError, CalibrationError, ConfigError, EdgefmError, TargetFailedError,
+                           describe_write_error)
+from edgefm.targets import TargetSpec, backend_options, get_target
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -43,28 +46,90 @@ class Plan:
 
 
 def plan(config: CompressConfig) -> Plan:
-    """Resolve targets and precisions and check what can be checked cheaply (paths, backends)."""
+    """Resolve targets and precisions and check what can be checked cheaply (paths, flags, backends).
+
+    Nothing here imports torch, onnx or a runtime (backends are looked up with importlib.util.find_spec), so
+    a mistake that needs no model is reported in well under a second."""
+    from edgefm.datasets import check_data_path
+    from edgefm.models.arch import check_arch
+    from edgefm.models.spec import parse_input_decl
+
     if not config.source.exists():
         raise ConfigError(f"checkpoint {config.source}: no such file or folder")
     for name in ("calib", "eval", "train_data"):
         p = getattr(config, name)
-        if p is not None and not p.exists():
-            raise CalibrationError(f"--{name.replace('_', '-')} {p}: no such file or folder")
+        if p is not None:
+            check_data_path(p, f"--{name.replace('_', '-')}")
+    for decl in config.inputs:
+        parse_input_decl(decl)
+    if config.arch is not None:
+        check_arch(config.arch)
+    if config.metric is not None:
+        check_metric(config.metric)
     if config.distill is not None and config.prune is None:
         raise ConfigError("--distill needs --prune (or a prune section in the recipe): distillation trains the "
                           "pruned student from the original model")
     check_replaceable(config.output, config.force, _inputs(config))  # --force replaces an edgefm bundle only
+    _check_writable(config.output)
     targets = [get_target(t) for t in config.targets]
     names = [t.name for t in targets]
     if len(set(names)) != len(names):
         raise ConfigError(f"--target given twice: {names}")
     for t in targets:
-        get_backend(t.backend)  # BackendUnavailableError names the extra to install
+        backend = get_backend(t.backend)  # is_available() uses find_spec, imports no runtime; names the extra
+        backend_options(backend.OPTIONS, t)  # a typo in the target's options: now, not after loading the model
     precisions = {t.name: config.quantize or t.precision for t in targets}
     if config.calib is None and any(p == "int8" for p in precisions.values()):
         raise CalibrationError("int8 needs calibration data: pass --calib FILE (.npz, .txt or an image folder), "
                                "or --quantize fp32")
     return Plan(config, targets, precisions)
+
+
+def _check_writable(out: Path) -> None:
+    """OUT's nearest existing ancestor must be a folder this process may write (before minutes of work)."""
+    parent = Path(os.path.abspath(out)).parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise BundleError(f"output {out}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        why = "is on a read-only file system" if _read_only_fs(parent) else "is not writable by this user"
+        raise BundleError(f"output {out}: the folder {parent} {why}; choose an OUT in a folder you can write")
+
+
+def _read_only_fs(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
+
+
+@contextlib.contextmanager
+def _writing(out: Path):
+    """Disk full, a read-only or vanished folder while writing the bundle: one BundleError naming OUT (the
+    staging folder is already removed by ``staging``, so nothing is left behind)."""
+    try:
+        yield
+    except OSError as e:
+        why = describe_write_error(e)
+        if why is None:
+            raise
+        raise BundleError(f"cannot write the bundle {out}: {why}; nothing was written") from None
+
+
+def _copy_onnx(src: Path, dst: Path) -> None:
+    """The source ONNX into the bundle, with its external data (checked to lie beside it when it was loaded):
+    a bare copy of the graph file would leave the weights behind."""
+    import onnx
+
+    model = onnx.load(str(src), load_external_data=False)
+    if not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        shutil.copyfile(src, dst)
+        return
+    model = onnx.load(str(src))  # reads the external files from src's folder
+    big = model.ByteSize() > 1_800_000_000  # protobuf's 2 GB limit: keep the weights external
+    onnx.save(model, str(dst), save_as_external_data=big, all_tensors_to_one_file=True,
+              location=f"{dst.name}.data")
 
 
 def _inputs(config: CompressConfig) -> list[Optional[Path]]:
@@ -109,11 +174,11 @@ def _save_eval(path: Path, ev: Samples, reference: dict[str, np.ndarray]) -> Non
 
 def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Manifest:
     """Run the whole pipeline and write the bundle at ``config.output``; returns its manifest."""
+    say = progress or (lambda msg: log.info(msg))
+    p = plan(config)  # before torch & co. are imported: a mistake that needs no model fails in under a second
     from edgefm.models.load import load_checkpoint
     from edgefm.stages.export import batched_outputs, onnx_outputs
 
-    say = progress or (lambda msg: log.info(msg))
-    p = plan(config)
     t0 = time.perf_counter()
     say(f"loading {config.source}")
     loaded = load_checkpoint(config.source, config.arch, config.inputs, trust_source=config.trust_source)
@@ -132,11 +197,11 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
     model, extra_stages = _torch_stages(config, loaded, calib, ev, say)
     stages += extra_stages
 
-    with staging(config.output, force=config.force, protect=_inputs(config)) as tmp:
+    with _writing(config.output), staging(config.output, force=config.force, protect=_inputs(config)) as tmp:
         ref_path = tmp / "fp32" / "model.onnx"
         ref_path.parent.mkdir()
         if loaded.kind == "onnx":
-            shutil.copyfile(loaded.onnx_path, ref_path)
+            _copy_onnx(loaded.onnx_path, ref_path)
             stages.append(StageRecord(name="export", settings={"exporter": "none (source is ONNX)"},
                                       output_sha256=loaded.sha256))
         else:
@@ -155,7 +220,8 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
             spec.preprocessing.tokenizer = "tokenizer"
 
         entries, failed = {}, {}
-        for target in p.targets:
+        for i, target in enumerate(p.targets):
+            later = [t.backend for t in p.targets[i + 1:]]
             precision = p.precisions[target.name]
             say(f"compiling {target.name} ({target.backend}, {precision})")
             contract = resolve(spec, config, precision)
@@ -167,17 +233,20 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
             try:
                 result = get_backend(target.backend).compile(job)
             except Exception as e:  # noqa: BLE001 - with several targets, one failure must not discard the others
-                if len(p.targets) == 1:
-                    raise
+                if len(p.targets) == 1 or (isinstance(e, OSError) and describe_write_error(e)):
+                    raise  # disk full fails every target alike: one line about the bundle, not N failures
                 failed[target.name] = _failure(target, precision, contract, e, tmp, say)
+                _release(target.backend, later)
                 continue
             result.entry.contract = result.entry.contract or contract  # a backend may say what it was held to
             _note_size(result.entry, tmp, ref_path.parent)
             entries[target.name] = result.entry
             stages += result.stages
+            del job, result
+            _release(target.backend, later)
         if not entries:  # nothing to put in a bundle
             raise TargetFailedError("every target failed: " + "; ".join(f"{n}: {f.reason}" for n, f in failed.items()))
-        manifest = Manifest(edgefm_version=edgefm.__version__,
+        manifest = Manifest(edgefm_version=edgefm.__version__, host=hostcaps.detect().as_dict(),
                             source=SourceInfo(path=str(config.source.resolve()), kind=loaded.kind,
                                               sha256=loaded.sha256),
                             spec=spec, config=config.model_dump(mode="json"), reference="fp32/model.onnx",
@@ -186,6 +255,25 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
     say(f"wrote {config.output} in {time.perf_counter() - t0:.1f} s"
         + (f"; {len(failed)} target(s) failed: {', '.join(failed)}" if failed else ""))
     return manifest
+
+
+def _release(backend: str, later: list[str]) -> None:
+    """Between targets: a backend no later target uses gives back what it keeps (the LiteRT converter
+    process), and memory the finished target freed goes back to the system, so that a multi-target compress
+    peaks at its heaviest target rather than at the sum of them."""
+    import gc
+
+    if backend not in later:
+        release = getattr(get_backend(backend), "release", None)
+        if release is not None:
+            release()
+    gc.collect()
+    try:  # glibc keeps freed heap pages mapped; hand them back (no-op elsewhere)
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _failure(target: TargetSpec, precision: str, contract, e: Exception, tmp: Path, say: Progress) -> FailedTarget:
@@ -210,8 +298,9 @@ def _note_size(entry, bundle: Path, fp32_dir: Path) -> None:
     files = {f for f in entry.files if f != entry.options.get("build")} or {entry.artifact}
     size = sum((bundle / f).stat().st_size for f in files if (bundle / f).is_file())
     if fp32 and size >= fp32:
-        entry.notes.append(f"int8 artifact is not smaller than fp32 ({size / 1e6:.3g} MB vs {fp32 / 1e6:.3g} MB): "
-                           f"its weights stay float (e.g. LSTM/GRU or layers kept in float)")
+        entry.notes.append(f"int8 artifact is not smaller than the fp32 model ({size / 1e6:.3g} MB vs {fp32 / 1e6:.3g} "
+                           f"MB): int8 buys no size here (weights left in float, e.g. LSTM/GRU or layers kept in "
+                           f"float, or a model so small that the format's overhead dominates)")
 
 
 def _cache_dir(config: CompressConfig) -> Optional[Path]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -18,8 +18,10 @@ from edgefm.errors import TargetError, describe_validation
 Backend = Literal["onnxruntime", "openvino", "tflite", "tensorrt"]
 Precision = Literal["int8", "fp16", "fp32", "bf16"]
 
-#: Folder shipped with the source tree; EDGEFM_TARGETS_PATH (os.pathsep-separated) adds more.
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "targets"
+#: What a profile may require of the CPU that runs it (edgefm.hostcaps.KNOWN; kept literal so the YAML is checked
+#: without importing hostcaps' ctypes code).
+Capability = Literal["avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "vnni", "amx_int8", "amx_bf16", "bf16",
+                     "dotprod", "i8mm", "fp16"]
 
 
 class TargetSpec(BaseModel):
@@ -33,6 +35,9 @@ class TargetSpec(BaseModel):
     device: str = Field("cpu", description="Device inside the runtime (cpu, gpu, npu, dla …)")
     arch: Literal["x86_64", "aarch64", "any"] = Field("any", description="CPU architecture of the device")
     cpu_core: Optional[str] = Field(None, description="CPU core model (qemu -cpu name for emulated checks)")
+    requires: list[Capability] = Field(default_factory=list,
+                                       description="CPU capabilities the recipe counts on (e.g. vnni, amx_int8, "
+                                                   "dotprod); `edgefm targets`/`bench` say when the host lacks one")
     threads: Optional[int] = Field(None, description="Intra-op threads; None lets the runtime decide")
     options: dict[str, Any] = Field(default_factory=dict, description="Backend-specific settings")
     hardware: dict[str, Any] = Field(default_factory=dict,
@@ -48,20 +53,31 @@ def backend_options(model: type[BaseModel], target: TargetSpec):
         raise TargetError(f"target '{target.name}': {describe_validation(e, 'options.')}") from None
 
 
+def builtin_dir() -> Path:
+    """The shipped profiles: package data ``edgefm/_profiles`` in a wheel (pyproject maps targets/ there), else
+    the checkout's targets/ folder beside the package (editable installs, PYTHONPATH runs)."""
+    from edgefm.shipped import folder
+
+    return folder("targets")
+
+
 def search_dirs() -> list[Path]:
+    """Folders searched for ``*.yaml`` profiles: EDGEFM_TARGETS_PATH (os.pathsep-separated) first, then the
+    shipped ones."""
     extra = [Path(p) for p in os.environ.get("EDGEFM_TARGETS_PATH", "").split(os.pathsep) if p]
-    return extra + [BUILTIN_DIR]
+    return extra + [builtin_dir()]
 
 
-def load_target_file(path: Path) -> TargetSpec:
+def load_target_file(path: Union[str, Path]) -> TargetSpec:
     """Read and validate one target YAML; errors name the file and the field."""
+    path = Path(path)
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as e:
         raise TargetError(f"target file {path}: cannot be read as YAML ({e})") from None
     if not isinstance(data, dict):
         raise TargetError(f"target file {path}: expected a mapping of fields, got {type(data).__name__}")
-    data.setdefault("name", Path(path).stem)
+    data.setdefault("name", path.stem)
     try:
         return TargetSpec(**data)
     except ValidationError as e:
@@ -88,3 +104,14 @@ def get_target(name_or_path: str) -> TargetSpec:
         raise TargetError(f"unknown target '{name_or_path}'; known targets: {', '.join(sorted(targets))} "
                           f"(or pass a path to a target .yaml)")
     return targets[name_or_path]
+
+
+def host_note(spec: TargetSpec, host=None) -> Optional[str]:
+    """Why this machine is not the device ``spec`` describes, in a phrase, or None when it is one: another CPU
+    architecture, or a CPU lacking capabilities the profile ``requires`` (see edgefm.hostcaps)."""
+    from edgefm import hostcaps
+
+    host = host or hostcaps.detect()
+    if spec.arch != "any" and spec.arch != host.arch:
+        return f"{spec.arch} target, this host is {host.arch}"
+    return hostcaps.lacks_note(spec.requires, host)

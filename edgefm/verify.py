@@ -23,7 +23,7 @@ from edgefm.backends.base import has
 from edgefm.bundle import Manifest, read_manifest, target_files, verify_files
 from edgefm.bundle import read_eval as bundle_read_eval
 from edgefm.contract import enforce, judge, recorded, summarize
-from edgefm.errors import BundleError, EdgefmError
+from edgefm.errors import BundleError, ConfigError, EdgefmError
 
 
 @dataclass
@@ -31,6 +31,7 @@ class Check:
     name: str
     ok: bool
     detail: str = ""
+    skipped: bool = False  # nothing to check (e.g. a target that failed at compress time), not a pass
 
 
 @dataclass
@@ -106,6 +107,11 @@ def verify_bundle(bundle: Path, targets: Optional[list[str]] = None, emulate: Op
                   cpu: Optional[str] = None) -> list[TargetReport]:
     """Verify the named targets (default: all) of ``bundle``."""
     bundle = Path(bundle)
+    if emulate is not None:
+        from edgefm.emulate import ARCHES
+
+        if emulate not in ARCHES:  # before anything runs, not as a FAIL row per target
+            raise ConfigError(f"--emulate '{emulate}': only {' / '.join(ARCHES)} can be emulated")
     manifest = read_manifest(bundle)
     names = targets or list(manifest.targets) + list(manifest.failed)
     reports = []
@@ -114,7 +120,8 @@ def verify_bundle(bundle: Path, targets: Optional[list[str]] = None, emulate: Op
             # not in the bundle: the targets it holds still verify; asking for this one by name does not
             f = manifest.failed[t]
             reports.append(TargetReport(t, f.backend, [Check("built", not targets, f"failed at compress time, not in "
-                                                                                    f"the bundle: {f.reason}")]))
+                                                                                    f"the bundle: {f.reason}",
+                                                             skipped=not targets)]))
         elif t in manifest.targets:
             reports.append(verify_target(bundle, manifest, t, emulate, cpu))
         else:

@@ -8,12 +8,35 @@ ROOT = Path(__file__).resolve().parent.parent
 CALIB = ROOT / "calibration"
 
 
+def pytest_configure(config):
+    """With EDGEFM_TEST_INSTALLED=1 (.ci/run's wheel stage) the tests must exercise the installed wheel: stop at
+    once if ``edgefm`` would be imported from this checkout instead."""
+    import os
+
+    if os.environ.get("EDGEFM_TEST_INSTALLED") == "1":
+        import edgefm
+
+        where = Path(edgefm.__file__).resolve()
+        if where.is_relative_to(ROOT):
+            raise pytest.UsageError(f"EDGEFM_TEST_INSTALLED=1 but edgefm is imported from the checkout ({where}); "
+                                    f"run with PYTHONSAFEPATH=1 and --import-mode=append")
+
+
 @pytest.fixture(scope="session")
 def digits_cnn_ckpt(tmp_path_factory):
-    """(path to a trained DigitsCNN state_dict, fp32 test top-1)."""
+    """(path to a trained DigitsCNN state_dict, fp32 test top-1). EDGEFM_TEST_DIGITS_CNN="PATH:TOP1" hands in
+    one trained elsewhere: the AVX2 emulation's child takes the parent's rather than train for minutes under qemu
+    (training is not what it checks)."""
+    import os
+
     import torch
 
     from edgefm import zoo
+
+    given = os.environ.get("EDGEFM_TEST_DIGITS_CNN")
+    if given:
+        path, acc = given.rsplit(":", 1)
+        return Path(path), float(acc)
 
     torch.manual_seed(0)
     m = zoo.digits_cnn()

@@ -85,6 +85,7 @@ class Backend(Protocol):
 
     EXTRA: str
     CAPABILITIES: frozenset
+    OPTIONS: type  # the pydantic model of a target's ``options:`` (extra="forbid")
 
     def is_available(self) -> bool: ...
 

@@ -37,12 +37,14 @@ class Options(BaseModel):
     recipes: Optional[list[str]] = Field(None, description="int8 recipe names to try (default: the family's)")
 
 
+OPTIONS = Options  # a target's ``options:``, validated when compress plans (before any model is loaded)
+
+
 def is_available() -> bool:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    # find_spec, not import: `edgefm compress` checks every target's backend before loading anything heavy
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None
 
 
 def versions() -> dict[str, str]:
@@ -228,7 +230,7 @@ def _fallback(job: CompileJob, opts: Options, out: Path, static: list, notes: li
 
 def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contract's name
     """Build the ORT artifact for ``job.precision`` into ``job.out_dir`` and verify it on the eval data."""
-    opts = parse_options(job.target.options, f"target {job.target.name}")
+    opts = parse_options(job.target.options, job.target.name)
     t0 = time.perf_counter()
     job.out_dir.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []

@@ -84,6 +84,9 @@ class OpenVINOOptions(BaseModel):
                                      "accuracy fallback may keep in float")
 
 
+OPTIONS = OpenVINOOptions  # a target's ``options:``, validated when compress plans (before any model is loaded)
+
+
 def options_for(target: TargetSpec) -> OpenVINOOptions:
     """The target's validated options (``TargetError`` naming the target and the field)."""
     return backend_options(OpenVINOOptions, target)
@@ -236,11 +239,37 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
     record, contract = _save_and_verify(job, opts, model, precision, f32, ov)
     records.append(record)
     entry = _entry(job, opts, precision, records[-1])
+    quant = next((r for r in records if r.name == "quantize"), None)
+    slower = _int8_slower_than_f32(quant.metrics.get("_compare", {})) if quant is not None else None
+    if slower:
+        # never ship an int8 IR slower than the target's own f32 IR without saying so: in the stage notes, the
+        # entry's notes (printed by the compress summary) and the progress log
+        quant.notes.append(slower["note"])
+        entry.notes.append(slower["note"])
+        entry.metrics["_speed_vs_fp32"] = slower
+        say(f"{job.target.name}: {slower['note']}")
     entry.contract = contract
     fb = next((r.settings.get("fallback") for r in records if r.name == "quantize"), None)
     if fb is not None:
         entry.fallback, entry.kept_in_float = fb, list(fb["kept_in_float"]) if fb["ok"] else []
     return CompileResult(entry=entry, stages=records)
+
+
+def _int8_slower_than_f32(cmp: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """When the int8 IR measured slower than the f32 IR in the same run (``_compare_precisions``), the figures
+    and one sentence for the user; None when it was faster or not measured. Without int8 dot products
+    (AVX-512 VNNI / AVX-VNNI) OpenVINO's int8 kernels can lose to f32 (Zen 3: MiniLM 48.7 vs 47.7 ms)."""
+    from edgefm import hostcaps
+
+    f32_ms, int8_ms = cmp.get("f32", {}).get("latency_ms"), cmp.get("int8", {}).get("latency_ms")
+    if not f32_ms or not int8_ms or int8_ms <= f32_ms:
+        return None
+    host = hostcaps.detect()
+    why = " (no VNNI)" if host.arch == "x86_64" and not host.has("vnni") else ""
+    ratio = int8_ms / f32_ms
+    return {"int8_ms": int8_ms, "f32_ms": f32_ms, "ratio": round(ratio, 3), "host_isa": host.isa,
+            "note": f"int8 is {ratio:.2f}x slower than fp32 on this CPU{why}: {int8_ms:.2f} vs {f32_ms:.2f} ms at "
+                    f"batch 1; it is kept for its size (--quantize fp32 for the faster artifact)"}
 
 
 def _settings(job: CompileJob, opts: OpenVINOOptions, nq: Any, model: Any) -> Any:
@@ -388,8 +417,10 @@ def _compare_precisions(job: CompileJob, model: Any, f32: Any, f32_metrics: dict
     """int8 next to the fp32 IR run at f32 and at bf16 (fidelity and batch-1 latency, same machine, same run)."""
     feed = job.eval.take(slice(0, 1)).inputs
     out = {"f32": {**_headline(f32_metrics), "latency_ms": _latency_ms(f32, feed)}}
+    from edgefm.hostcaps import onednn_bf16_allowed
+
     caps = core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    if "BF16" in caps:
+    if "BF16" in caps and onednn_bf16_allowed():
         bf16 = compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "bf16", "PERFORMANCE_HINT": "LATENCY"})
         out["bf16"] = {**_headline(_evaluate(job, bf16, "bf16").metrics), "latency_ms": _latency_ms(bf16, feed)}
     else:

@@ -54,6 +54,11 @@ def runtime_config(options: dict[str, Any], device: str, threads: Optional[int] 
     cfg: dict[str, Any] = {"PERFORMANCE_HINT": options.get("performance_hint", "LATENCY")}
     if options.get("inference_precision"):
         cfg["INFERENCE_PRECISION_HINT"] = options["inference_precision"]
+    elif device.upper().startswith("CPU"):
+        from edgefm.hostcaps import onednn_bf16_allowed
+
+        if not onednn_bf16_allowed():  # ONEDNN_MAX_CPU_ISA below bf16: OpenVINO's bf16 default would not compile
+            cfg["INFERENCE_PRECISION_HINT"] = "f32"
     if options.get("num_streams") is not None:
         cfg["NUM_STREAMS"] = str(options["num_streams"])
     threads = threads or options.get("threads")

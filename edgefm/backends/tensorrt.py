@@ -73,6 +73,9 @@ class TensorRTOptions(BaseModel):
         return dims
 
 
+OPTIONS = TensorRTOptions  # a target's ``options:``, validated when compress plans (before any model is loaded)
+
+
 def is_available() -> bool:
     """True where a bundle's TensorRT target can be loaded: with TensorRT, or with ONNX Runtime (Q/DQ ONNX)."""
     return engine_available() or importlib.util.find_spec("onnxruntime") is not None

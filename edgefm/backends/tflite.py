@@ -60,6 +60,9 @@ class TFLiteOptions(BaseModel):
     pool: int = Field(4, ge=1, description="Interpreters a Predictor keeps for concurrent calls")
 
 
+OPTIONS = TFLiteOptions  # a target's ``options:``, validated when compress plans (before any model is loaded)
+
+
 def options(target) -> TFLiteOptions:
     """The target's validated options (``TargetError`` naming the target and the field)."""
     return backend_options(TFLiteOptions, target)
@@ -131,6 +134,9 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
         if result.get("fused_lstm"):
             stages[0].settings["fused_lstm_layers"] = result["fused_lstm"]
             stages[0].notes.append(f"{result['fused_lstm']} nn.LSTM module(s) as fused UNIDIRECTIONAL_SEQUENCE_LSTM ops")
+        if result.get("lstm_state_reset"):
+            stages[0].notes.append(f"{result['lstm_state_reset']} zeroing LSTM op(s) reset the LSTM state at the end of "
+                                   "every call: each call starts from zero in any LiteRT interpreter")
         if fallback:
             stages[0].notes.append(fallback)
         accuracy_fallback = None
@@ -253,7 +259,8 @@ def _convert_key(job: CompileJob, python: Path, request: dict) -> tuple:
     h = hashlib.sha256()
     for name in sorted(job.calib.inputs):
         h.update(np.ascontiguousarray(job.calib.inputs[name]).tobytes())
-    return (str(python), json.dumps(request.get("quantize"), sort_keys=True), bool(request.get("calib")), h.hexdigest(),
+    return (str(python), json.dumps(request.get("quantize"), sort_keys=True), bool(request.get("calib")),
+            request.get("lstm_state", "reset"), h.hexdigest(),
             tuple(job.spec.input_names), tuple(job.spec.output_names), options(job.target).lstm)
 
 
@@ -355,11 +362,21 @@ def _entry(job: CompileJob, mode, gran, opts: TFLiteOptions, result: dict, metri
                  "quantization": mode or "none",
                  "quantizer": result["quantize"].get("quantizer") if mode else None,
                  "fused_lstm_layers": result.get("fused_lstm", 0),
+                 **({"lstm_state": "reset after every call (in the graph)"} if result.get("lstm_state_reset") else {}),
                  "weight_granularity": (result["quantize"].get("weight_granularity") or gran) if mode else None,
                  "io": opts.io if mode == "full" else "float", "input_shapes": runner.input_shapes(),
                  "batch": runner.batch, "pool": opts.pool},
         metrics=metrics,
         hardware={"arch": job.target.arch, "cpu_core": job.target.cpu_core, **job.target.hardware})
+
+
+def release() -> None:
+    """The compress is done with LiteRT targets: stop the converter process (it holds torch, litert-torch and
+    the last converted model: ~1 GB for MiniLM) and drop the reuse cache."""
+    tflite_convert.close_workers()
+    for old in _DONE.values():
+        shutil.rmtree(old[1], ignore_errors=True)
+    _DONE.clear()
 
 
 # --- load / run --------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ import os
 import re
 import subprocess
 import sys
-import sysconfig
 import threading
 import time
 from pathlib import Path
@@ -30,10 +29,10 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from edgefm.errors import BackendUnavailableError, ConfigError, ExportError, UnsupportedOpError
+from edgefm.errors import ConfigError, ExportError, UnsupportedOpError
 
-#: What the converter environment installs; the main environment's torch is pinned on top.
-LITERT_TORCH_SPEC = "litert-torch>=0.10,<0.11"
+#: What the converter environment installs: exact versions in litert_torch.lock (edgefm.backends.litert_env).
+LITERT_TORCH_SPEC = "litert-torch==0.10.0"
 CONVERTER = "litert-torch"
 _VERSIONED = ("litert-torch", "ai-edge-quantizer", "litert-converter", "ai-edge-litert", "torch", "jax")
 
@@ -43,71 +42,23 @@ def tools_dir() -> Path:
     ``$EDGEFM_TOOLS_DIR`` or ``~/.cache/edgefm/tools``. Kept apart from the export cache
     (``EDGEFM_CACHE_DIR``), which tests point at a fresh folder per session: tools are installations,
     not results, and rebuilding them each session would cost minutes and ~1 GB of downloads."""
-    return Path(os.environ.get("EDGEFM_TOOLS_DIR") or Path.home() / ".cache" / "edgefm" / "tools")
+    from edgefm.backends import litert_env
+
+    return litert_env.tools_dir()
 
 
 def env_dir() -> Path:
-    return tools_dir() / f"litert-torch-py{sys.version_info[0]}{sys.version_info[1]}"
+    """This interpreter's converter environment (keyed: see ``litert_env``)."""
+    from edgefm.backends import litert_env
 
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive file lock, so two processes never build the same environment at once."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _torch_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("torch")
-    except PackageNotFoundError:
-        raise BackendUnavailableError("the tflite target converts the torch model and needs torch: "
-                                      "pip install 'edgefm[torch]'") from None
+    return litert_env.env_dir()
 
 
 def ensure_env(progress=None) -> Path:
-    """The converter environment's Python, built on first use (about 30 s and ~750 MB from PyPI)."""
-    d = env_dir()
-    py = d / "bin" / "python"
-    marker = d / "edgefm-env.json"
-    want = {"spec": LITERT_TORCH_SPEC, "parent": sys.prefix, "torch": _torch_version()}
-    with _locked(d.parent / f".{d.name}.lock"):
-        if py.exists() and marker.exists() and json.loads(marker.read_text()).get("want") == want:
-            return py
-        if progress:
-            progress(f"creating the litert-torch converter environment in {d} (once)")
-        import shutil
+    """The converter environment's Python, built from ``litert_torch.lock`` on first use (``litert_env``)."""
+    from edgefm.backends import litert_env
 
-        shutil.rmtree(d, ignore_errors=True)
-        _run([sys.executable, "-m", "venv", str(d)], "create the converter venv")
-        site = Path(_run([str(py), "-c", "import sysconfig;print(sysconfig.get_paths()['purelib'])"],
-                         "locate the venv").strip())
-        # After the venv's own site-packages, so its pins win; the main environment supplies torch & co.
-        parent = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
-        (site / "_edgefm_parent_env.pth").write_text("\n".join(parent) + "\n")
-        constraints = d / "constraints.txt"
-        constraints.write_text(f"torch=={want['torch']}\n")  # never let pip fetch a second torch
-        _run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-c", str(constraints),
-              LITERT_TORCH_SPEC], f"pip install '{LITERT_TORCH_SPEC}' into {d}")
-        marker.write_text(json.dumps({"want": want, "created": time.time()}))
-    return py
-
-
-def _run(cmd: list[str], what: str) -> str:
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
-        raise BackendUnavailableError(f"tflite converter environment: could not {what}: {' | '.join(tail)}")
-    return r.stdout
+    return litert_env.ensure_env(progress)
 
 
 def converter_python(explicit: Optional[str] = None, progress=None) -> Path:
@@ -175,10 +126,15 @@ class _Worker:
     def __init__(self, python: Path):
         import tempfile
 
-        root = str(Path(__file__).resolve().parents[2])  # the folder that holds the edgefm package
-        env = {**os.environ, "TQDM_DISABLE": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
-               "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
         self.cwd = Path(tempfile.mkdtemp(prefix="edgefm-litert-"))
+        # only the edgefm package on the converter's path, not the folder that holds it: installed from a wheel
+        # that folder is this environment's site-packages, whose torch/numpy/pydantic would shadow the pins of
+        # the converter's own environment
+        root = self.cwd / "path"
+        root.mkdir()
+        (root / "edgefm").symlink_to(Path(__file__).resolve().parents[1], target_is_directory=True)
+        env = {**os.environ, "TQDM_DISABLE": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
+               "PYTHONPATH": os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p)}
         self.log = open(self.cwd / "worker.log", "w")
         self.proc = subprocess.Popen([str(python), "-m", "edgefm.backends.tflite_convert", "--serve"],
                                      stdin=subprocess.PIPE, stdout=self.log, stderr=subprocess.STDOUT, text=True,
@@ -219,9 +175,12 @@ _WORKERS_LOCK = threading.Lock()
 
 
 @atexit.register
-def _close_workers() -> None:
-    for w in _WORKERS.values():
-        w.close()
+def close_workers() -> None:
+    """Stop every converter process (the next conversion starts a new one)."""
+    with _WORKERS_LOCK:
+        for w in _WORKERS.values():
+            w.close()
+        _WORKERS.clear()
 
 
 def convert(python: Path, request: dict[str, Any], workdir: Path, timeout: float = 3600) -> dict[str, Any]:
@@ -344,6 +303,14 @@ def _handle(request_path: str) -> None:
                 result["quantize"] = litert.quantize(Path(req["fp32_out"]), Path(req["out"]), calib=calib,
                                                      **req["quantize"])
             result["seconds"]["quantize"] = time.time() - t
+        if result.get("fused_lstm") and req.get("lstm_state", "reset") == "reset":
+            # After quantization (the zeroing ops' values are chosen, not calibrated): every call starts from
+            # a zero state in any LiteRT. "carry" (a caller that declared the state) keeps it between calls.
+            from edgefm.backends import tflite_lstm
+
+            for name in ("fp32_out", "out"):
+                if req.get(name) and Path(req[name]).exists():
+                    result["lstm_state_reset"] = tflite_lstm.reset_state_after_call(Path(req[name]))
         result["ok"] = True
     except _Reported:
         pass

@@ -9,7 +9,9 @@ arrays (first axis = samples), OUT gets ``out/<name>``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 
 import numpy as np
@@ -25,6 +27,20 @@ def litert_version() -> str:
         return "unknown"
 
 
+@contextlib.contextmanager
+def _stderr_to_devnull():
+    """File descriptor 2 to /dev/null for the duration (C++ writes bypass sys.stderr)."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 class Runner:
     """One interpreter and its signature runner. Not thread-safe (LiteRT interpreters are not): the
     Predictor keeps a pool of these.
@@ -38,12 +54,16 @@ class Runner:
 
         # AUTO applies XNNPACK, the fast CPU path on x86 and ARM.
         self.interpreter = Interpreter(model_path=str(model_path), num_threads=threads)
+        if os.environ.get("EDGEFM_QUIET") == "1":
+            # The first allocation in a process applies XNNPACK, and LiteRT prints "INFO: Created TensorFlow
+            # Lite XNNPACK delegate for CPU." on stderr (C++, no switch): the edgefm CLI asks for quiet output.
+            with _stderr_to_devnull():
+                self.interpreter.allocate_tensors()
         self.runner = self.interpreter.get_signature_runner(SIGNATURE)
         self.inputs = self.runner.get_input_details()
         self.outputs = self.runner.get_output_details()
-        # Fused LSTM ops keep their state in variable tensors across invocations; each call starts from zero.
-        self.stateful = any(op["op_name"] == "UNIDIRECTIONAL_SEQUENCE_LSTM"
-                            for op in self.interpreter._get_ops_details())
+        # No state handling here: edgefm's fused LSTM models zero their own state at the end of every call
+        # (tflite_lstm.reset_state_after_call), so they give the same results in any LiteRT as here.
 
     @property
     def batch(self) -> int:
@@ -79,8 +99,6 @@ class Runner:
             if got < b:  # pad the last chunk to the compiled batch, drop the padding after
                 chunk = {k: np.concatenate([v, np.repeat(v[-1:], b - got, 0)]) for k, v in chunk.items()}
             out = self.runner(**{k: self._to_model(k, v) for k, v in chunk.items()})
-            if self.stateful:  # allocation zeroed the state; zero it again for the next call
-                self.interpreter.reset_all_variables()
             for k in parts:
                 parts[k].append(self._from_model(k, np.asarray(out[k]))[:got])
         if n == 0:  # no samples: empty outputs of the right trailing shape

@@ -34,6 +34,8 @@ def bench(cfg: BenchConfig, echo: Callable[[str], None] = print, progress: Optio
         echo(busy)
     for name, note in dict.fromkeys((m.name, n) for m in result.measurements for n in m.notes):
         echo(f"note {name}: {note}")
+    for name, note in _host_notes(m.name for m in result.measurements).items():
+        echo(f"note {name}: {note}: these figures are this machine's, not the target device's")
     for s in result.skipped:
         echo(f"skipped {s.name}: {s.reason}")
     if cfg.json_out:
@@ -43,7 +45,38 @@ def bench(cfg: BenchConfig, echo: Callable[[str], None] = print, progress: Optio
     if cfg.plots:
         report.plot_pareto(table, Path(cfg.plots) / "pareto.png")
         report.plot_latency([result], Path(cfg.plots) / "latency.png")
+    _fail_if_no_target_ran(cfg, result)
     return result
+
+
+def _fail_if_no_target_ran(cfg: BenchConfig, result: BenchResult) -> None:
+    """A bench where every target of the bundle failed is a failed bench (exit code 2), not a table of baselines:
+    scripts check the exit code. The reasons were printed above and are in --json."""
+    from edgefm.errors import BundleError
+
+    if any(m.role == "target" for m in result.measurements):
+        return
+    targets = [s for s in result.skipped if s.name not in ("fp32-onnx", "torch-eager")]
+    if targets:
+        why = "; ".join(f"{s.name}: {s.reason}" for s in targets)[:600]
+        raise BundleError(f"bundle {cfg.bundle}: no target could be measured here ({why})")
+
+
+def _host_notes(names) -> dict[str, str]:
+    """For each measured target whose profile this host does not match (another architecture, or a CPU without
+    what the profile ``requires``): why. Baselines and targets without a known profile are left out."""
+    from edgefm.errors import TargetError
+    from edgefm.targets import get_target, host_note
+
+    out = {}
+    for name in dict.fromkeys(names):
+        try:
+            note = host_note(get_target(name))
+        except TargetError:
+            continue
+        if note:
+            out[name] = note
+    return out
 
 
 def report(cfg: ReportConfig, echo: Callable[[str], None] = print) -> list[Path]:

@@ -58,16 +58,23 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def machine_id(arch: str, cpu_model: str, cores: int, jetson_model: Optional[str] = None) -> str:
-    """Short stable folder name, e.g. ``x86_64-amd-epyc-2c`` or ``aarch64-nvidia-jetson-orin-nano-6c``."""
+def machine_id(arch: str, cpu_model: str, cores: int, jetson_model: Optional[str] = None,
+               isa: Optional[str] = None) -> str:
+    """Short stable folder name, e.g. ``x86_64-amd-epyc-avx512vnni-2c`` or
+    ``aarch64-nvidia-jetson-orin-nano-dotprod-6c``. The int8 ISA (edgefm.hostcaps: amx, avx512vnni, avxvnni,
+    avx512, avx2, i8mm, dotprod …) is part of it because one CPU name covers CPUs with different int8 kernels
+    (an "AMD EPYC" may be a Zen 3 with AVX2 only or a Zen 4 with AVX-512 VNNI)."""
     if os.environ.get("EDGEFM_MACHINE_ID"):
         return slug(os.environ["EDGEFM_MACHINE_ID"])
-    return f"{arch}-{slug(jetson_model or cpu_model)[:40].strip('-')}-{cores}c"
+    name = slug(jetson_model or cpu_model)[:40].strip("-")
+    return f"{arch}-{name}-{isa}-{cores}c" if isa else f"{arch}-{name}-{cores}c"
 
 
 def machine_info() -> MachineInfo:
     """Describe this machine."""
     import psutil
+
+    from edgefm.hostcaps import detect
 
     model, flags = cpuinfo()
     arch = platform.machine()
@@ -75,7 +82,7 @@ def machine_info() -> MachineInfo:
     cores = os.cpu_count() or 1
     jet = jetson.info()
     return MachineInfo(
-        id=machine_id(arch, model, cores, jet.model if jet else None), arch=arch, cpu_model=model,
+        id=machine_id(arch, model, cores, jet.model if jet else None, isa=detect().isa), arch=arch, cpu_model=model,
         cpu_flags=[f for f in RELEVANT_FLAGS if f in flags], logical_cores=cores,
         physical_cores=psutil.cpu_count(logical=False), memory_gb=round(psutil.virtual_memory().total / 2**30, 1),
         os=platform.platform(), python=platform.python_version(), runtime_versions=runtime_versions(), jetson=jet,

@@ -16,11 +16,74 @@ COLUMNS = ["machine", "model", "name", "role", "backend", "precision", "device",
            "cpu_util",
            "speedup_vs_fp32", "fp32_baseline", "speedup_vs_torch", "cold_ms", "load_s", "peak_rss_mb",
            "size_mb", "accuracy_metric", "accuracy", "fp32_top1", "top5", "min_cosine", "max_abs",
-           "top1_agreement", "energy_mj"]
+           "top1_agreement", "energy_mj", "ran_as"]
+
+
+# Names that say nothing about the model: the folder or file a checkpoint happens to sit in.
+_GENERIC = {"model", "models", "checkpoint", "checkpoints", "pytorch_model", "weights", "best", "last", "final",
+            "export", "exports", "onnx", "snapshot", "snapshots", "main", "out", "output", "bundle", "tmp", "src"}
+
+
+def _generic(name: str) -> bool:
+    import re
+
+    return (not name or name.lower() in _GENERIC or re.fullmatch(r"[0-9a-f]{32,}", name) is not None
+            or re.fullmatch(r"(checkpoint|ckpt|epoch|step)[-_]?\d+", name.lower()) is not None)
+
+
+def model_name(source: Optional[str], arch: Optional[str] = None, spec_arch: Optional[str] = None) -> str:
+    """A model's name from its checkpoint: a Hugging Face folder's own name, else its model card's title, its
+    config's ``_name_or_path`` or architecture; a file's stem; else the ``--arch`` factory or the spec's
+    architecture. Never a generic folder name such as "model" (a package's weights folder)."""
+    import json
+
+    candidates: list[Optional[str]] = []
+    if source:
+        path = Path(source)
+        if path.is_dir():
+            candidates.append(path.name)
+            readme = path / "README.md"
+            if readme.is_file():  # a model card's first level-1 heading ("# all-MiniLM-L6-v2")
+                title = next((ln[2:].strip() for ln in readme.read_text(errors="replace").splitlines()
+                              if ln.startswith("# ")), None)
+                candidates.append(title if title and len(title) <= 60 and " " not in title else None)
+            try:
+                cfg = json.loads((path / "config.json").read_text())
+            except (OSError, ValueError):
+                cfg = {}
+            candidates.append(str(cfg.get("_name_or_path") or "").rstrip("/").rsplit("/", 1)[-1])
+            candidates.append((cfg.get("architectures") or [None])[0])
+        else:
+            candidates.append(path.stem)
+    if arch:  # module.path:factory, file.py:factory, timm:NAME
+        candidates.append(arch.rsplit(":", 1)[-1])
+    candidates += [spec_arch, Path(source).parent.name if source else None]
+    return next((c for c in candidates if c and not _generic(c)), Path(source).name if source else "?")
 
 
 def _model_label(result: BenchResult, m: Measurement) -> str:
-    return result.bundle.model if result.bundle else "?"
+    if not result.bundle:
+        return "?"
+    b = result.bundle
+    # results written before model names came from the checkpoint may say "model": name it again
+    return model_name(b.source, None, b.arch) if _generic(b.model) else b.model
+
+
+def _ran_elsewhere(result: BenchResult, m: Measurement) -> Optional[str]:
+    """How a target's figure was really measured when its backend fell back to another runtime, e.g. a Jetson
+    target's Q/DQ ONNX run by ONNX Runtime on an x86 machine: "Q/DQ in ORT on x86, not TensorRT"."""
+    import re
+
+    for note in m.notes:
+        hit = re.match(r"target backend (\w+), but it ran on (\w+)", note)
+        if hit:
+            want, ran = hit.groups()
+            arch = {"x86_64": "x86", "amd64": "x86", "aarch64": "arm64"}.get(result.machine.arch.lower(),
+                                                                            result.machine.arch)
+            names = {"tensorrt": "TensorRT", "onnxruntime": "ORT", "openvino": "OpenVINO", "tflite": "LiteRT"}
+            what = "Q/DQ" if want == "tensorrt" else "model"
+            return f"{what} in {names.get(ran, ran)} on {arch}, not {names.get(want, want)}"
+    return None
 
 
 def row(result: BenchResult, m: Measurement, model: Optional[str] = None) -> dict[str, Any]:
@@ -28,8 +91,10 @@ def row(result: BenchResult, m: Measurement, model: Optional[str] = None) -> dic
     acc_name, acc = m.accuracy.headline() if m.accuracy else ("none", None)
     fid = list(m.accuracy.fidelity.values()) if m.accuracy else []
     lat = m.latency
+    elsewhere = _ran_elsewhere(result, m)
     return {
         "machine": result.machine.id, "model": model or _model_label(result, m), "name": m.name, "role": m.role,
+        "label": f"{m.name} ({elsewhere})" if elsewhere else m.name,
         "backend": m.backend, "precision": m.precision, "device": m.device, "batch": m.batch, "threads": m.threads,
         "p50_ms": lat.p50, "p90_ms": lat.p90, "p99_ms": lat.p99, "mean_ms": lat.mean, "std_ms": lat.std,
         "min_ms": lat.min, "max_ms": lat.max, "throughput_per_s": lat.throughput, "cpu_ms": lat.cpu_ms,
@@ -44,6 +109,7 @@ def row(result: BenchResult, m: Measurement, model: Optional[str] = None) -> dic
         "max_abs": max((f["max_abs"] for f in fid if "max_abs" in f), default=None),
         "top1_agreement": min((f["top1_agreement"] for f in fid if "top1_agreement" in f), default=None),
         "energy_mj": m.energy.energy_per_inference_mj if m.energy else None,
+        "ran_as": elsewhere,  # set when the target's runtime fell back to another one here
     }
 
 
@@ -85,9 +151,10 @@ def _cpu_cell(r: dict[str, Any]) -> str:
 
 
 def markdown(table: Sequence[dict[str, Any]], with_machine: Optional[bool] = None) -> str:
-    """A Markdown table, one line per measurement (machine and model columns when more than one)."""
-    many_m = len({r["machine"] for r in table}) > 1 if with_machine is None else with_machine
-    many_models = len({r["model"] for r in table}) > 1
+    """A Markdown table, one line per measurement, each naming its machine and model (``with_machine=False``
+    drops the machine column where the caller names the machine above the table)."""
+    many_m = True if with_machine is None else with_machine
+    many_models = True
     head = (["machine"] if many_m else []) + (["model"] if many_models else []) + [
         "measured", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms", "CPU ms", "samples/s",
         "× fp32",
@@ -95,7 +162,7 @@ def markdown(table: Sequence[dict[str, Any]], with_machine: Optional[bool] = Non
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in table:
         cells = ([r["machine"]] if many_m else []) + ([r["model"]] if many_models else []) + [
-            r["name"], r["precision"], str(r["batch"]), _fmt(r["p50_ms"], ".3f"), _fmt(r["p90_ms"], ".3f"),
+            r.get("label", r["name"]), r["precision"], str(r["batch"]), _fmt(r["p50_ms"], ".3f"), _fmt(r["p90_ms"], ".3f"),
             _fmt(r["p99_ms"], ".3f"), f"{r['mean_ms']:.3f} ± {r['std_ms']:.3f}", _cpu_cell(r),
             _fmt(r["throughput_per_s"], ".1f"),
             _fmt(r["speedup_vs_fp32"], ".2f", "×"), _fmt(r["speedup_vs_torch"], ".2f", "×"),
@@ -144,7 +211,8 @@ def plot_pareto(table: Sequence[dict[str, Any]], path: Path, batch: Optional[int
             xy = [(r["p50_ms"], r["accuracy"]) for r in sel]
             ax.scatter(*zip(*xy), color=c, s=28, label=machine, zorder=3)
             for r, (x, y) in zip(sel, xy):
-                ax.annotate(f"{r['name']} {r['precision']}" if r["precision"] not in r["name"] else r["name"],
+                name = r.get("label", r["name"])
+                ax.annotate(f"{name} {r['precision']}" if r["precision"] not in r["name"] else name,
                             (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
             front = [xy[i] for i in pareto_front(xy)]
             ax.scatter(*zip(*front), s=110, facecolors="none", edgecolors=c, linewidths=1.4, zorder=4)
@@ -155,8 +223,7 @@ def plot_pareto(table: Sequence[dict[str, Any]], path: Path, batch: Optional[int
         ax.set_ylabel("top-1 accuracy" if metric == "top1" else "cosine to fp32 (lowest output)")
         ax.set_title(f"{model}: ringed = Pareto front")
         ax.grid(True, which="both", alpha=0.3)
-        if len(machines) > 1:
-            ax.legend(fontsize=8)
+        ax.legend(fontsize=8, title="machine", title_fontsize=8)  # every point's machine, even with one
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -172,13 +239,12 @@ def plot_latency(results: Sequence[BenchResult], path: Path) -> Optional[Path]:
     import matplotlib.pyplot as plt
 
     labels, data = [], []
-    many = len({r.machine.id for r in results}) > 1
     for r in results:
         for m in r.measurements:
-            if m.latencies_ms:
-                model = r.bundle.model if r.bundle else ""
-                prefix = f"{r.machine.id} " if many else ""
-                labels.append(f"{prefix}{model} {m.name} {m.precision} b{m.batch}".strip())
+            if m.latencies_ms:  # every row names its machine and model
+                elsewhere = _ran_elsewhere(r, m)
+                name = f"{m.name} ({elsewhere})" if elsewhere else m.name
+                labels.append(f"{r.machine.id} {_model_label(r, m)} {name} {m.precision} b{m.batch}")
                 data.append(m.latencies_ms)
     if not data:
         return None

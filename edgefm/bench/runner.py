@@ -256,6 +256,8 @@ def measure_subjects(subjects: list[Subject], timing: Timing, eval_npz: Path, wo
             # over the eval set is the slowest thing here; it is measured for speed only
             scores[s.name] = None
             continue
+        if progress:  # one process per step: loading and a pass over the eval set take seconds
+            progress(f"{s.name}: accuracy on the eval data")
         try:
             scores[s.name] = run_accuracy(s, timing, eval_npz, workdir)
         except (EdgefmError, RuntimeError) as e:
@@ -264,6 +266,8 @@ def measure_subjects(subjects: list[Subject], timing: Timing, eval_npz: Path, wo
         for s in subjects:
             if s.name not in scores:
                 continue
+            if progress:
+                progress(f"{s.name}: timing batch {batch}")
             try:
                 m = run_worker(s, batch, timing, eval_npz, workdir)
             except (EdgefmError, RuntimeError) as e:
@@ -307,8 +311,10 @@ def add_ratios(ms: list[Measurement]) -> None:
 
 
 def bundle_info(bundle: Path, manifest: Manifest) -> BundleInfo:
-    src = Path(manifest.source.path)
-    return BundleInfo(path=str(bundle), model=src.stem if src.suffix else src.name, family=manifest.spec.family,
+    from edgefm.bench.report import model_name
+
+    name = model_name(manifest.source.path, (manifest.config or {}).get("arch"), manifest.spec.arch)
+    return BundleInfo(path=str(bundle), model=name, family=manifest.spec.family,
                       task=manifest.spec.task, arch=manifest.spec.arch, source=manifest.source.path,
                       created=manifest.created)
 
@@ -337,6 +343,8 @@ def run_bench(cfg: BenchConfig, progress: Optional[Progress] = None) -> BenchRes
                 ref = Subject(name="fp32-onnx", role="fp32-reference", kind="onnx", spec=manifest.spec,
                               path=str(bundle / manifest.reference))
             outputs = work / "ref-outputs.npz"
+            if progress:
+                progress("fp32 reference outputs on the eval data")
             run_accuracy(ref, timing, eval_npz, work, save_outputs=outputs)
             add_reference(eval_npz, outputs)
         required = tuple(cfg.targets)

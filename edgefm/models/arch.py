@@ -17,31 +17,47 @@ from edgefm.errors import CheckpointError, ConfigError
 _FORMS = "module.path:factory, path/to/file.py:factory or timm:NAME"
 
 
-def build_arch(arch: str) -> Any:
-    """Import and call the factory named by ``arch``; return the ``nn.Module`` it builds."""
-    from torch import nn
-
+def check_arch(arch: str) -> None:
+    """The form of ``--arch`` (and that a named .py file exists), checked without importing anything."""
     if ":" not in arch:
         raise ConfigError(f"--arch '{arch}': expected {_FORMS}")
     where, name = arch.rsplit(":", 1)
     if where == "timm":
-        return _timm(arch, name)
+        if not name:
+            raise ConfigError(f"--arch '{arch}': expected {_FORMS}")
+        return
     if not where or not name.isidentifier():
         raise ConfigError(f"--arch '{arch}': expected {_FORMS}")
+    if _is_file(where) and not Path(where).is_file():
+        raise CheckpointError(f"--arch '{arch}': no such file {where}")
+
+
+def _is_file(where: str) -> bool:
+    return where.endswith(".py") or "/" in where or "\\" in where
+
+
+def build_arch(arch: str) -> Any:
+    """Import and call the factory named by ``arch``; return the ``nn.Module`` it builds."""
+    from torch import nn
+
+    check_arch(arch)
+    where, name = arch.rsplit(":", 1)
+    if where == "timm":
+        return _timm(arch, name)
     factory = getattr(_import(arch, where), name, None)
     if factory is None or not callable(factory):
         raise CheckpointError(f"--arch '{arch}': '{where}' has no callable named '{name}'")
     try:
         module = factory()
-    except Exception as e:  # the user's code: any failure is theirs to see, in one line
-        raise CheckpointError(f"--arch '{arch}': calling {name}() failed: {type(e).__name__}: {e}") from None
+    except (Exception, SystemExit) as e:  # the user's code (sys.exit included): theirs to see, in one line
+        raise CheckpointError(f"--arch '{arch}': calling {name}() failed: {_describe(e)}") from None
     if not isinstance(module, nn.Module):
         raise CheckpointError(f"--arch '{arch}': {name}() returned a {type(module).__name__}, not a torch.nn.Module")
     return module
 
 
 def _import(arch: str, where: str):
-    if where.endswith(".py") or "/" in where or "\\" in where:
+    if _is_file(where):
         path = Path(where)
         if not path.is_file():
             raise CheckpointError(f"--arch '{arch}': no such file {path}")
@@ -51,14 +67,22 @@ def _import(arch: str, where: str):
         sys.modules[mod_name] = module  # dataclasses and pickling look classes up here
         try:
             spec.loader.exec_module(module)
-        except Exception as e:
+        except (Exception, SystemExit) as e:
             del sys.modules[mod_name]
-            raise CheckpointError(f"--arch '{arch}': importing {path} failed: {type(e).__name__}: {e}") from None
+            raise CheckpointError(f"--arch '{arch}': importing {path} failed: {_describe(e, importing=True)}") from None
         return module
     try:
         return importlib.import_module(where)
-    except Exception as e:  # ImportError, or anything the module raises at import
-        raise CheckpointError(f"--arch '{arch}': cannot import module '{where}': {type(e).__name__}: {e}") from None
+    except (Exception, SystemExit) as e:  # ImportError, or anything the module raises (or exits with) at import
+        raise CheckpointError(f"--arch '{arch}': cannot import module '{where}': {_describe(e, importing=True)}") from None
+
+
+def _describe(e: BaseException, importing: bool = False) -> str:
+    """The user's exception in one line; ``sys.exit(n)`` said as such (it is not an error type people expect)."""
+    if isinstance(e, SystemExit):
+        return f"it called sys.exit({e.code!r})" + ("" if importing else " instead of returning an nn.Module")
+    text = " ".join(str(e).split())[:300]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 def _timm(arch: str, name: str):

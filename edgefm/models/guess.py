@@ -43,7 +43,7 @@ def family_of_ops(ops: set[str]) -> str:
 def task_and_preprocessing(family: str, inputs: Sequence[InputSpec],
                            outputs: Sequence[OutputSpec]) -> tuple[str, Preprocessing]:
     """A CNN on one NCHW float input with 1 or 3 channels is an image model; logits make it a classifier."""
-    logits = any(o.kind == "logits" for o in outputs)
+    logits = any(o.kind in ("logits", "probabilities") for o in outputs)
     image = (family == "cnn" and len(inputs) == 1 and len(inputs[0].shape) == 4
              and inputs[0].dtype.startswith("float") and inputs[0].shape[1] in (1, 3))
     if image:

@@ -48,6 +48,13 @@ def load_hf(folder: Path) -> HFModel:
     st_modules = _read_json(folder / "modules.json") if (folder / "modules.json").is_file() else None
     model_dir = _transformer_dir(folder, st_modules) if st_modules else folder
     config = _read_json(model_dir / "config.json")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"checkpoint {model_dir / 'config.json'}: expected a JSON object of model settings "
+                              f"(as transformers writes it), got a {type(config).__name__}")
+    archs = config.get("architectures")
+    if archs is not None and not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
+        raise CheckpointError(f"checkpoint {model_dir / 'config.json'}: 'architectures' must be a list of class "
+                              f"names such as [\"BertModel\"], got {archs!r:.80}")
     if "auto_map" in config:
         raise CheckpointError(f"checkpoint {model_dir}: config.json needs custom code (auto_map); edgefm does not run "
                               f"code from checkpoint folders (trust_remote_code)")
@@ -97,8 +104,15 @@ def _read_json(path: Path) -> Any:
 
 
 def _transformer_dir(folder: Path, modules: Any) -> Path:
-    if not isinstance(modules, list) or not modules:
-        raise CheckpointError(f"checkpoint {folder}/modules.json: expected a list of sentence-transformers modules")
+    if not isinstance(modules, list) or not modules or not all(
+            isinstance(m, dict) and isinstance(m.get("type", ""), str) and isinstance(m.get("path", ""), str)
+            for m in modules):
+        raise CheckpointError(f"checkpoint {folder}/modules.json: expected a list of sentence-transformers modules, "
+                              f"each an object with 'type' and 'path' (got {json.dumps(modules)[:80]})")
+    outside = [m["path"] for m in modules if Path(m.get("path", "")).is_absolute() or ".." in Path(m.get("path", "")).parts]
+    if outside:
+        raise CheckpointError(f"checkpoint {folder}/modules.json: module path {outside[0]!r} leaves the folder; paths "
+                              f"must be relative to it, without '..'")
     first = modules[0]
     if not str(first.get("type", "")).endswith("Transformer"):
         raise CheckpointError(f"checkpoint {folder}: the first sentence-transformers module is {first.get('type')}; "

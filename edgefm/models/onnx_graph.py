@@ -18,6 +18,7 @@ def spec_from_onnx(path: Path) -> tuple[ModelSpec, list[str]]:
     path = Path(path)
     model = onnx.load(str(path), load_external_data=False)
     _check_external_data(model, path)
+    _check_ops(model, path)
     graph, notes = model.graph, []
     weights = {i.name for i in graph.initializer}
     inputs = []
@@ -75,11 +76,42 @@ def _nodes(model) -> Iterator:
 
 
 def _check_external_data(model, path: Path) -> None:
+    """External weights must be files inside the model's folder: an ONNX file must not make edgefm read (and
+    copy into a bundle) ``/etc/passwd`` or a file beside some other project."""
     import onnx
 
+    folder = path.parent.resolve()
     for t in model.graph.initializer:
         if t.data_location == onnx.TensorProto.EXTERNAL:
             loc = next((e.value for e in t.external_data if e.key == "location"), None)
-            if loc and not (path.parent / loc).is_file():
+            if not loc:
+                raise CheckpointError(f"checkpoint {path}: initializer '{t.name}' has external data without a location")
+            target = (path.parent / loc).resolve()
+            if Path(loc).is_absolute() or not target.is_relative_to(folder):
+                raise CheckpointError(f"checkpoint {path}: initializer '{t.name}' keeps its data in '{loc}', outside "
+                                      f"the model's folder {folder}; external data files must sit beside the model")
+            if not target.is_file():
                 raise CheckpointError(f"checkpoint {path}: its weights are in an external data file '{loc}' that is "
                                       f"missing beside it")
+
+
+#: Operator domains ONNX Runtime runs here without a custom-op library (ai.onnx is the default domain "").
+_KNOWN_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.preview.training")
+
+
+def _check_ops(model, path: Path) -> None:
+    """Every node is a standard ONNX op (or an ONNX Runtime contrib op, or a function the model defines): a
+    custom op would fail later, deep inside a runtime, with a message about a missing kernel."""
+    import onnx.defs
+
+    local = {(f.domain, f.name) for f in model.functions}
+    for n in _nodes(model):
+        if (n.domain, n.op_type) in local:
+            continue
+        if n.domain not in _KNOWN_DOMAINS:
+            raise CheckpointError(f"checkpoint {path}: node '{n.name or n.op_type}' uses the custom op "
+                                  f"{n.domain}::{n.op_type}, which needs a custom-op library; edgefm takes standard "
+                                  f"ONNX ops (domains ai.onnx, ai.onnx.ml) and ONNX Runtime's com.microsoft ops")
+        if n.domain in ("", "ai.onnx", "ai.onnx.ml") and not onnx.defs.has(n.op_type, n.domain.replace("ai.onnx", "", 1) if n.domain == "ai.onnx" else n.domain):
+            raise CheckpointError(f"checkpoint {path}: node '{n.name or n.op_type}' uses op '{n.op_type}', which is not "
+                                  f"a standard ONNX op of domain '{n.domain or 'ai.onnx'}'")

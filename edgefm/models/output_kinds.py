@@ -75,6 +75,10 @@ def infer_kinds(spec: ModelSpec, onnx_path: Optional[Path], reference: Mapping[s
         how = f"--output-kind {o.name}:KIND" if "weak" in reason else ""
         notes.append(f"output '{o.name}' guessed {kind}: {reason}" + (f" (declare it otherwise with {how})"
                                                                        if how else ""))
+    if spec.task in ("classification", "image-classification", "unknown"):  # a guessed task follows the kinds
+        from edgefm.models.guess import task_and_preprocessing
+
+        spec.task = task_and_preprocessing(spec.family, spec.inputs, spec.outputs)[0]
     return spec, notes
 
 

@@ -145,4 +145,25 @@ def parse_input_decl(text: str) -> InputSpec:
     dtype = m["dtype"] or "float32"
     if dtype not in _DTYPES:
         raise ConfigError(f"--input '{text}': dtype '{dtype}' is not one of {sorted(_DTYPES)}")
+    check_dims(text, dims)
     return InputSpec(name=m["name"], shape=dims, dtype=dtype)
+
+
+#: One sample of one input may hold at most this many elements (256 MiB of float32): edgefm makes batches of
+#: example inputs from the declared shape, so a typo such as 1,3,2240,2240 would otherwise exhaust memory.
+MAX_SAMPLE_ELEMENTS = 1 << 26
+
+
+def check_dims(text: str, dims: list) -> None:
+    """Fixed dimensions are 1 … 2**31-1 and one sample (the fixed dims after the batch axis) holds at most
+    ``MAX_SAMPLE_ELEMENTS``; raise ``ConfigError`` naming the declaration otherwise."""
+    for d in dims:
+        if isinstance(d, int) and not 1 <= d < 2 ** 31:
+            raise ConfigError(f"--input '{text}': dimension {d} is out of range; fixed dimensions are 1 to "
+                              f"{2 ** 31 - 1}")
+    per_sample = 1
+    for d in dims[1:]:
+        per_sample *= d if isinstance(d, int) else 1
+    if per_sample > MAX_SAMPLE_ELEMENTS:
+        raise ConfigError(f"--input '{text}': one sample would hold {per_sample:,} elements; edgefm takes at most "
+                          f"{MAX_SAMPLE_ELEMENTS:,} per input (check the dimensions)")

@@ -125,6 +125,18 @@ def _preprocess(src: Path, dst: Path) -> str:
     return "skipped (failed)"
 
 
+def reduce_range(host=None) -> bool:
+    """7-bit weights where this x86 CPU lacks int8 dot products (no AVX-512 VNNI / AVX-VNNI). ONNX Runtime's
+    u8*s8 kernels then use VPMADDUBSW, which adds pairs of u8*s8 products into a saturating int16: with full
+    8-bit weights the sums can clip (ONNX Runtime's quantization docs: use reduce_range or U8U8 on such CPUs).
+    With VNNI (VPDPBUSD sums into int32) and on ARM there is no such saturation, so the full range is kept.
+    The choice follows the machine that compiles and measures the bundle, which the manifest records."""
+    from edgefm import hostcaps
+
+    host = host or hostcaps.detect()
+    return host.arch in ("x86_64", "amd64") and not host.has("vnni")
+
+
 def quantize(onnx_path: Path, out: Path, recipe: Recipe, calib: Samples, input_names: Sequence[str],
              keep_fp32: Sequence[str] = (), fallback_nodes: Sequence[str] = ()) -> dict[str, Any]:
     """Quantize ``onnx_path`` into ``out`` with ``recipe``; returns the settings used. ``fallback_nodes`` are
@@ -137,8 +149,9 @@ def quantize(onnx_path: Path, out: Path, recipe: Recipe, calib: Samples, input_n
     excluded_nodes = excluded_nodes + [n for n in fallback_nodes if n not in excluded_nodes]
     default_ops = QDQRegistry if recipe.mode == "static" else IntegerOpsRegistry
     op_types = [o for o in (recipe.op_types or tuple(default_ops)) if o not in excluded_ops]
+    reduce = reduce_range()
     settings: dict[str, Any] = {"recipe": recipe.name, "mode": recipe.mode, "per_channel": recipe.per_channel,
-                                "op_types": op_types, "nodes_excluded": excluded_nodes}
+                                "op_types": op_types, "nodes_excluded": excluded_nodes, "reduce_range": reduce}
     # ORT's calibrators print progress to stdout and warn through the root logger: keep them quiet.
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()), _quiet_root_logger():
         if recipe.mode == "static":
@@ -147,7 +160,7 @@ def quantize(onnx_path: Path, out: Path, recipe: Recipe, calib: Samples, input_n
             settings.update(activation_type="QUInt8", weight_type="QInt8",
                             calibrate_method=recipe.calibrate_method, calib_samples=len(calib))
             quantize_static(str(pre), str(out), _Reader(calib, input_names), quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=op_types, per_channel=recipe.per_channel,
+                            op_types_to_quantize=op_types, per_channel=recipe.per_channel, reduce_range=reduce,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             nodes_to_exclude=excluded_nodes,
                             calibrate_method=getattr(CalibrationMethod, recipe.calibrate_method),
@@ -155,7 +168,7 @@ def quantize(onnx_path: Path, out: Path, recipe: Recipe, calib: Samples, input_n
         else:
             settings["weight_type"] = "QInt8"
             quantize_dynamic(str(onnx_path), str(out), op_types_to_quantize=op_types,
-                             per_channel=recipe.per_channel, weight_type=QuantType.QInt8,
+                             per_channel=recipe.per_channel, reduce_range=reduce, weight_type=QuantType.QInt8,
                              nodes_to_exclude=excluded_nodes, extra_options=dict(recipe.extra_options))
     return settings
 

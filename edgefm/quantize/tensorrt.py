@@ -14,6 +14,8 @@ would replace this environment's onnx/onnxruntime."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import tempfile
 from dataclasses import dataclass, field
@@ -170,10 +172,18 @@ class _Reader:
         if equal_batches and n > batch:
             n -= n % batch
         self.samples = n
-        self._it: Iterator = iter([{k: feeds[k][s:s + batch] for k in input_names} for s in range(0, n, batch)])
+        self._batches = [{k: feeds[k][s:s + batch] for k in input_names} for s in range(0, n, batch)]
+        self._it: Iterator = iter(self._batches)
 
     def get_next(self) -> Optional[dict]:
         return next(self._it, None)
+
+    # quantize_static's "CalibStridedMinMax" reads the data in ranges of batches, one collect_data call each.
+    def __len__(self) -> int:
+        return len(self._batches)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._it = iter(self._batches[start_index:end_index])
 
 
 def _ort_options(cfg: TrtQuantConfig, op_types: list[str]) -> dict[str, Any]:
@@ -317,12 +327,18 @@ def quantize_qdq(fp32_onnx: Path, out_path: Path, calib: dict[str, np.ndarray], 
         onnx.save(model, str(named))
         reader = _Reader(calib, cfg.calib_batch, input_names, equal_batches=method != "MinMax")
         notes.append(f"calibrated on {reader.samples} samples ({method})")
+        # One batch per collect_data call ("CalibStridedMinMax" = batches per call; ORT applies it to every
+        # calibrator): the histogram calibrators otherwise keep every intermediate tensor of every batch until
+        # the end (MiniLM, 224 samples: several GB) before building histograms; per call, the histograms are
+        # extended batch by batch instead. Its progress print()s go nowhere.
+        opts = {**_ort_options(cfg, sorted({n.op_type for n in model.graph.node})), "CalibStridedMinMax": 1}
         try:
-            quantize_static(str(named), str(raw), reader,
-                            quant_format=QuantFormat.QDQ, op_types_to_quantize=plan.op_types,
-                            nodes_to_quantize=plan.nodes, per_channel=True, activation_type=QuantType.QInt8,
-                            weight_type=QuantType.QInt8, calibrate_method=getattr(CalibrationMethod, method),
-                            extra_options=_ort_options(cfg, sorted({n.op_type for n in model.graph.node})))
+            with contextlib.redirect_stdout(io.StringIO()):
+                quantize_static(str(named), str(raw), reader,
+                                quant_format=QuantFormat.QDQ, op_types_to_quantize=plan.op_types,
+                                nodes_to_quantize=plan.nodes, per_channel=True, activation_type=QuantType.QInt8,
+                                weight_type=QuantType.QInt8, calibrate_method=getattr(CalibrationMethod, method),
+                                extra_options=opts)
         except (ValueError, KeyError) as e:  # ORT reports bad feeds this way
             raise CalibrationError(f"TensorRT int8 calibration of {fp32_onnx} failed: {e}") from None
         qmodel = onnx.load(str(raw))

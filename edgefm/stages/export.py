@@ -15,7 +15,7 @@ import numpy as np
 
 from edgefm.samples import Samples
 from edgefm.bundle import StageRecord, sha256_file
-from edgefm.errors import AccuracyError, ExportError
+from edgefm.errors import AccuracyError, ExportError, describe_write_error
 from edgefm.fidelity import Limits, check, compare
 from edgefm.models.spec import ModelSpec
 
@@ -129,6 +129,14 @@ def export_onnx(module, spec: ModelSpec, calib: Samples, out: Path, limits: Limi
             onnx.checker.check_model(str(out))
             got_b1 = batched_outputs(lambda f: onnx_outputs(out, f), verify_set.take(slice(0, 4)), 1)
             got_bn = batched_outputs(lambda f: onnx_outputs(out, f), verify_set, VERIFY_BATCH)
+        except OSError as e:
+            if describe_write_error(e) is None:  # not disk full / read-only: try the next exporter
+                attempts.append(f"{exporter}: OSError: {e}")
+                last_err = e
+                out.unlink(missing_ok=True)
+                continue
+            out.unlink(missing_ok=True)
+            raise  # disk full: another exporter would fail the same way; the pipeline says it in one line
         except Exception as e:  # noqa: BLE001 - any exporter failure means: try the next one
             attempts.append(f"{exporter}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
             last_err = e

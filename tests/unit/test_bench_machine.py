@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from edgefm.bench import jetson, machine
+from edgefm.hostcaps import detect
 
 
 def test_this_machine_is_described_from_proc_cpuinfo():
@@ -20,7 +21,7 @@ def test_this_machine_is_described_from_proc_cpuinfo():
     assert set(info.cpu_flags) == flags & set(machine.RELEVANT_FLAGS)
     assert info.cpu_model in text
     assert info.runtime_versions["onnxruntime"] and info.runtime_versions["numpy"]
-    assert re.fullmatch(r"[a-z0-9_\-]+", info.id) and info.id.endswith(f"-{os.cpu_count()}c")
+    assert re.fullmatch(r"[a-z0-9_\-]+", info.id) and info.id.endswith(f"-{detect().isa}-{os.cpu_count()}c")
     assert info.memory_gb > 0.5
 
 
@@ -40,6 +41,9 @@ def test_machine_id_is_a_short_slug(monkeypatch):
         "x86_64-intel-xeon-platinum-8480c-2c"
     assert machine.machine_id("aarch64", "cpu", 6, "NVIDIA Jetson Orin Nano Developer Kit") == \
         "aarch64-nvidia-jetson-orin-nano-developer-kit-6c"
+    # the int8 ISA separates CPUs that share a name (an AVX2-only Zen 3 and an AVX-512 VNNI Zen 4 "AMD EPYC")
+    assert machine.machine_id("x86_64", "AMD EPYC", 2, isa="avx2") == "x86_64-amd-epyc-avx2-2c"
+    assert machine.machine_id("x86_64", "AMD EPYC", 2, isa="avx512vnni") == "x86_64-amd-epyc-avx512vnni-2c"
     monkeypatch.setenv("EDGEFM_MACHINE_ID", "Lab NUC #3")
     assert machine.machine_id("x86_64", "whatever", 4) == "lab-nuc-3"
 

@@ -32,8 +32,9 @@ def test_markdown_and_csv(tmp_path):
     table = report.rows([r])
     md = report.markdown(table)
     lines = md.strip().splitlines()
-    assert len(lines) == 4 and "machine" not in lines[0]
-    assert "| onnxruntime-cpu | int8 | 1 | 1.000 |" in md and "2.00×" in md and "top1 97.0 (fp32 98.0)" in md
+    # every row names its machine and model, even when there is one of each
+    assert len(lines) == 4 and lines[0].startswith("| machine | model | measured |")
+    assert "| m1 | net | onnxruntime-cpu | int8 | 1 | 1.000 |" in md and "2.00×" in md and "top1 97.0 (fp32 98.0)" in md
     report.write_csv(table, tmp_path / "r.csv")
     rows = list(csv.DictReader(open(tmp_path / "r.csv")))
     assert list(rows[0]) == report.COLUMNS and rows[1]["speedup_vs_fp32"] == "2" and rows[1]["accuracy"] == "0.97"
@@ -65,3 +66,62 @@ def test_plots_without_accuracy_are_skipped_not_faked(tmp_path):
         m.accuracy = None
     assert report.plot_pareto(report.rows([r]), tmp_path / "p.png") is None
     assert report.plot_latency([r], tmp_path / "l.png").stat().st_size > 1000
+
+
+def test_model_names_come_from_the_checkpoint(tmp_path):
+    """Not the folder a checkpoint sits in ("model" for a packaged Hugging Face model)."""
+    import json
+
+    hf = tmp_path / "pkg" / "model"
+    hf.mkdir(parents=True)
+    (hf / "config.json").write_text(json.dumps({"_name_or_path": "org/MiniLM-base", "architectures": ["BertModel"]}))
+    assert report.model_name(str(hf)) == "MiniLM-base"
+    (hf / "README.md").write_text("---\nlicense: x\n---\n\n# all-MiniLM-L6-v2\nThis is a model.\n")
+    assert report.model_name(str(hf)) == "all-MiniLM-L6-v2"  # the model card's title first
+    (hf / "config.json").write_text(json.dumps({"architectures": ["BertModel"]}))
+    (hf / "README.md").unlink()
+    assert report.model_name(str(hf)) == "BertModel"
+    named = tmp_path / "distilbert-sst2"
+    named.mkdir()
+    assert report.model_name(str(named)) == "distilbert-sst2"  # a folder with a real name keeps it
+    assert report.model_name(str(tmp_path / "digits_cnn.pt"), "edgefm.zoo:digits_cnn") == "digits_cnn"
+    assert report.model_name(str(tmp_path / "model.safetensors"), "my_nets.py:resnet_tiny") == "resnet_tiny"
+    assert report.model_name(str(tmp_path / "checkpoint-1200" / "model.pt"), None, "ResNet") == "ResNet"
+
+
+def test_jetson_qdq_run_in_onnx_runtime_is_marked(tmp_path):
+    """A Jetson target measured on an x86 machine without TensorRT ran its Q/DQ ONNX in ONNX Runtime: the
+    table, CSV and plots say so rather than passing it off as a TensorRT figure."""
+    r = make_result(rows=(("fp32-onnx", "fp32-reference", "fp32", 2.0, 0.98),
+                          ("jetson-orin-nano", "target", "int8", 1.5, 0.97)))
+    r.measurements[1].notes.append("target backend tensorrt, but it ran on onnxruntime here (the backend's "
+                                   "fallback): not a tensorrt figure")
+    table = report.rows([r])
+    assert table[1]["ran_as"] == "Q/DQ in ORT on x86, not TensorRT" and table[0]["ran_as"] is None
+    md = report.markdown(table)
+    assert "| m1 | net | jetson-orin-nano (Q/DQ in ORT on x86, not TensorRT) | int8 |" in md
+    report.write_csv(table, tmp_path / "r.csv")
+    assert list(csv.DictReader(open(tmp_path / "r.csv")))[1]["ran_as"] == "Q/DQ in ORT on x86, not TensorRT"
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    texts: list[str] = []
+    real = plt.Figure.savefig
+
+    def grab(fig, *a, **k):  # the labels drawn on the figure, read off the artists before saving
+        texts.extend(t.get_text() for ax in fig.axes for t in ax.texts + ax.get_yticklabels()
+                     + ([ax.get_legend().get_title()] + ax.get_legend().get_texts() if ax.get_legend() else []))
+        texts.extend(ax.get_title() for ax in fig.axes)
+        return real(fig, *a, **k)
+
+    plt.Figure.savefig = grab
+    try:
+        report.plot_pareto(table, tmp_path / "p.png")
+        report.plot_latency([r], tmp_path / "l.png")
+    finally:
+        plt.Figure.savefig = real
+    assert any("jetson-orin-nano (Q/DQ in ORT on x86, not TensorRT)" in t for t in texts), texts
+    assert "m1" in texts and any(t.startswith("net:") for t in texts)  # machine in the legend, model as title
+    assert any(t.startswith("m1 net jetson-orin-nano (Q/DQ in ORT on x86, not TensorRT) int8") for t in texts)

@@ -313,3 +313,34 @@ def test_old_manifest_kinds_still_read_and_contract_is_derived():
                  targets={"t": TargetEntry(backend="onnxruntime", precision="int8", artifact="a")})
     contract, how = recorded(m, "t")
     assert "derived" in how and contract.output("last_hidden_state").kind == "embedding"
+
+
+def test_state_guessed_from_name_and_shape():
+    spec = ModelSpec(family="rnn", inputs=[InputSpec(name="x", shape=["batch", 10, 4]),
+                                          InputSpec(name="h_in", shape=[2, "batch", 8])],
+                     outputs=[OutputSpec(name="y"), OutputSpec(name="h_out")])
+    ref = {"y": np.zeros((3, 10, 8), np.float32), "h_out": np.zeros((2, 3, 8), np.float32)}
+    spec, notes = infer_kinds(spec, None, ref)
+    assert [o.kind for o in spec.outputs] == ["other", "state"] and "h_in" in spec.outputs[1].reason
+
+
+def test_detections_with_a_separate_scores_tensor():
+    rng = np.random.default_rng(11)
+    packed, idx = _yolo(rng, classes=4)
+    boxes = np.moveaxis(packed[:, :4], 1, 2)  # (1, N, 4) xyxy-agnostic layout cxcywh
+    scores = np.moveaxis(packed[:, 4:], 1, 2)  # (1, N, 4)
+    lost = scores.copy()
+    lost[0, idx[:5]] = 0.0
+    contract = _contract([("boxes", "detections"), ("scores", "other")],
+                         boxes={"kind": "detections", "layout": "cxcywh", "scores_output": "scores"})
+    ok = judge(contract, {"boxes": boxes, "scores": scores}, {"boxes": boxes, "scores": scores})
+    assert ok.ok and ok.metrics["boxes"]["ref_detections"] == 10
+    v = judge(contract, {"boxes": boxes, "scores": scores}, {"boxes": boxes, "scores": lost})
+    assert v.metrics["boxes"]["recall"] == pytest.approx(0.5) and not v.ok
+
+
+def test_detection_params_that_do_not_fit_are_one_clear_error():
+    ref = np.zeros((1, 7, 50), np.float32)
+    contract = _contract([("d", "detections")], d={"kind": "detections", "boxes": "0:3", "axis": 1})
+    with pytest.raises(ConfigError, match=r"output 'd' \(detections, shape \[1, 7, 50\].*boxes=0:3 selects 3 fields"):
+        judge(contract, {"d": ref}, {"d": ref})

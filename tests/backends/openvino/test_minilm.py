@@ -5,24 +5,42 @@ sentence embeddings within cosine 0.99 of fp32 on held-out sentences, the IR loa
 import pytest
 
 import edgefm
+from edgefm.contract import judge, output_gates
 from edgefm.fidelity import cosine_per_sample
 
 from .conftest import build_bundle, stage, target
 
 
+def has_bf16() -> bool:
+    """OpenVINO runs bf16 here: it reports BF16 and no ONEDNN_MAX_CPU_ISA cap (the AVX2 imitation) rules it out."""
+    from edgefm.backends.openvino_run import core
+    from edgefm.hostcaps import onednn_bf16_allowed
+
+    return "BF16" in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") and onednn_bf16_allowed()
+
+
+@pytest.mark.avx2emu
 def test_int8_embeddings_match_fp32_on_held_out_sentences(minilm, tmp_path):
     manifest, result = build_bundle(minilm, target("openvino-cpu"), tmp_path / "b")
     q = stage(result, "quantize")
     assert q.settings["model_type"] == "transformer" and q.settings["mode"] == "static"
     assert q.metrics["_int8_layers"]["by_type"]["MatMul"] >= 36  # 6 layers x (q, k, v, out, 2 FFN) at least
     cmp = q.metrics["_compare"]
-    assert cmp["f32"]["cosine"] > 0.99999 and cmp["bf16"]["cosine"] > 0.999
+    assert cmp["f32"]["cosine"] > 0.99999
+    # bf16 is measured only where OpenVINO has bf16 arithmetic (AVX-512 BF16, AMX); otherwise it says why
+    if has_bf16():
+        gate = next(g for g in output_gates("e", "embedding", {}, "bf16") if g.metric == "cosine")
+        assert cmp["bf16"]["cosine"] >= gate.limit  # the contract's bf16 cosine gate
+    else:
+        assert "no bf16" in cmp["bf16"]["note"]
     pred = edgefm.load(tmp_path / "b")
     got = pred(minilm.eval.inputs)["sentence_embedding"]
     cos = cosine_per_sample(minilm.reference["sentence_embedding"], got)
-    # the worst are two-word sentences ("I agree.", "It works!"): mean pooling over 4-5 tokens averages out
-    # little of the int8 noise (cosine ~0.94); the long ones sit at ~0.998
-    assert cos.mean() >= 0.99 and cos.min() >= 0.9
+    # the recorded contract (embedding: mean and worst cosine, neighbours kept), not one CPU's figure (mean
+    # cosine 0.9955 with AVX-512 VNNI, 0.995 on AVX2 only). The worst are two-word sentences ("I agree."):
+    # mean pooling over 4-5 tokens averages out little int8 noise
+    verdict = judge(manifest.targets["openvino-cpu"].contract, minilm.reference, {"sentence_embedding": got})
+    assert verdict.ok, verdict.failures
     assert manifest.targets["openvino-cpu"].metrics["sentence_embedding"]["cosine"] == pytest.approx(cos.mean(),
                                                                                                       abs=1e-4)
     # another batch size and sequence length than the calibration data had

@@ -139,4 +139,9 @@ def pipeline_bundle(tmp_path_factory, cnn):
     # rpi5 and tflite-arm64 differ only in threads and CPU description: one conversion serves both.
     assert sum("converting with litert-torch" in m for m in said) == 2, said
     assert any("tflite-arm64: same conversion as an earlier target, reused" in m for m in said), said
+    # ... and the converter process (torch + litert-torch + the model, ~1 GB for MiniLM) is stopped once no
+    # later target needs it, not kept through the ONNX Runtime target
+    from edgefm.backends import tflite_convert
+
+    assert not any(w.alive() for w in tflite_convert._WORKERS.values())
     return cfg.output

@@ -93,7 +93,7 @@ def test_lstm_unrolled_option(tmp_path, lstm):
     rf, ru = tflite.compile(fused), tflite.compile(unrolled)
     ops_f = [o["op"] for o in model_ops(fused.out_dir / "model.tflite")]
     ops_u = [o["op"] for o in model_ops(unrolled.out_dir / "model.tflite")]
-    assert ops_f.count("UNIDIRECTIONAL_SEQUENCE_LSTM") == 2 and rf.entry.options["fused_lstm_layers"] == 2
+    assert ops_f.count("UNIDIRECTIONAL_SEQUENCE_LSTM") == 4 and rf.entry.options["fused_lstm_layers"] == 2
     assert "UNIDIRECTIONAL_SEQUENCE_LSTM" not in ops_u and len(ops_u) > 100, len(ops_u)
     assert ru.entry.options["quantizer"] == "ai-edge-quantizer" and ru.entry.options["fused_lstm_layers"] == 0
     assert ru.stages[-1].metrics["logits"]["top1_agreement"] >= 0.97
