@@ -92,3 +92,8 @@ def describe_write_error(e: OSError) -> "str | None":
 
     why = _WRITE_ERRORS.get(errno.errorcode.get(e.errno or 0, ""))
     return f"{why}: {e.filename}" if why and e.filename else why
+
+
+class DeviceError(EdgefmError):
+    """A board could not be reached over SSH, lacks edgefm, or a command on it failed (the message names the
+    device and says what to do)."""
