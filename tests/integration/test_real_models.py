@@ -75,7 +75,9 @@ def test_silero_vad_streams_from_its_shipped_onnx_with_state_fed_back(work):
 
 @needs_streams
 def test_silero_vad_torch_form_streams_too(work):
-    _, res = _certified_and_judged("silero_vad_torch", "onnxruntime-cpu", work)
+    """The package's 16 kHz torch weights + an --arch factory; Jetson's Q/DQ int8 (run in ONNX Runtime) keeps
+    the decisions (ONNX Runtime's own int8 recipes are refused: the state drifts)."""
+    _, res = _certified_and_judged("silero_vad_torch", "jetson-orin-nano", work)
     assert res["value"] >= 0.85
 
 
