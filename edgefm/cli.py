@@ -646,6 +646,100 @@ def compile_(bundle: Path = typer.Argument(..., help="Bundle folder (copied to t
     _print_targets(manifest)
 
 
+def _floats(text: Optional[str], flag: str) -> Optional[list]:
+    """'none,0.25,0.5' -> [None, 0.25, 0.5] (one clear line on a bad value)."""
+    if text is None:
+        return None
+    vals = []
+    for part in text.split(","):
+        part = part.strip()
+        if part.lower() in ("none", "0", ""):
+            vals.append(None)
+            continue
+        try:
+            vals.append(float(part))
+        except ValueError:
+            from edgefm.errors import ConfigError
+
+            raise ConfigError(f"{flag} {text!r}: {part!r} is not a number or 'none'") from None
+    return vals
+
+
+@app.command()
+@handles_errors
+def search(
+    source: Path = typer.Argument(..., help="Checkpoint, as for compress"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the best bundle that meets the "
+                                                                        "budget here"),
+    target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Targets searched over (repeatable)"),
+    budget: Optional[str] = typer.Option(None, "--budget", help="latency_ms=..,accuracy_drop=..,size_mb=.."),
+    trials: Optional[int] = typer.Option(None, "--trials", help="Trials (default 12)"),
+    storage: Optional[Path] = typer.Option(None, "--storage", help="Shared folder for trials, bundles and the "
+                                                                    "report (default ./edgefm-search)"),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Address of an existing Ray cluster (default: an "
+                                                          "embedded local Ray)"),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="Embedded Ray: CPUs (default all)"),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="nsga2 (default), tpe, grid or random"),
+    prune_choices: Optional[str] = typer.Option(None, "--prune-choices", help="Prune ratios, e.g. none,0.25,0.5"),
+    quantize_choices: Optional[str] = typer.Option(None, "--quantize-choices", help="e.g. int8,fp32"),
+    distill_choices: Optional[str] = typer.Option(None, "--distill-choices", help="Distill epochs, e.g. 0,5"),
+    arch: Optional[str] = typer.Option(None, help="module.path:factory, file.py:factory or timm:NAME"),
+    input: Optional[List[str]] = typer.Option(None, "--input", help="NAME:DIMS[:DTYPE]"),
+    calib: Optional[Path] = typer.Option(None, help="Calibration data"),
+    eval: Optional[Path] = typer.Option(None, "--eval", help="Evaluation data (labels give the accuracy drop)"),
+    recipe: Optional[Path] = typer.Option(None, help="Recipe YAML; its search: section sets space/budget/trials"),
+    force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it is an edgefm bundle"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs and tracebacks"),
+):
+    """Search prune ratio x precision x target (Optuna, trials on Ray) for the Pareto front of latency,
+    accuracy drop and size; write the best bundle that meets --budget."""
+    from edgefm.search.driver import search as run
+    from edgefm.search.space import from_recipe, parse_budget
+
+    _setup_logging(verbose)
+    space = {"targets": target, "prune": _floats(prune_choices, "--prune-choices"),
+             "quantize": quantize_choices.split(",") if quantize_choices else None,
+             "distill_epochs": [int(v or 0) for v in _floats(distill_choices, "--distill-choices")]
+             if distill_choices else None}
+    overrides = {"space": space, "trials": trials, "storage": storage, "ray_address": ray, "num_cpus": num_cpus,
+                 "sampler": sampler}
+    if budget:
+        overrides["budget"] = parse_budget(budget).model_dump(exclude_none=True)
+    base, cfg = from_recipe(recipe, dict(source=source, output=output or Path("unused"), arch=arch, inputs=input,
+                                         calib=calib, eval=eval), overrides)
+    s = run(base, cfg, out=output, force=force, progress=lambda m: console.log(m))
+    st = Path(cfg.storage)
+    out.print(f"{s['trials_asked']} trials ({s['trials_run']} compressed, the rest from the cache) in "
+              f"{s['wall_s']} s; report {st / 'search.md'}, plot {st / 'pareto.png'}")
+    if s["chosen"] is None:
+        console.print(f"[bold red]error:[/] no trial meets the budget ({s['budget_text']}); see {st / 'search.md'}")
+        raise typer.Exit(1)
+    ch = s["chosen"]
+    out.print(f"chosen: trial {ch['number']} {ch['params']}: p50 {ch['latency_p50_ms']:.3f} ms, "
+              f"drop {ch['accuracy_drop']:.2f} points, {ch['size_mb']:.3f} MB"
+              + (f" -> {s['output']}" if s["output"] else ""))
+
+
+@app.command("compress-zoo")
+@handles_errors
+def compress_zoo(
+    zoo: Path = typer.Argument(..., help="Zoo YAML: models: [{name, source, <compress fields>}], optional defaults:"),
+    output: Path = typer.Option(..., "-o", "--output", help="Folder: one bundle per model and report.md"),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Address of an existing Ray cluster (default embedded)"),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="Embedded Ray: CPUs (default all)"),
+    force: bool = typer.Option(False, "--force", help="Replace bundles already there"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs and tracebacks"),
+):
+    """Compress every model of a zoo file in parallel on Ray: one bundle each and one report."""
+    from edgefm.search.zoo import compress_zoo as run
+
+    _setup_logging(verbose)
+    rep = run(zoo, output, ray_address=ray, num_cpus=num_cpus, force=force, progress=lambda m: console.log(m))
+    out.print(f"{rep['ok']} of {len(rep['models'])} models compressed in {rep['wall_s']} s; report {output / 'report.md'}")
+    if rep["ok"] < len(rep["models"]):
+        raise typer.Exit(1)
+
+
 def _add_devices() -> None:
     from edgefm.devices.cli import app as devices_app
 
