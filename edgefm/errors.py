@@ -34,6 +34,7 @@ class AccuracyError(EdgefmError):
     def __init__(self, step: str, output: str, metric: str, value: float, limit: float, hint: str = "",
                  direction: str | None = None):
         self.step, self.output, self.metric, self.value, self.limit = step, output, metric, value, limit
+        self.direction = direction
         higher = direction == "min" if direction else metric in HIGHER_IS_BETTER
         cmp = ">=" if higher else "<="
         msg = (f"{step}: output '{output}' {metric} = {value:.6g}, but the limit is {cmp} {limit:.6g}")
