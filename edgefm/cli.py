@@ -461,6 +461,10 @@ def verify(bundle: Path = typer.Argument(..., help="Bundle folder"),
            target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Target(s) to check (default all)"),
            emulate: Optional[str] = typer.Option(None, help="Also run under emulation of this CPU arch (arm64)"),
            cpu: Optional[str] = typer.Option(None, help="CPU core to emulate (default: the target's cpu_core)"),
+           device: Optional[List[str]] = typer.Option(None, "--device", "-d", help="Verify on this board of the "
+                                                                                   "inventory over SSH (repeatable)"),
+           fleet: bool = typer.Option(False, "--fleet", help="Verify on every board of the inventory, in parallel"),
+           inventory: Optional[Path] = typer.Option(None, "--inventory", help="Device inventory YAML"),
            verbose: bool = typer.Option(False, "--verbose", "-v")):
     """Check a bundle where it will run: integrity, fidelity on its eval data, the target's rules, emulation."""
     from rich.table import Table
@@ -470,6 +474,9 @@ def verify(bundle: Path = typer.Argument(..., help="Bundle folder"),
     from edgefm.verify import verify_bundle
 
     _setup_logging(verbose)
+    if device or fleet:
+        _verify_on_devices(bundle, device, fleet, inventory, target, emulate, cpu)
+        return
     reports = verify_bundle(bundle, target, emulate=emulate, cpu=cpu)
     t = Table(title=f"verify {bundle}")
     for c in ("target", "check", "result"):
@@ -484,10 +491,43 @@ def verify(bundle: Path = typer.Argument(..., help="Bundle folder"),
         raise typer.Exit(1)
 
 
+def _verify_on_devices(bundle, device, fleet, inventory, target, emulate, cpu) -> None:
+    from rich.table import Table
+
+    from edgefm.devices import fleet as fl
+    from edgefm.devices.cli import selected
+
+    args = [a for t in target or [] for a in ("--target", t)]
+    args += (["--emulate", emulate] if emulate else []) + (["--cpu", cpu] if cpu else [])
+    inv, devs = selected(inventory, device, fleet)
+    outs = fl.verify(bundle, inv, devs, args, progress=lambda msg: console.log(msg))
+    t = Table(title=f"verify {bundle} on {len(devs)} device(s)")
+    for c in ("device", "target", "check", "result"):
+        t.add_column(c, no_wrap=c != "result")
+    bad = 0
+    for o in outs:
+        if not o.ok:
+            t.add_row(o.device, "", "reach / run", f"[red]FAIL[/] {o.error}")
+            bad += 1
+            continue
+        for r in o.value:
+            bad += not r["ok"]
+            for c in r["checks"]:
+                mark = "[green]ok[/] " if c["ok"] else "[red]FAIL[/] "
+                t.add_row(o.device, r["target"], c["name"], mark + c["detail"])
+    out.print(t)
+    if bad:
+        raise typer.Exit(1)
+
+
 @app.command()
 @handles_errors
 def bench(
     bundle: Path = typer.Argument(..., help="Bundle folder"),
+    device: Optional[List[str]] = typer.Option(None, "--device", "-d", help="Run on this board of the inventory "
+                                                                            "over SSH (repeatable)"),
+    fleet: bool = typer.Option(False, "--fleet", help="Run on every board of the inventory, in parallel"),
+    inventory: Optional[Path] = typer.Option(None, "--inventory", help="Device inventory YAML (devices.yaml)"),
     target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Target to measure (repeatable); "
                                                                             "default: every one installed here"),
     eval: Optional[Path] = typer.Option(None, "--eval", help="Eval data .npz (default: the bundle's eval.npz)"),
@@ -513,12 +553,42 @@ def bench(
     from edgefm.bench.cli import bench as run
     from edgefm.bench.config import BenchConfig, build
 
+    if device or fleet:
+        if torch_source is not None:
+            from edgefm.errors import ConfigError
+
+            raise ConfigError("--torch-source is a file on this machine; a bench on --device/--fleet measures the "
+                              "bundle with the board's own runtimes only")
+        _bench_on_devices(bundle, device, fleet, inventory, target=target, eval=eval, batch=batch, threads=threads,
+                          warmup=warmup, runs=runs, seconds=seconds, no_baselines=no_baselines, json_out=json_out,
+                          md=md, plots=plots)
+        return
     cfg = build(BenchConfig, bundle=bundle, targets=target or None, eval=eval, batches=batch or None,
                 threads=threads, warmup=warmup, runs=runs, seconds=seconds, baselines=False if no_baselines else None,
                 torch_source=torch_source, arch=arch, trust_source=trust_source or None, json_out=json_out,
                 md_out=md, plots=plots, verbose=verbose or None)
     with _Steps(console) as steps:
         run(cfg, echo=print, progress=steps)
+
+
+def _bench_on_devices(bundle, device, fleet, inventory, *, target, eval, batch, threads, warmup, runs, seconds,
+                      no_baselines, json_out, md, plots) -> None:
+    from edgefm.devices import fleet as fl
+    from edgefm.devices.cli import selected
+    from edgefm.errors import ConfigError
+
+    if eval is not None:
+        raise ConfigError("--eval is a file on this machine; with --device the bench uses the bundle's own eval data")
+    args = [a for t in target or [] for a in ("--target", t)] + [a for b in batch or [] for a in ("--batch", b)]
+    for flag, value in (("--threads", threads), ("--warmup", warmup), ("--runs", runs), ("--seconds", seconds)):
+        args += [flag, str(value)] if value is not None else []
+    args += ["--no-baselines"] if no_baselines else []
+    inv, devs = selected(inventory, device, fleet)
+    outs = fl.bench(bundle, inv, devs, args, json_out=json_out, md_out=md, plots=plots, echo=print,
+                    progress=lambda msg: console.log(msg))
+    if fl.failed_count(outs):
+        console.print(f"[bold red]error:[/] {fl.failed_count(outs)} of {len(outs)} devices failed (see the table)")
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -545,15 +615,138 @@ def compile_(bundle: Path = typer.Argument(..., help="Bundle folder (copied to t
              workspace_mib: Optional[int] = typer.Option(None, help="Builder workspace limit in MiB"),
              dla_core: Optional[int] = typer.Option(None, help="Build for this DLA core, GPU fallback on"),
              allow_other_device: bool = typer.Option(False, help="Build even if the GPU differs from the target's"),
+             device: Optional[str] = typer.Option(None, "--device", "-d", help="Build on this board of the inventory "
+                                                                               "over SSH and pull the result back"),
+             output: Optional[Path] = typer.Option(None, "-o", "--output", help="With --device: the new bundle "
+                                                                                "revision (default BUNDLE@DEVICE)"),
+             inventory: Optional[Path] = typer.Option(None, "--inventory", help="Device inventory YAML"),
              verbose: bool = typer.Option(False, "--verbose", "-v")):
     """On the device: build what can only be built there (TensorRT engines), verify it, record it in the bundle."""
     from edgefm.backends.tensorrt import compile_engine
 
     _setup_logging(verbose)
+    if device:
+        from edgefm.bundle import read_manifest
+        from edgefm.devices import fleet as fl
+        from edgefm.devices.cli import selected
+
+        args = ([] if target is None else ["--target", target]) + (
+            [] if workspace_mib is None else ["--workspace-mib", str(workspace_mib)]) + (
+            [] if dla_core is None else ["--dla-core", str(dla_core)]) + (
+            ["--allow-other-device"] if allow_other_device else [])
+        inv, devs = selected(inventory, [device], False)
+        with console.status(f"building on {device}"):
+            path = fl.compile_on(bundle, inv, devs[0], output, args)
+        console.print(f"wrote the new bundle revision {path}")
+        _print_targets(read_manifest(path))
+        return
     with console.status("building TensorRT engine(s)"):
         manifest = compile_engine(bundle, target, allow_other_device=allow_other_device,
                                   workspace_mib=workspace_mib, dla_core=dla_core)
     _print_targets(manifest)
+
+
+def _floats(text: Optional[str], flag: str) -> Optional[list]:
+    """'none,0.25,0.5' -> [None, 0.25, 0.5] (one clear line on a bad value)."""
+    if text is None:
+        return None
+    vals = []
+    for part in text.split(","):
+        part = part.strip()
+        if part.lower() in ("none", "0", ""):
+            vals.append(None)
+            continue
+        try:
+            vals.append(float(part))
+        except ValueError:
+            from edgefm.errors import ConfigError
+
+            raise ConfigError(f"{flag} {text!r}: {part!r} is not a number or 'none'") from None
+    return vals
+
+
+@app.command()
+@handles_errors
+def search(
+    source: Path = typer.Argument(..., help="Checkpoint, as for compress"),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the best bundle that meets the "
+                                                                        "budget here"),
+    target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Targets searched over (repeatable)"),
+    budget: Optional[str] = typer.Option(None, "--budget", help="latency_ms=..,accuracy_drop=..,size_mb=.."),
+    trials: Optional[int] = typer.Option(None, "--trials", help="Trials (default 12)"),
+    storage: Optional[Path] = typer.Option(None, "--storage", help="Shared folder for trials, bundles and the "
+                                                                    "report (default ./edgefm-search)"),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Address of an existing Ray cluster (default: an "
+                                                          "embedded local Ray)"),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="Embedded Ray: CPUs (default all)"),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="nsga2 (default), tpe, grid or random"),
+    prune_choices: Optional[str] = typer.Option(None, "--prune-choices", help="Prune ratios, e.g. none,0.25,0.5"),
+    quantize_choices: Optional[str] = typer.Option(None, "--quantize-choices", help="e.g. int8,fp32"),
+    distill_choices: Optional[str] = typer.Option(None, "--distill-choices", help="Distill epochs, e.g. 0,5"),
+    arch: Optional[str] = typer.Option(None, help="module.path:factory, file.py:factory or timm:NAME"),
+    input: Optional[List[str]] = typer.Option(None, "--input", help="NAME:DIMS[:DTYPE]"),
+    calib: Optional[Path] = typer.Option(None, help="Calibration data"),
+    eval: Optional[Path] = typer.Option(None, "--eval", help="Evaluation data (labels give the accuracy drop)"),
+    recipe: Optional[Path] = typer.Option(None, help="Recipe YAML; its search: section sets space/budget/trials"),
+    force: bool = typer.Option(False, "--force", help="Replace OUTPUT if it is an edgefm bundle"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs and tracebacks"),
+):
+    """Search prune ratio x precision x target (Optuna, trials on Ray) for the Pareto front of latency,
+    accuracy drop and size; write the best bundle that meets --budget."""
+    from edgefm.search.driver import search as run
+    from edgefm.search.space import from_recipe, parse_budget
+
+    _setup_logging(verbose)
+    space = {"targets": target, "prune": _floats(prune_choices, "--prune-choices"),
+             "quantize": quantize_choices.split(",") if quantize_choices else None,
+             "distill_epochs": [int(v or 0) for v in _floats(distill_choices, "--distill-choices")]
+             if distill_choices else None}
+    overrides = {"space": space, "trials": trials, "storage": storage, "ray_address": ray, "num_cpus": num_cpus,
+                 "sampler": sampler}
+    if budget:
+        overrides["budget"] = parse_budget(budget).model_dump(exclude_none=True)
+    base, cfg = from_recipe(recipe, dict(source=source, output=output or Path("unused"), arch=arch, inputs=input,
+                                         calib=calib, eval=eval), overrides)
+    s = run(base, cfg, out=output, force=force, progress=lambda m: console.log(m))
+    st = Path(cfg.storage)
+    out.print(f"{s['trials_asked']} trials ({s['trials_run']} compressed, the rest from the cache) in "
+              f"{s['wall_s']} s; report {st / 'search.md'}, plot {st / 'pareto.png'}")
+    if s["chosen"] is None:
+        console.print(f"[bold red]error:[/] no trial meets the budget ({s['budget_text']}); see {st / 'search.md'}")
+        raise typer.Exit(1)
+    ch = s["chosen"]
+    out.print(f"chosen: trial {ch['number']} {ch['params']}: p50 {ch['latency_p50_ms']:.3f} ms, "
+              f"drop {ch['accuracy_drop']:.2f} points, {ch['size_mb']:.3f} MB"
+              + (f" -> {s['output']}" if s["output"] else ""))
+
+
+@app.command("compress-zoo")
+@handles_errors
+def compress_zoo(
+    zoo: Path = typer.Argument(..., help="Zoo YAML: models: [{name, source, <compress fields>}], optional defaults:"),
+    output: Path = typer.Option(..., "-o", "--output", help="Folder: one bundle per model and report.md"),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Address of an existing Ray cluster (default embedded)"),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="Embedded Ray: CPUs (default all)"),
+    force: bool = typer.Option(False, "--force", help="Replace bundles already there"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logs and tracebacks"),
+):
+    """Compress every model of a zoo file in parallel on Ray: one bundle each and one report."""
+    from edgefm.search.zoo import compress_zoo as run
+
+    _setup_logging(verbose)
+    rep = run(zoo, output, ray_address=ray, num_cpus=num_cpus, force=force, progress=lambda m: console.log(m))
+    out.print(f"{rep['ok']} of {len(rep['models'])} models compressed in {rep['wall_s']} s; report {output / 'report.md'}")
+    if rep["ok"] < len(rep["models"]):
+        raise typer.Exit(1)
+
+
+def _add_devices() -> None:
+    from edgefm.devices.cli import app as devices_app
+
+    app.add_typer(devices_app, name="devices")
+
+
+_add_devices()
 
 
 def main() -> None:  # pragma: no cover

@@ -88,7 +88,8 @@ def report(cfg: ReportConfig, echo: Callable[[str], None] = print) -> list[Path]
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "report.md", out / "results.csv"]
-    machines = "\n".join(f"- `{r.machine.id}`: {r.machine.cpu_model}, {r.machine.logical_cores} cores, "
+    machines = "\n".join(f"- {f'device `{r.device_name}`, ' if r.device_name else ''}`{r.machine.id}`: "
+                         f"{r.machine.cpu_model}, {r.machine.logical_cores} cores, "
                          f"{r.machine.os}; {r.created}" for r in results)
     md = f"# edgefm benchmark report\n\n{machines}\n\n{rep.markdown(table)}"
     if cfg.plots:

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Optional, Sequence
 from edgefm.bench.schema import BenchResult, Measurement
 
 #: CSV/table columns, in order (the CSV header is this list; it is part of the documented output).
-COLUMNS = ["machine", "model", "name", "role", "backend", "precision", "device", "batch", "threads",
+COLUMNS = ["device_name", "machine", "model", "name", "role", "backend", "precision", "device", "batch", "threads",
            "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "throughput_per_s", "cpu_ms",
            "cpu_util",
            "speedup_vs_fp32", "fp32_baseline", "speedup_vs_torch", "cold_ms", "load_s", "peak_rss_mb",
@@ -93,6 +93,7 @@ def row(result: BenchResult, m: Measurement, model: Optional[str] = None) -> dic
     lat = m.latency
     elsewhere = _ran_elsewhere(result, m)
     return {
+        "device_name": result.device_name,
         "machine": result.machine.id, "model": model or _model_label(result, m), "name": m.name, "role": m.role,
         "label": f"{m.name} ({elsewhere})" if elsewhere else m.name,
         "backend": m.backend, "precision": m.precision, "device": m.device, "batch": m.batch, "threads": m.threads,
@@ -155,13 +156,16 @@ def markdown(table: Sequence[dict[str, Any]], with_machine: Optional[bool] = Non
     drops the machine column where the caller names the machine above the table)."""
     many_m = True if with_machine is None else with_machine
     many_models = True
-    head = (["machine"] if many_m else []) + (["model"] if many_models else []) + [
+    on_devices = any(r.get("device_name") for r in table)  # remote runs (--device/--fleet): name the board
+    head = (["device"] if on_devices else []) + (["machine"] if many_m else []) + (
+        ["model"] if many_models else []) + [
         "measured", "precision", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ± std ms", "CPU ms", "samples/s",
         "× fp32",
         "× torch", "cold ms", "load s", "peak RSS MiB", "size MB", "accuracy"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in table:
-        cells = ([r["machine"]] if many_m else []) + ([r["model"]] if many_models else []) + [
+        cells = ([r.get("device_name") or "(here)"] if on_devices else []) + ([r["machine"]] if many_m else []) + (
+            [r["model"]] if many_models else []) + [
             r.get("label", r["name"]), r["precision"], str(r["batch"]), _fmt(r["p50_ms"], ".3f"), _fmt(r["p90_ms"], ".3f"),
             _fmt(r["p99_ms"], ".3f"), f"{r['mean_ms']:.3f} ± {r['std_ms']:.3f}", _cpu_cell(r),
             _fmt(r["throughput_per_s"], ".1f"),

@@ -209,6 +209,8 @@ class BenchResult(_Model):
     measurements: list[Measurement] = Field(default_factory=list, description="One per subject and batch size")
     skipped: list[Skipped] = Field(default_factory=list, description="What was not measured, and why")
     wall_s: float = Field(0.0, description="Wall time of the whole run, s")
+    device_name: Optional[str] = Field(None, description="Inventory name of the board it ran on (edgefm bench "
+                                                         "--device/--fleet, over SSH); None when run locally")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

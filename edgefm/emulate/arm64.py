@@ -65,7 +65,7 @@ def _want() -> dict:
 
 def ensure_root(progress=None) -> Path:
     """The arm64 root folder, built on first use (~60 MB: Debian packages + PyPI wheels; a minute or two)."""
-    from edgefm.backends.tflite_convert import _locked
+    from edgefm.backends.litert_env import _exclusive as _locked
 
     root = root_dir()
     marker = root / "edgefm-root.json"
