@@ -88,6 +88,9 @@ class TargetEntry(BaseModel):
                           "the precision kept parts run in; None when it did not run")
     contract: Optional[Contract] = Field(None, description="The accuracy contract this target was built and "
                                                            "checked against (None in bundles made before it)")
+    direct: Optional[dict[str, Any]] = Field(
+        None, description="The direct check (edgefm.direct): the artifact run by its runtime's own API call after "
+                          "call, in order and reversed (runtime, calls, order_identical, the contract's verdict)")
     notes: list[str] = Field(default_factory=list, description="What a user of this artifact should know (e.g. an "
                                                                "int8 artifact no smaller than fp32)")
 

@@ -34,6 +34,7 @@ class AccuracyError(EdgefmError):
     def __init__(self, step: str, output: str, metric: str, value: float, limit: float, hint: str = "",
                  direction: str | None = None):
         self.step, self.output, self.metric, self.value, self.limit = step, output, metric, value, limit
+        self.direction = direction
         higher = direction == "min" if direction else metric in HIGHER_IS_BETTER
         cmp = ">=" if higher else "<="
         msg = (f"{step}: output '{output}' {metric} = {value:.6g}, but the limit is {cmp} {limit:.6g}")
@@ -92,6 +93,11 @@ def describe_write_error(e: OSError) -> "str | None":
 
     why = _WRITE_ERRORS.get(errno.errorcode.get(e.errno or 0, ""))
     return f"{why}: {e.filename}" if why and e.filename else why
+
+
+class DirectCheckError(EdgefmError):
+    """The artifact, run by its runtime's own API call after call (edgefm.direct), fails: its results depend on
+    what ran before (state carried between calls), or the runtime's API refuses it."""
 
 
 class DeviceError(EdgefmError):

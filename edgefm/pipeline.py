@@ -22,8 +22,8 @@ from edgefm.backends.base import CompileJob, Samples
 from edgefm.bundle import (FailedTarget, Manifest, SourceInfo, StageRecord, check_replaceable, finalize, sha256_file,
                            staging)
 from edgefm.config import CompressConfig
-from edgefm.contract import check_metric, resolve
-from edgefm.errors import (BundleError, CalibrationError, ConfigError, EdgefmError, TargetFailedError,
+from edgefm.contract import check_metric, enforce, resolve
+from edgefm.errors import (BundleError, CalibrationError, ConfigError, DirectCheckError, EdgefmError, TargetFailedError,
                            describe_write_error)
 from edgefm.targets import TargetSpec, backend_options, get_target
 
@@ -255,6 +255,7 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
                              progress=say)
             try:
                 result = get_backend(target.backend).compile(job)
+                _direct_check(result.entry, tmp, spec, ev, reference, result.entry.contract or contract, say)
             except Exception as e:  # noqa: BLE001 - with several targets, one failure must not discard the others
                 if len(p.targets) == 1 or (isinstance(e, OSError) and describe_write_error(e)):
                     raise  # disk full fails every target alike: one line about the bundle, not N failures
@@ -289,6 +290,21 @@ def _mark_baked(spec, onnx_path: Path) -> None:
     for inp in spec.inputs:
         if inp.constant and inp.name not in graph_inputs:
             inp.baked = True
+
+
+def _direct_check(entry, tmp: Path, spec, ev: Samples, reference, contract, say: Progress) -> None:
+    """Run the staged artifact through its runtime's own API, call after call in order and reversed
+    (edgefm.direct), record it in ``entry.direct``; DirectCheckError when the outputs depend on the call order,
+    AccuracyError when the contract refuses them."""
+    from edgefm.direct import check_entry
+
+    res = check_entry(tmp, entry, spec, ev.inputs, reference, ev.labels, contract)
+    entry.direct = res.record()
+    say(f"direct check: {res.detail}")
+    if res.ok is False:
+        if res.verdict is not None and res.order_identical:  # the contract's own one-line refusal
+            enforce(f"direct check ({res.runtime})", res.verdict)
+        raise DirectCheckError(f"direct check: {res.detail}")
 
 
 def _release(backend: str, later: list[str]) -> None:

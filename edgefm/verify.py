@@ -1,7 +1,8 @@
 """``edgefm verify``: check a bundle where it will run.
 
 For each target: the files match their sha256; the artifact runs in its runtime on the bundle's eval data
-and stays within the manifest's limits of the fp32 reference; the backend's own rules hold (e.g. TensorRT's
+and stays within the manifest's limits of the fp32 reference; run by its runtime's own API call after call,
+in order and reversed, it gives identical outputs that pass the same contract (``edgefm.direct``); the backend's own rules hold (e.g. TensorRT's
 Q/DQ rules), and — when asked — the artifact runs under emulation of another CPU architecture with the same
 results. A backend declares the last two in its ``CAPABILITIES`` (``check_rules``, ``verify_emulated``).
 
@@ -84,6 +85,7 @@ def verify_target(bundle: Path, manifest: Manifest, name: str, emulate: Optional
             report.checks.append(Check("fidelity", False, str(e)))
     else:
         report.checks.append(Check("fidelity", True, f"skipped: the {entry.backend} runtime is not installed here"))
+    report.checks.append(_direct(bundle, manifest, name))
     if has(backend, "check_rules"):
         try:
             violations = backend.check_rules(bundle, name, entry, manifest)
@@ -100,6 +102,14 @@ def verify_target(bundle: Path, manifest: Manifest, name: str, emulate: Optional
             ok, detail = backend.verify_emulated(bundle, name, arch=emulate, cpu=cpu)
             report.checks.append(Check(f"emulate {emulate}", ok, detail))
     return report
+
+
+def _direct(bundle: Path, manifest: Manifest, name: str) -> Check:
+    """The artifact run by its runtime's own API, call after call in order and reversed (edgefm.direct)."""
+    from edgefm.direct import check_target
+
+    res = check_target(bundle, manifest, name)
+    return Check("direct", res.ok is not False, res.detail, skipped=res.ok is None)
 
 
 def verify_bundle(bundle: Path, targets: Optional[list[str]] = None, emulate: Optional[str] = None,

@@ -142,7 +142,7 @@ def _int8(job: CompileJob, opts: Options, out: Path) -> tuple[dict[str, Any], di
             raise AccuracyError("quantize int8", "-", "recipes_applied", 0, 1, hint="; ".join(notes))
         best = max(candidates, key=lambda c: c[2].margin)
         raise AccuracyError(best[5].step, best[5].output, best[5].metric, best[5].value, best[5].limit,
-                            hint="no int8 recipe met the limits; relax them in a recipe's tolerances, allow a "
+                            direction=getattr(best[5], "direction", None), hint="no int8 recipe met the limits; relax them in a recipe's tolerances, allow a "
                                  "bounded drop with --max-accuracy-drop (which also lets the most sensitive nodes "
                                  "fall back to float), keep ops in float with --keep-fp32 OP_TYPE, or use --quantize "
                                  "fp16/fp32. Tried: "

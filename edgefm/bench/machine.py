@@ -26,21 +26,10 @@ RUNTIMES = ("edgefm", "numpy", "onnxruntime", "onnxruntime-gpu", "openvino", "ai
 
 def cpuinfo(path: Path = Path("/proc/cpuinfo")) -> tuple[Optional[str], set[str]]:
     """(model name, flags) from /proc/cpuinfo; (None, set()) where it does not exist."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return None, set()
-    model = None
-    for key in ("model name", "Model", "Hardware", "cpu model"):
-        m = re.search(rf"^{key}\s*:\s*(.+)$", text, re.M)
-        if m:
-            model = m.group(1).strip()
-            break
-    flags: set[str] = set()
-    m = re.search(r"^(?:flags|Features)\s*:\s*(.+)$", text, re.M)
-    if m:
-        flags = set(m.group(1).split())
-    return model, flags
+    from edgefm.hostcaps import _cpuinfo
+
+    model, flags = _cpuinfo(path)
+    return model, flags or set()
 
 
 def runtime_versions() -> dict[str, str]:

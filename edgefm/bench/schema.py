@@ -76,7 +76,11 @@ class Accuracy(_Model):
     fp32_top1: Optional[float] = Field(None, description="Top-1 of the fp32 reference outputs on the same data")
     fidelity: dict[str, dict[str, float]] = Field(
         default_factory=dict,
-        description="Per output vs the fp32 reference: cosine, min_cosine, max_abs, mean_abs, top1_agreement")
+        description="Per output vs the fp32 reference: the accuracy contract's figures for the output's kind "
+                    "(edgefm.contract.judge; e.g. top1_agreement, prob_cosine, cosine, max_abs)")
+    contract_ok: Optional[bool] = Field(None, description="Whether the contract's gates hold on this data (a bundle "
+                                                          "target: its recorded contract)")
+    contract_failures: list[str] = Field(default_factory=list, description="The gates that failed, one line each")
 
     def headline(self) -> tuple[str, Optional[float]]:
         """(metric name, value) for tables and the Pareto plot: top1 with labels, else mean cosine."""

@@ -72,19 +72,38 @@ def run_all(opened: Opened, inputs: Feed, size: int) -> dict[str, np.ndarray]:
     return {k: np.concatenate(v) for k, v in chunks.items()}
 
 
-def score(spec: ModelSpec, got: dict[str, np.ndarray], labels: Optional[np.ndarray], ref: Feed) -> Accuracy:
-    """Accuracy with labels and fidelity to the fp32 reference, computed by edgefm.fidelity."""
-    from edgefm import fidelity
+def contract_of(subject: Subject):
+    """The contract the subject is judged by: a bundle target's recorded one (the limits it was built with, as
+    ``edgefm verify`` reads them), else the spec's kinds and default gates at the subject's precision."""
+    from edgefm.contract import recorded, resolve
+
+    if subject.kind == "bundle" and subject.bundle and subject.target:
+        from edgefm.bundle import read_manifest
+
+        manifest = read_manifest(Path(subject.bundle))
+        if subject.target in manifest.targets:
+            return recorded(manifest, subject.target)[0]
+    return resolve(subject.spec, None, subject.precision)
+
+
+def score(spec: ModelSpec, got: dict[str, np.ndarray], labels: Optional[np.ndarray], ref: Feed,
+          contract=None) -> Accuracy:
+    """Accuracy with labels and fidelity to the fp32 reference: the figures of ``edgefm.contract.judge`` under
+    ``contract`` (default: the spec's kinds at fp32), so bench, verify and compress report the same numbers."""
+    from edgefm.contract import _accuracy, judge, resolve
 
     n = len(next(iter(got.values())))
     if ref:
-        m = fidelity.evaluate(spec, ref, got, labels)
-        acc = m.pop("_accuracy", {})
+        contract = contract if contract is not None else resolve(spec, None, "fp32")
+        verdict = judge(contract, ref, got, labels)
+        m = {k: v for k, v in verdict.metrics.items() if k != "_accuracy"}
+        acc = verdict.metrics.get("_accuracy", {})
         return Accuracy(basis="labels" if labels is not None else "reference", samples=n, top1=acc.get("top1"),
-                        top5=acc.get("top5"), fp32_top1=acc.get("fp32_top1"), fidelity=m)
+                        top5=acc.get("top5"), fp32_top1=acc.get("fp32_top1"), fidelity=m,
+                        contract_ok=verdict.ok, contract_failures=list(verdict.failures))
     if labels is not None:
-        logits = [o.name for o in spec.outputs if o.kind == "logits"] or list(got)[:1]
-        acc = fidelity.accuracy(got[logits[0]], labels)
+        logits = [o.name for o in spec.outputs if o.kind in ("logits", "probabilities")] or list(got)[:1]
+        acc = _accuracy(got[logits[0]], labels, {})
         return Accuracy(basis="labels", samples=n, top1=acc["top1"], top5=acc.get("top5"))
     return Accuracy(basis="none", samples=n)
 
@@ -97,7 +116,7 @@ def accuracy(job: WorkerJob) -> Accuracy:
     got = run_all(opened, inputs, job.eval_batch)
     if job.save_outputs:
         np.savez(job.save_outputs, **{f"ref/{k}": v for k, v in got.items()})
-    return score(s.spec, got, labels, ref)
+    return score(s.spec, got, labels, ref, contract_of(s))
 
 
 def measure(job: WorkerJob) -> Measurement:

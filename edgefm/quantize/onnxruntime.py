@@ -122,8 +122,20 @@ def _preprocess(src: Path, dst: Path) -> str:
             return label
         except Exception:  # noqa: BLE001 - fall through to the next, weaker pre-processing
             log.debug("quant_pre_process (%s) failed", label, exc_info=True)
+        finally:
+            _remove_stray_shape_files()
     shutil.copyfile(src, dst)
     return "skipped (failed)"
+
+
+def _remove_stray_shape_files() -> None:
+    """ORT's symbolic shape inference saves ``sym_shape_infer_temp.onnx`` (+ its external data) into the current
+    folder when it cannot infer every shape, and leaves it there: never leave it in the user's folder."""
+    for f in Path.cwd().glob("sym_shape_infer_temp.onnx*"):
+        try:
+            f.unlink()
+        except OSError:
+            pass
 
 
 def reduce_range(host=None) -> bool:

@@ -59,7 +59,7 @@ def test_predictor_any_batch_and_threads(cnn_bundle):
         np.testing.assert_allclose(model({"x": x[:n]})["logits"], full[:n], rtol=1e-5, atol=1e-5)
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda i: model({"x": x[i:i + 8]})["logits"], range(0, 64, 8)))
-    np.testing.assert_allclose(np.concatenate(results), full, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.concatenate(results), full[:64], rtol=1e-5, atol=1e-5)
     with pytest.raises(CalibrationError, match="axis 2 must be 8"):
         model({"x": np.zeros((1, 1, 9, 8), np.float32)})
 

@@ -34,7 +34,7 @@ def test_compress_rpi5_and_load(pipeline_bundle, cnn):
 def test_verify_checks_the_tflite_target(pipeline_bundle):
     (report,) = verify_bundle(pipeline_bundle, ["rpi5"])
     assert report.ok, [(c.name, c.detail) for c in report.checks]
-    assert [c.name for c in report.checks] == ["integrity", "fidelity"]
+    assert [c.name for c in report.checks] == ["integrity", "fidelity", "direct"]
 
 
 def test_cli_inspect_shows_the_tflite_target(pipeline_bundle):
