@@ -10,7 +10,6 @@ import importlib.util
 import json
 import logging
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from edgefm.bench.subjects import Subject, env_for_threads
 from edgefm.bundle import Manifest, read_manifest, sha256_path, target_files, verify_files
 from edgefm.errors import BundleError, CalibrationError, ConfigError, EdgefmError
 from edgefm.models.spec import ModelSpec
+from edgefm.pylaunch import python_command
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -202,8 +202,9 @@ def _spawn(job_fields: dict, subject: Subject, stem: str, timing: Timing, workdi
     job_path = workdir / f"{stem}.job.json"
     job_path.write_text(job.model_dump_json())
     try:
-        proc = subprocess.run([sys.executable, "-m", "edgefm.bench.worker", str(job_path)], capture_output=True,
-                              text=True, timeout=timing.worker_timeout_s, env=env_for_threads(timing.threads))
+        proc = subprocess.run([*python_command(), "-m", "edgefm.bench.worker", str(job_path)],
+                              capture_output=True, text=True, timeout=timing.worker_timeout_s,
+                              env=env_for_threads(timing.threads))
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"{subject.name}: no result within {timing.worker_timeout_s:.0f} s") from None
     if not out.is_file():

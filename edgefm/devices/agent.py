@@ -31,6 +31,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Optional
 
+from edgefm.pylaunch import python_command
+
 HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -116,7 +118,7 @@ def receive(root: Path, msha: str, stream) -> dict[str, Any]:
 def _edgefm(args: list[str]) -> None:
     """Run an edgefm command here; what it prints goes to stderr so stdout stays JSON. A failure raises with
     the command's own error line (what the host shows the user)."""
-    r = subprocess.run([sys.executable, "-m", "edgefm.cli", *args], stdout=sys.stderr, stderr=subprocess.PIPE,
+    r = subprocess.run([*python_command(), "-m", "edgefm.cli", *args], stdout=sys.stderr, stderr=subprocess.PIPE,
                        check=False, text=True)
     sys.stderr.write(r.stderr)
     if r.returncode != 0:

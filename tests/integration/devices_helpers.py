@@ -173,9 +173,11 @@ def arm64_python(tmp: Path, core: str = "cortex-a76") -> Path:
     zipfile.ZipFile(edgefm_wheel(tmp / "arm64-wheel")).extractall(own)
     (tmp / "cpuinfo").write_text(arm64.cpuinfo(core))
     q = shlex.quote
+    # EDGEFM_PYTHON: how edgefm on the "device" starts its own subprocesses (bench workers, the agent's edgefm):
+    # sys.executable there is an arm64 ELF that this kernel cannot exec without the qemu launcher
+    launcher = f"{q(arm64.qemu())} -cpu {core} -L {q(str(root))} {q(str(root / 'usr' / 'bin' / arm64.PYTHON))}"
     inner = (f"mount --bind {q(str(tmp / 'cpuinfo'))} /proc/cpuinfo && exec env PYTHONNOUSERSITE=1 LANG=C.UTF-8 "
-             f"PYTHONPATH={q(f'{own}:{site}:{root}/site')} {q(arm64.qemu())} -cpu {core} -L {q(str(root))} "
-             f"{q(str(root / 'usr' / 'bin' / arm64.PYTHON))} \"$@\"")
+             f"PYTHONPATH={q(f'{own}:{site}:{root}/site')} EDGEFM_PYTHON={q(launcher)} {launcher} \"$@\"")
     unshare = "unshare -m" if os.geteuid() == 0 else "unshare -r -m"
     py = tmp / "python-arm64"
     py.write_text(f"#!/bin/sh\nexec {unshare} sh -c {q(inner)} sh \"$@\"\n")

@@ -403,21 +403,17 @@ def test_remote_engine_build_pulls_a_new_revision(lab, tmp_path, digits_cnn_ckpt
     assert (src / "manifest.json").read_text() == before
 
 
-@pytest.mark.emulation
-@pytest.mark.slow
-@pytest.mark.skipif(shutil.which("qemu-aarch64-static") is None, reason="needs qemu-user-static")
-def test_verify_litert_on_an_arm64_device(lab, tmp_path, digits_cnn_ckpt):
-    """A "board" whose Python is the arm64 build under qemu: the LiteRT int8 artifact is verified over SSH by
-    the arm64 LiteRT runtime (fidelity real, timings meaningless), with the same checks as here."""
+def _arm64_lab(lab, tmp_path, ckpt):
+    """The LiteRT int8 digits bundle (eval data with labels) and an inventory whose device "arm" runs the arm64
+    Python under qemu (its EDGEFM_PYTHON says how edgefm there starts more of itself)."""
     import torch
 
-    from edgefm.verify import verify_bundle
     from edgefm.zoo import DigitsCNN
     from tests.backends.tflite.conftest import digits_job, tflite_target, write_bundle
     from tests.integration.devices_helpers import arm64_python
 
     model = DigitsCNN()
-    model.load_state_dict(torch.load(digits_cnn_ckpt[0], weights_only=True))
+    model.load_state_dict(torch.load(ckpt, weights_only=True))
     model.eval()
     target = tflite_target("int8")
     out = tmp_path / "litert"
@@ -427,9 +423,20 @@ def test_verify_litert_on_an_arm64_device(lab, tmp_path, digits_cnn_ckpt):
     cfg["devices"] = [{**cfg["devices"][0], "name": "arm", "python": str(py), "workdir": str(tmp_path / "w")}]
     inv = tmp_path / "devices.yaml"
     inv.write_text(yaml.safe_dump(cfg))
+    return out, target, inv
+
+
+@pytest.mark.emulation
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("qemu-aarch64-static") is None, reason="needs qemu-user-static")
+def test_verify_litert_on_an_arm64_device(lab, tmp_path, digits_cnn_ckpt):
+    """A "board" whose Python is the arm64 build under qemu: the LiteRT int8 artifact is verified over SSH by
+    the arm64 LiteRT runtime (fidelity real, timings meaningless), with the same checks as here."""
     from edgefm.devices.inventory import load_inventory
     from edgefm.devices.remote import Remote
+    from edgefm.verify import verify_bundle
 
+    out, target, inv = _arm64_lab(lab, tmp_path, digits_cnn_ckpt[0])
     i = load_inventory(inv)
     remote = Remote(i.get("arm"), i)
     t0 = time.monotonic()
@@ -447,3 +454,37 @@ def test_verify_litert_on_an_arm64_device(lab, tmp_path, digits_cnn_ckpt):
         print(f"  {c['name']}: arm64 device: {c['detail']} | here: {h.detail}")
         # the arm64 int8 kernels give the x86 top-1 on the eval data (as verify --emulate arm64 finds)
         assert re.findall(r"top-1 [\d.]+%", c["detail"]) == re.findall(r"top-1 [\d.]+%", h.detail)
+
+
+@pytest.mark.emulation
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("qemu-aarch64-static") is None, reason="needs qemu-user-static")
+def test_bench_litert_on_an_arm64_device(lab, tmp_path, digits_cnn_ckpt):
+    """``edgefm bench --device`` on the qemu arm64 "board": the agent's edgefm and the bench's workers are
+    arm64 Pythons started through $EDGEFM_PYTHON; the pulled result says aarch64, and its accuracy and
+    fidelity (arm64 LiteRT int8 kernels) match this machine's run of the same bundle within the contract."""
+    from edgefm.bench.schema import read_result
+
+    out, target, inv = _arm64_lab(lab, tmp_path, digits_cnn_ckpt[0])
+    fast = ["--target", target.name, "--runs", "3", "--warmup", "1", "--threads", "1", "--no-baselines"]
+    t0 = time.monotonic()
+    r = edgefm("bench", str(out), "--device", "arm", "--inventory", str(inv), "--json", str(tmp_path / "arm.json"),
+               *fast, timeout=600)
+    wall = time.monotonic() - t0
+    assert r.returncode == 0, r.stderr + r.stdout
+    r = edgefm("bench", str(out), "--json", str(tmp_path / "x86.json"), *fast)
+    assert r.returncode == 0, r.stderr + r.stdout
+    arm, here = read_result(tmp_path / "arm.json"), read_result(tmp_path / "x86.json")
+    assert arm.device_name == "arm" and arm.machine.arch == "aarch64"
+    assert "torch" not in arm.machine.runtime_versions
+    (a,), (h,) = arm.measurements, here.measurements
+    assert a.name == h.name == target.name
+    print(f"arm64 device bench over SSH: {wall:.1f} s (load {open('/proc/loadavg').read().split()[0]})")
+    print(f"  arm64: top1 {a.accuracy.top1} fidelity {a.accuracy.fidelity} contract_ok {a.accuracy.contract_ok}")
+    print(f"  here:  top1 {h.accuracy.top1} fidelity {h.accuracy.fidelity} contract_ok {h.accuracy.contract_ok}")
+    assert a.accuracy.basis == h.accuracy.basis == "labels" and a.accuracy.samples == h.accuracy.samples
+    # different int8 kernels (arm64 vs x86): top-1 within one point, and the recorded contract holds on both
+    assert a.accuracy.top1 == pytest.approx(h.accuracy.top1, abs=0.01)
+    assert a.accuracy.contract_ok and h.accuracy.contract_ok, (a.accuracy.contract_failures,
+                                                               h.accuracy.contract_failures)
+    assert a.accuracy.fidelity.keys() == h.accuracy.fidelity.keys()
