@@ -61,6 +61,7 @@ def ensure_env(progress=None, lock: Path = LOCK_FILE) -> Path:
             if progress:
                 progress(f"creating the onnx2tf converter environment in {d} (once; ~2.5 GB)")
             _build(d, lock)
+        _repair_scripts(d)
         _hold(d)
     return d / "bin" / "python"
 
@@ -87,6 +88,17 @@ def _fix_scripts(old: Path, new: Path) -> None:
             f.write_bytes(f.read_bytes().replace(str(old).encode(), str(new).encode(), 1))
 
 
+def _repair_scripts(d: Path) -> None:
+    """An environment built before its scripts were fixed after the rename (an older edgefm) still names its build
+    folder in ``bin/onnxsim``'s shebang: point every script whose interpreter is gone at this environment."""
+    for f in (d / "bin").iterdir():
+        if not f.is_file() or f.is_symlink():
+            continue
+        first = f.read_bytes()[:512].split(b"\n", 1)[0]
+        if first.startswith(b"#!") and first.endswith(b"/bin/python") and not Path(first[2:].decode()).exists():
+            _fix_scripts(Path(first[2:].decode()).parent.parent, d)
+
+
 def _valid(d: Path, lock: Path) -> bool:
     try:
         return (d / "bin" / "python").exists() and json.loads((d / MARKER).read_text()).get("key") == env_key(lock)
@@ -106,6 +118,7 @@ def _build(d: Path, lock: Path) -> None:
         _run([str(py), "-c", "import onnx2tf"], "import onnx2tf in it", d)
         (tmp / MARKER).write_text(json.dumps({"key": env_key(lock)}, indent=1))
         os.rename(tmp, d)
+        _fix_scripts(tmp, d)  # bin/onnxsim's shebang still names the build folder
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

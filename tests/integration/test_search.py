@@ -61,7 +61,8 @@ BUDGET = {"latency_ms": 50.0, "accuracy_drop": 2.0}  # generous latency: CI mach
 @pytest.fixture(autouse=True)
 def ray_env(monkeypatch):
     """Ray workers inherit the driver's environment: they must import this edgefm and use the test's cache."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    if os.environ.get("EDGEFM_TEST_INSTALLED") != "1":  # against an installed wheel, workers import that one
+        monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.setenv("RAY_DEDUP_LOGS", "0")
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
     yield
