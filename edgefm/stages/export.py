@@ -108,6 +108,17 @@ def verify_onnx(module, spec: ModelSpec, calib: Samples, path: Path, limits: Lim
     return {k: {**m, **{f"batch1_{mk}": mv for mk, mv in metrics_b1.get(k, {}).items()}} for k, m in metrics.items()}
 
 
+def _why(err: Exception) -> str:
+    """One line for an exporter failure; a TorchScript interpreter error names the scripted line instead of
+    the interpreter's boilerplate first line."""
+    text = str(err)
+    if "TorchScript" in text:
+        from edgefm.models.wrap import script_error
+
+        return script_error(text, Path("model")).split(": ", 1)[-1][:400]
+    return f"{type(err).__name__}: {text.splitlines()[0][:200] if text else ''}"
+
+
 def export_onnx(module, spec: ModelSpec, calib: Samples, out: Path, limits: Limits,
                 opset: Optional[int] = None, exporters: tuple[str, ...] = EXPORTERS) -> StageRecord:
     """Export ``module`` to ``out`` and verify it against torch; returns the stage record.
