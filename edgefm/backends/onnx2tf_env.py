@@ -12,7 +12,6 @@ which may enter the main environment. Same guarantees as the litert-torch enviro
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -20,14 +19,14 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import IO
 
+# the build lock and the in-use marks work exactly as for the LiteRT converter environment
+from edgefm.backends.litert_env import _exclusive, _hold, _in_use
 from edgefm.errors import BackendUnavailableError
 
 LOCK_FILE = Path(__file__).with_name("onnx2tf.lock")
 RUNNER = Path(__file__).with_name("onnx2tf_run.py")
 MARKER = "edgefm-env.json"
-_HELD: dict[str, IO] = {}
 
 
 def tools_dir() -> Path:
@@ -131,47 +130,6 @@ def _run(cmd: list[str], what: str, d: Path) -> str:
         raise BackendUnavailableError(f"onnx2tf environment {d.name}: could not {what}: {tail}; nothing was left "
                                       f"behind")
     return r.stdout
-
-
-@contextlib.contextmanager
-def _exclusive(path: Path):
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _use_file(d: Path) -> Path:
-    return d.parent / f".{d.name}.use"
-
-
-def _hold(d: Path) -> None:
-    import fcntl
-
-    if str(d) in _HELD:
-        return
-    f = open(_use_file(d), "a")
-    fcntl.flock(f, fcntl.LOCK_SH)
-    _HELD[str(d)] = f
-
-
-def _in_use(d: Path) -> bool:
-    import fcntl
-
-    if not _use_file(d).exists():
-        return False
-    with open(_use_file(d), "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
-    return False
 
 
 def convert(python: Path, onnx_path: Path, out: Path, input_shapes: dict[str, list[int]], keep_layout: list[str],
