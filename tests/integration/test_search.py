@@ -246,6 +246,9 @@ def test_search_on_two_node_cluster_survives_a_killed_node(digits_cnn_ckpt, tmp_
                     flag = f"--node_id={node2['NodeID']}"
                     for p in psutil.process_iter(["name", "cmdline"]):
                         if "raylet" in (p.info["name"] or "") and flag in " ".join(p.info["cmdline"] or []):
+                            # its workers first: a worker outlives its raylet long enough to finish the trial
+                            for c in p.children(recursive=True):
+                                c.send_signal(signal.SIGKILL)
                             p.send_signal(signal.SIGKILL)
                             killed.update(node=node2["NodeID"], trial=log.parent.name, pid=p.pid)
                             return
