@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -116,6 +117,7 @@ def _preprocess(src: Path, dst: Path) -> str:
     Symbolic shape inference fails on some exports (TOOLCHAIN.md: dynamo MiniLM); then it is skipped."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    before = set(Path.cwd().glob("*.data"))
     for kwargs, label in (({}, "full"), ({"skip_symbolic_shape": True}, "without symbolic shape inference")):
         try:
             quant_pre_process(str(src), str(dst), **kwargs)
@@ -123,15 +125,19 @@ def _preprocess(src: Path, dst: Path) -> str:
         except Exception:  # noqa: BLE001 - fall through to the next, weaker pre-processing
             log.debug("quant_pre_process (%s) failed", label, exc_info=True)
         finally:
-            _remove_stray_shape_files()
+            _remove_stray_shape_files(before)
     shutil.copyfile(src, dst)
     return "skipped (failed)"
 
 
-def _remove_stray_shape_files() -> None:
-    """ORT's symbolic shape inference saves ``sym_shape_infer_temp.onnx`` (+ its external data) into the current
-    folder when it cannot infer every shape, and leaves it there: never leave it in the user's folder."""
-    for f in Path.cwd().glob("sym_shape_infer_temp.onnx*"):
+def _remove_stray_shape_files(before: set) -> None:
+    """ORT's symbolic shape inference saves ``sym_shape_infer_temp.onnx`` into the current folder when it cannot
+    infer every shape, with its weights as external data under a UUID name (``<uuid>.data``, 12 MB for silero),
+    and leaves both there: never leave them in the user's folder."""
+    uuid_data = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.data$")
+    stray = list(Path.cwd().glob("sym_shape_infer_temp.onnx*"))
+    stray += [f for f in Path.cwd().glob("*.data") if f not in before and uuid_data.match(f.name)]
+    for f in stray:
         try:
             f.unlink()
         except OSError:
