@@ -234,8 +234,10 @@ def compress(
     quantize: Optional[str] = typer.Option(None, help="int8, fp16 or fp32 for every target (default: the target's)"),
     keep_fp32: Optional[List[str]] = typer.Option(None, "--keep-fp32", help="Node name or op type kept in float"),
     max_accuracy_drop: Optional[float] = typer.Option(
-        None, help="Allowed top-1 drop in points on labeled eval data; also lets every target keep the int8 parts "
-                   "that break the accuracy contract in higher precision until it holds (listed in the manifest)"),
+        None, help="Allowed top-1 drop in points on labeled eval data (without labels: cosine drop in points)"),
+    fallback: bool = typer.Option(True, "--fallback/--no-fallback", help="When int8 misses the accuracy contract, "
+                                  "keep the most damaged parts in higher precision until it holds (listed in the "
+                                  "manifest); --no-fallback refuses instead"),
     output_kind: Optional[List[str]] = typer.Option(
         None, "--output-kind", help="What an output means, NAME:KIND[:key=value,...] (repeatable), e.g. "
                                     "speaker:embedding, vad:binary:threshold=0.5, "
@@ -270,6 +272,7 @@ def compress(
     decls = dict(parse_output_decl(d) for d in output_kind or [])
     cfg = build_config(recipe, source=source, output=output, targets=target, arch=arch, inputs=input, state=state, calib=calib,
                        eval=eval, quantize=quantize, keep_fp32=keep_fp32, max_accuracy_drop=max_accuracy_drop,
+                       fallback=None if fallback else False,
                        outputs=decls or None, metric=metric, metric_drop=metric_drop,
                        max_length=max_length, force=force or None, trust_source=trust_source or None,
                        dry_run=dry_run or None, verbose=verbose or None,
@@ -310,12 +313,18 @@ def _print_targets(manifest, bundle: Optional[Path] = None) -> None:
     fp32 = _fp32_bytes(manifest, bundle) if bundle is not None else None
     for name, e in manifest.targets.items():
         size = [_size_text(_files_bytes(bundle, e.files), fp32)] if bundle is not None else []
-        t.add_row(escape(name), e.backend, e.precision, escape(e.artifact), *size, escape(_fidelity_text(e.metrics)))
+        kept_in = (e.fallback or {}).get("kept_precision", "float")
+        prec = e.precision + (f" ({len(e.kept_in_float)} kept in {kept_in})" if e.kept_in_float else "")
+        t.add_row(escape(name), e.backend, prec, escape(e.artifact), *size, escape(_fidelity_text(e.metrics)))
     for name, f in manifest.failed.items():
         size = [""] if bundle is not None else []
         t.add_row(escape(name), f.backend, f.precision, "[red]FAILED[/]", *size, f"[red]{escape(f.error)}[/]")
     out.print(t)
     for name, e in manifest.targets.items():  # whole lines, so they can be read (and grepped) unwrapped
+        if e.kept_in_float:
+            out.print(f"[yellow]note[/] {escape(name)}: the accuracy fallback kept {len(e.kept_in_float)} part(s) out of "
+                      f"{e.precision} ({(e.fallback or {}).get('kept_precision', 'float')}) so that the contract holds: {escape(', '.join(e.kept_in_float[:6]))}"
+                      + (" ..." if len(e.kept_in_float) > 6 else ""), soft_wrap=True, highlight=False)
         for n in e.notes:
             out.print(f"[yellow]note[/] {escape(name)}: {escape(n)}", soft_wrap=True, highlight=False)
     for name, f in manifest.failed.items():

@@ -66,8 +66,12 @@ class CompressConfig(BaseModel):
     max_accuracy_drop: Optional[float] = Field(
         None, ge=0, le=100, allow_inf_nan=False,
         description="Allowed top-1 drop in points (labels), a finite number from 0 to 100 — overrides "
-                    "tolerances.quantize.accuracy_drop; also turns on the accuracy fallback "
-                    "(edgefm.quantize.fallback) on every target")
+                    "tolerances.quantize.accuracy_drop (the contract's limits are otherwise unchanged)")
+    fallback: bool = Field(
+        True, description="When an int8 build misses the accuracy contract, keep the parts quantization damaged "
+                          "most in higher precision (float; fp16 on TensorRT) until it holds, within a budget, and "
+                          "record them in the manifest (edgefm.quantize.fallback). The limits stay the same. False "
+                          "(--no-fallback): refuse such a build instead")
     tolerances: Tolerances = Field(default_factory=Tolerances)
     outputs: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
@@ -104,6 +108,10 @@ class CompressConfig(BaseModel):
             except ConfigError as e:
                 raise ValueError(str(e)) from None
         return v
+
+    def fallback_allowed(self) -> bool:
+        """Whether a target may keep the int8 parts that break the contract in higher precision."""
+        return bool(self.fallback)
 
     def quant_limits(self) -> Limits:
         lim = self.tolerances.quantize.model_copy()

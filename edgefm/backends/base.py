@@ -53,6 +53,20 @@ def contract_for(job: "CompileJob", precision: Optional[str] = None):
     return contract
 
 
+def fallback_allowed(config: Any) -> bool:
+    """Whether the accuracy fallback may keep the int8 parts that break the contract in higher precision: on by
+    default (the contract's limits do not change), off with ``--no-fallback`` (``fallback: false``)."""
+    return config is None or bool(getattr(config, "fallback", True))
+
+
+#: What every refusal of an int8 build says the user can do (the fallback already ran unless --no-fallback).
+def int8_way_out(config: Any, keep: str = "ops") -> str:
+    first = ("drop --no-fallback to let the most damaged parts stay in higher precision, "
+             if not fallback_allowed(config) else "")
+    return (f"{first}allow a bounded drop with --max-accuracy-drop, keep {keep} in float with --keep-fp32, or use "
+            f"--quantize fp16/fp32")
+
+
 def judge_job(job: "CompileJob", got: Mapping[str, np.ndarray], precision: Optional[str] = None):
     """``edgefm.contract.judge`` of ``got`` (outputs on ``job.eval``) against the fp32 reference."""
     from edgefm.contract import judge

@@ -12,7 +12,7 @@ from typing import Any, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgefm.backends.base import CompileJob, CompileResult, LoadOptions, judge_job
+from edgefm.backends.base import CompileJob, CompileResult, LoadOptions, fallback_allowed, int8_way_out, judge_job
 from edgefm.bundle import StageRecord, TargetEntry, sha256_file
 from edgefm.contract import enforce
 from edgefm.errors import AccuracyError, ConfigError
@@ -132,8 +132,8 @@ def _int8(job: CompileJob, opts: Options, out: Path) -> tuple[dict[str, Any], di
                      f"{'within limits' if error is None else 'rejected: ' + str(error)}; {summary}")
         candidates.append((recipe, settings, verdict, ms, path, error))
     ok = [c for c in candidates if c[5] is None]
-    if not ok and job.config.max_accuracy_drop is not None:
-        # The user stated a bound: keep the most damaged nodes in float until it holds (recorded).
+    if not ok and fallback_allowed(job.config):
+        # Keep the most damaged nodes in float until the contract holds (recorded; --no-fallback refuses instead).
         ok = _fallback(job, opts, out, [c for c in candidates if c[0].mode == "static"], notes)
     if not ok:
         for c in candidates:
@@ -142,10 +142,8 @@ def _int8(job: CompileJob, opts: Options, out: Path) -> tuple[dict[str, Any], di
             raise AccuracyError("quantize int8", "-", "recipes_applied", 0, 1, hint="; ".join(notes))
         best = max(candidates, key=lambda c: c[2].margin)
         raise AccuracyError(best[5].step, best[5].output, best[5].metric, best[5].value, best[5].limit,
-                            direction=getattr(best[5], "direction", None), hint="no int8 recipe met the limits; relax them in a recipe's tolerances, allow a "
-                                 "bounded drop with --max-accuracy-drop (which also lets the most sensitive nodes "
-                                 "fall back to float), keep ops in float with --keep-fp32 OP_TYPE, or use --quantize "
-                                 "fp16/fp32. Tried: "
+                            direction=getattr(best[5], "direction", None), hint="no int8 recipe met the limits; relax them in a recipe's tolerances, "
+                                 + int8_way_out(job.config, "nodes or op types") + ". Tried: "
                                  + " | ".join(notes))
     # int8 is for speed and size. Quick timings are noisy (a shared CPU swings them by 10 %+), so the family's
     # preferred (earlier) recipe is kept unless another is clearly faster without being larger (static QDQ of

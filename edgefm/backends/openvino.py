@@ -21,7 +21,8 @@ from typing import Any, Literal, Optional, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgefm.backends.base import CompileJob, CompileResult, Feed, LoadOptions, Samples, contract_for, judge_job
+from edgefm.backends.base import (CompileJob, CompileResult, Feed, LoadOptions, Samples, contract_for, fallback_allowed,
+                                  judge_job)
 from edgefm.backends.openvino_run import (OpenVINOPredictor, compile_model, core, execution_info, pick_device,
                                           runtime_config)
 from edgefm.bundle import StageRecord, TargetEntry, sha256_file, sha256_path
@@ -324,11 +325,12 @@ def _quantize(job: CompileJob, opts: OpenVINOOptions, model: Any, f32: Any, f32_
     cfg = runtime_config({"inference_precision": opts.inference_precision}, "CPU")
     compiled = compile_model(qmodel, "CPU", cfg)
     verdict = _evaluate(job, compiled, "int8")
-    tried = max_drop is not None and opts.int8_mode == "static" and not verdict.ok
+    allowed = fallback_allowed(job.config)
+    tried = allowed and opts.int8_mode == "static" and not verdict.ok
     fallback = None
     if tried:
         qmodel, compiled, verdict, fallback = _fallback(job, opts, model, qmodel, s, cfg, settings, notes, nq)
-    elif max_drop is not None:
+    elif max_drop is not None and verdict.ok:
         notes.append(f"plain int8 meets --max-accuracy-drop {max_drop}: the accuracy fallback is not needed")
     metrics = verdict.metrics
     layers = nq.int8_layers(qmodel)
@@ -336,7 +338,7 @@ def _quantize(job: CompileJob, opts: OpenVINOOptions, model: Any, f32: Any, f32_
     metrics["_execution"] = execution_info(compiled)
     if opts.compare_precisions:
         metrics["_compare"] = _compare_precisions(job, model, f32, f32_metrics, compiled, metrics)
-    enforce(step, verdict, hint=_int8_hint(max_drop, fallback))
+    enforce(step, verdict, hint=_int8_hint(allowed, fallback))
     return qmodel, StageRecord(name="quantize", target=job.target.name, settings=settings,
                                seconds=round(time.perf_counter() - t0, 3), metrics=metrics, notes=notes)
 
@@ -393,17 +395,18 @@ def _fallback(job: CompileJob, opts: OpenVINOOptions, model: Any, plain: Any, s:
     return res.candidate.handle, res.candidate.compiled, verdict, res
 
 
-def _int8_hint(max_drop: Optional[float], fallback: Any) -> str:
+def _int8_hint(allowed: bool, fallback: Any) -> str:
     if fallback is not None:
         from edgefm.quantize.fallback import figures
 
         return (f"even after the accuracy fallback kept {len(fallback.kept)} layer(s) in float ({fallback.stopped}; "
-                f"last try: {figures(fallback.verdict)}); keep more with --keep-fp32 NODE/OPTYPE or use --quantize "
-                f"fp32/bf16")
-    if max_drop is None:
-        return ("pass --max-accuracy-drop to let the most sensitive layers stay in float, or --keep-fp32 "
-                "NODE/OPTYPE")
-    return ""
+                f"last try: {figures(fallback.verdict)}); allow a bounded drop with --max-accuracy-drop, keep more "
+                f"with --keep-fp32 NODE/OPTYPE or use --quantize fp32/bf16")
+    if not allowed:
+        return ("drop --no-fallback to let the most sensitive layers stay in float, allow a bounded drop with "
+                "--max-accuracy-drop, or --keep-fp32 NODE/OPTYPE")
+    return ("allow a bounded drop with --max-accuracy-drop, keep layers in float with --keep-fp32 NODE/OPTYPE, or "
+            "use --quantize fp32/bf16")
 
 
 def _count(values: Any) -> dict[str, int]:

@@ -23,7 +23,7 @@ from typing import Any, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from edgefm.backends.base import CompileJob, CompileResult, LoadOptions, judge_job
+from edgefm.backends.base import CompileJob, CompileResult, LoadOptions, fallback_allowed, int8_way_out, judge_job
 from edgefm.bundle import StageRecord, TargetEntry, sha256_file
 from edgefm.contract import enforce
 from edgefm.errors import (BackendUnavailableError, ConfigError, TargetError,
@@ -224,9 +224,9 @@ def _int8_with_fallback(job: CompileJob, src: Path, artifact: Path, opts: Tensor
                             job.spec.input_names)
     notes += result.notes
     verdict = judge_job(job, _ort_outputs(artifact, job), "int8")
-    allowed_fallback = job.config is not None and job.config.max_accuracy_drop is not None
+    allowed_fallback = fallback_allowed(job.config)
     if verdict.ok or not allowed_fallback or result.qdq_pairs == 0:
-        enforce(step, verdict, hint=_hint(opts, allowed_fallback))
+        enforce(step, verdict, hint=_hint(opts, False, allowed_fallback))
         return verdict.metrics, None
     hooks = TrtFallback(job, src, artifact)
     res = run_fallback(hooks, lambda got: judge_job(job, got, "int8"), Candidate(artifact),
@@ -243,15 +243,15 @@ def _int8_with_fallback(job: CompileJob, src: Path, artifact: Path, opts: Tensor
                                 "rounds": len(res.rounds), "first_try": verdict.metrics}
         return metrics, res
     enforce(step, verdict, hint=f"the fp16 fallback ({res.stopped}) did not reach it either "
-                                f"({figures(res.verdict)}); {_hint(opts, True)}")
+                                f"({figures(res.verdict)}); {_hint(opts, True, True)}")
     return verdict.metrics, res  # pragma: no cover - enforce raised
 
 
-def _hint(opts: TensorRTOptions, fallback_tried: bool) -> str:
-    h = "keep sensitive layers in float with --keep-fp32 NODE, or use --quantize fp16"
-    if not fallback_tried:
-        h = "allow a bounded drop with --max-accuracy-drop (the most damaged activations then fall back to " \
-            "fp16), " + h
+def _hint(opts: TensorRTOptions, fallback_tried: bool, allowed: bool) -> str:
+    h = "allow a bounded drop with --max-accuracy-drop, keep sensitive layers in float with --keep-fp32 NODE, or " \
+        "use --quantize fp16"
+    if not allowed:
+        h = "drop --no-fallback (the most damaged activations then fall back to fp16), " + h
     return h + ("; 2:4 sparsity without fine-tuning costs accuracy" if opts.sparsity else "")
 
 
@@ -303,7 +303,7 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
             verdict = judge_job(job, _ort_outputs(artifact, job))
             metrics = verdict.metrics
             if opts.sparsity:
-                enforce(step, verdict, hint=_hint(opts, False))
+                enforce(step, verdict, hint=_hint(opts, False, True))
             notes.append(f"{precision} numerics are TensorRT's own: they are measured on the device by "
                          f"`edgefm compile` against the fp32 reference")
         final = onnx.load(str(artifact))

@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgefm.backends import tflite_convert, tflite_lstm
-from edgefm.backends.base import CompileJob, CompileResult, LoadOptions, judge_job
+from edgefm.backends.base import CompileJob, CompileResult, LoadOptions, fallback_allowed, int8_way_out, judge_job
 from edgefm.bundle import StageRecord, TargetEntry, sha256_file
 from edgefm.contract import enforce
 from edgefm.errors import (AccuracyError, BackendUnavailableError, CalibrationError, ConfigError, ExportError,
@@ -146,10 +146,8 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
         accuracy_fallback = None
         if mode:
             precision = "fp16" if mode == "fp16" else "int8"
-            flag = getattr(job.config, "max_accuracy_drop", None) is not None
-            hint = "" if mode == "fp16" else (
-                "allow a bounded drop with --max-accuracy-drop (the most damaged ops then stay in float), keep ops "
-                "in float with --keep-fp32, or use --quantize fp16/fp32")
+            flag = fallback_allowed(job.config)
+            hint = "" if mode == "fp16" else int8_way_out(job.config)
             if flag and mode != "fp16":
                 hint = "" if _may_fall_back(job, mode, result) else (
                     "no accuracy fallback here: fused LSTM ops are quantized by TFLite's own calibrator, which "
@@ -187,9 +185,9 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
 
 
 def _may_fall_back(job: CompileJob, mode: str, result: dict) -> bool:
-    """The accuracy fallback runs only when the user stated a bound, on AI Edge Quantizer's int8 modes (its
-    per-op recipe keeps ops float; TFLite's quantizer for fused LSTMs takes no deny-list)."""
-    return (getattr(job.config, "max_accuracy_drop", None) is not None and mode != "fp16"
+    """The accuracy fallback runs (unless --no-fallback) on AI Edge Quantizer's int8 modes (its per-op recipe
+    keeps ops float; TFLite's quantizer for fused LSTMs takes no deny-list)."""
+    return (fallback_allowed(job.config) and mode != "fp16"
             and result["quantize"].get("quantizer") == "ai-edge-quantizer")
 
 
@@ -247,7 +245,8 @@ def _fallback(job: CompileJob, python: Path, request: dict, work: Path, final: P
         plain = judge_job(job, hooks.run(Candidate(final)), "int8")
         enforce(f"quantize ({job.target.name}, tflite)", plain,
                 hint=f"the accuracy fallback kept {len(res.kept)} op(s) in float and gave up ({res.stopped}; last "
-                     f"try: {figures(res.verdict)})")
+                     f"try: {figures(res.verdict)}); allow a bounded drop with --max-accuracy-drop, or use "
+                     f"--quantize fp16/fp32")
     shutil.copyfile(res.candidate.path, final)
     return res
 

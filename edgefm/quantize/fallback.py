@@ -135,9 +135,11 @@ def run_fallback(hooks: FallbackHooks, judge: Judge, start: Candidate, *, max_ro
     """Keep the most damaged units of ``start`` (the plain int8 candidate, already judged not ok) in higher
     precision until ``judge`` says ok or the budget runs out. Each round re-ranks the current candidate and
     keeps ``max(1, kept // 2)`` more units (1, 1, 1, 2, 3, 4, 6, ...: exact on small models, not too many
-    rounds on large ones), never more than ``max_share`` of the units first ranked."""
+    rounds on large ones), never more than ``max_share`` of the units first ranked, and never all of them."""
     ranked = [u for u in hooks.sensitivity(start) if u.nodes]
-    allowed = min(len(ranked), max(MIN_UNITS, int(len(ranked) * max_share)))
+    # never every unit: an artifact with nothing left in int8 is not an int8 artifact (use --quantize fp32)
+    allowed = max(0, min(len(ranked) - 1, max(MIN_UNITS, int(len(ranked) * max_share))))
+    every_node = {n for u in ranked for n in u.nodes}
     budget = {"max_rounds": max_rounds, "max_share": max_share, "units": len(ranked), "max_units": allowed}
     kept_units: list[Unit] = []
     nodes: list[str] = []
@@ -154,6 +156,12 @@ def run_fallback(hooks: FallbackHooks, judge: Judge, start: Candidate, *, max_ro
             stopped = "no unit left to keep" if not fresh else f"share budget ({allowed} of {budget['units']} units)"
             break
         take = fresh[:min(room, max(1, len(kept_units) // 2))]
+        # never every node the units name: an artifact with nothing left in int8 is not int8 (use --quantize fp32)
+        while take and every_node <= set(nodes) | {n for u in take for n in u.nodes}:
+            take = take[:-1]
+        if not take:
+            stopped = "keeping more would leave nothing in int8"
+            break
         kept_units += take
         nodes += [n for u in take for n in u.nodes if n not in nodes]
         if progress:

@@ -32,14 +32,15 @@ def test_plain_int8_misses_and_the_fallback_meets_a_tight_bound(outlier_cnn, tmp
     assert got >= top1(outlier_cnn.reference["logits"], labels) - 0.005
 
 
-def test_without_the_flag_plain_int8_fails_with_a_hint(outlier_cnn, tmp_path):
-    """The same 0.5-point bound given as a tolerance, not with the flag: no fallback, a refusal that says how."""
+def test_with_no_fallback_plain_int8_fails_with_a_hint(outlier_cnn, tmp_path):
+    """The same 0.5-point bound given as a tolerance, with --no-fallback: a refusal that says how."""
     from edgefm.config import Tolerances
     from edgefm.fidelity import Limits
 
     tol = Tolerances(quantize=Limits(cosine=0.98, top1_agreement=0.95, accuracy_drop=0.5))
-    with pytest.raises(AccuracyError, match=r"but the limit is.*--max-accuracy-drop"):
-        build_bundle(outlier_cnn, target("openvino-cpu", compare_precisions=False), tmp_path / "b", tolerances=tol)
+    with pytest.raises(AccuracyError, match=r"but the limit is.*--no-fallback.*--max-accuracy-drop"):
+        build_bundle(outlier_cnn, target("openvino-cpu", compare_precisions=False), tmp_path / "b", tolerances=tol,
+                     fallback=False)
     assert not (tmp_path / "b").exists()
 
 
