@@ -143,6 +143,8 @@ def read_manifest(bundle: Path) -> Manifest:
     nothing named in it is imported or run. Raises ``BundleError`` naming the field."""
     bundle = Path(bundle)
     path = bundle / MANIFEST
+    if bundle.is_file():
+        raise BundleError(f"{bundle} is a file; a bundle is a folder (the one holding {MANIFEST})")
     if not bundle.is_dir():
         raise BundleError(f"bundle {bundle}: no such folder")
     if not path.is_file():

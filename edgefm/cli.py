@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.text import Text
 from typer.core import TyperGroup
 
-from edgefm.errors import EdgefmError, describe_write_error
+from edgefm.errors import BundleError, EdgefmError, describe_write_error
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compress pretrained PyTorch models into verified int8 bundles for edge runtimes.")
@@ -373,8 +373,12 @@ def inspect(bundle: Path = typer.Argument(..., help="Bundle folder"),
     from rich.markup import escape
     from rich.table import Table
 
-    from edgefm.bundle import read_manifest, verify_files
+    from edgefm.bundle import MANIFEST, read_manifest, verify_files
 
+    if bundle.is_file():
+        if bundle.name != MANIFEST:
+            raise BundleError(f"{bundle} is a file; inspect takes a bundle folder (the one holding {MANIFEST})")
+        bundle = bundle.parent  # a bundle's manifest.json: inspect its folder
     m = read_manifest(bundle)  # refuses paths leading out of the bundle, unlisted artifacts and tokenizer files
     try:
         verify_files(bundle, m)

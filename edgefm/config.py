@@ -95,6 +95,15 @@ class CompressConfig(BaseModel):
     dry_run: bool = Field(False, description="Print the resolved configuration and stop")
     verbose: bool = Field(False, description="Show tracebacks and debug logs")
 
+    @field_validator("keep_fp32")
+    @classmethod
+    def _check_keep_fp32(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not name.strip():
+                raise ValueError(f"{name!r} is not a node name or op type: each --keep-fp32 names a node (as in the "
+                                 f"ONNX graph) or an op type such as MatMul")
+        return v
+
     @field_validator("outputs")
     @classmethod
     def _check_outputs(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -76,8 +76,9 @@ def describe_validation(e, prefix: str = "") -> str:
         where = f"{prefix}{'.'.join(map(str, x['loc'])) or 'value'}"
         value = x.get("input")
         shown = repr(value) if isinstance(value, (int, float, str, bool)) and len(repr(value)) <= 80 else None
-        parts.append(f"{where} = {shown}: {x['msg']}" if shown is not None and x["type"] != "missing"
-                     else f"{where}: {x['msg']}")
+        msg = x["msg"].removeprefix("Value error, ")  # pydantic's prefix to our own validators' messages
+        parts.append(f"{where} = {shown}: {msg}" if shown is not None and x["type"] != "missing"
+                     else f"{where}: {msg}")
     return "; ".join(parts)
 
 

@@ -74,6 +74,23 @@ def judge_job(job: "CompileJob", got: Mapping[str, np.ndarray], precision: Optio
     return judge(contract_for(job, precision), job.reference, got, job.eval.labels, job.eval.inputs)
 
 
+def int8_slower_than_fp32(int8_ms: Optional[float], f32_ms: Optional[float], how: str) -> Optional[dict[str, Any]]:
+    """When a target's int8 artifact measured slower than its own fp32 model at compile time (``how``: which
+    runtime timed them, how), the figures and one sentence for the user; None when it was not slower or either
+    figure is missing (not measured: nothing is claimed). Without int8 dot products (x86 VNNI) int8 kernels can
+    lose to fp32, and on a tiny model the quantize/dequantize steps can cost more than the int8 arithmetic saves."""
+    from edgefm import hostcaps
+
+    if not f32_ms or not int8_ms or int8_ms <= f32_ms:
+        return None
+    host = hostcaps.detect()
+    why = " (no VNNI)" if host.arch == "x86_64" and not host.has("vnni") else ""
+    ratio = int8_ms / f32_ms
+    return {"int8_ms": int8_ms, "f32_ms": f32_ms, "ratio": round(ratio, 3), "host_isa": host.isa, "measured": how,
+            "note": f"int8 is {ratio:.2f}x slower than fp32 on this CPU{why}: {int8_ms:.3g} vs {f32_ms:.3g} ms at "
+                    f"batch 1 ({how}); --quantize fp32 gives the faster artifact"}
+
+
 @dataclass
 class CompileResult:
     entry: TargetEntry

@@ -12,7 +12,8 @@ from typing import Any, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from edgefm.backends.base import CompileJob, CompileResult, LoadOptions, fallback_allowed, int8_way_out, judge_job
+from edgefm.backends.base import (CompileJob, CompileResult, LoadOptions, fallback_allowed, int8_slower_than_fp32,
+                                  int8_way_out, judge_job)
 from edgefm.bundle import StageRecord, TargetEntry, sha256_file
 from edgefm.contract import enforce
 from edgefm.errors import AccuracyError, ConfigError
@@ -253,11 +254,27 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
                         files=[rel], runtime_versions=versions(), options=opts.model_dump(), metrics=metrics,
                         hardware={"arch": job.target.arch},
                         kept_in_float=list(settings.get("fallback_nodes_fp32", [])), fallback=settings.get("fallback"))
+    if job.precision == "int8":
+        _note_speed(job, entry, notes, settings)
     stage = StageRecord(name="quantize" if job.precision != "fp32" else "compile", target=job.target.name,
                         settings=settings, input_sha256=sha256_file(job.onnx_path),
                         output_sha256=sha256_file(artifact), seconds=round(time.perf_counter() - t0, 3),
                         metrics=metrics, notes=notes)
     return CompileResult(entry=entry, stages=[stage])
+
+
+def _note_speed(job: CompileJob, entry: TargetEntry, notes: list[str], settings: dict[str, Any]) -> None:
+    """Never ship an int8 model slower than the fp32 one without saying so: the recorded batch-1 figures of the
+    chosen recipe and of the fp32 ONNX, compared as recorded (stage notes, the entry's notes, which the compress
+    summary prints, and the progress log)."""
+    slower = int8_slower_than_fp32(settings.get("latency_ms_batch1"), settings.get("fp32_latency_ms_batch1"),
+                                   "ONNX Runtime CPU, median of 20 calls each at compile time")
+    if slower:
+        notes.append(slower["note"])
+        entry.notes.append(slower["note"])
+        entry.metrics["_speed_vs_fp32"] = slower
+        if job.progress:
+            job.progress(f"{job.target.name}: {slower['note']}")
 
 
 def load(bundle: Path, target_name: str, entry: TargetEntry, spec: ModelSpec, opts: LoadOptions) -> OrtPredictor:

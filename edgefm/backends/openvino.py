@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgefm.backends.base import (CompileJob, CompileResult, Feed, LoadOptions, Samples, contract_for, fallback_allowed,
-                                  judge_job)
+                                  int8_slower_than_fp32, judge_job)
 from edgefm.backends.openvino_run import (OpenVINOPredictor, compile_model, core, execution_info, pick_device,
                                           runtime_config)
 from edgefm.bundle import StageRecord, TargetEntry, sha256_file, sha256_path
@@ -261,17 +261,8 @@ def _int8_slower_than_f32(cmp: dict[str, Any]) -> Optional[dict[str, Any]]:
     """When the int8 IR measured slower than the f32 IR in the same run (``_compare_precisions``), the figures
     and one sentence for the user; None when it was faster or not measured. Without int8 dot products
     (AVX-512 VNNI / AVX-VNNI) OpenVINO's int8 kernels can lose to f32 (Zen 3: MiniLM 48.7 vs 47.7 ms)."""
-    from edgefm import hostcaps
-
-    f32_ms, int8_ms = cmp.get("f32", {}).get("latency_ms"), cmp.get("int8", {}).get("latency_ms")
-    if not f32_ms or not int8_ms or int8_ms <= f32_ms:
-        return None
-    host = hostcaps.detect()
-    why = " (no VNNI)" if host.arch == "x86_64" and not host.has("vnni") else ""
-    ratio = int8_ms / f32_ms
-    return {"int8_ms": int8_ms, "f32_ms": f32_ms, "ratio": round(ratio, 3), "host_isa": host.isa,
-            "note": f"int8 is {ratio:.2f}x slower than fp32 on this CPU{why}: {int8_ms:.2f} vs {f32_ms:.2f} ms at "
-                    f"batch 1; it is kept for its size (--quantize fp32 for the faster artifact)"}
+    return int8_slower_than_fp32(cmp.get("int8", {}).get("latency_ms"), cmp.get("f32", {}).get("latency_ms"),
+                                 "OpenVINO, the int8 and f32 IRs timed in one run")
 
 
 def _settings(job: CompileJob, opts: OpenVINOOptions, nq: Any, model: Any) -> Any:

@@ -27,6 +27,7 @@ from edgefm.bundle import Manifest, read_manifest, sha256_path, target_files, ve
 from edgefm.errors import BundleError, CalibrationError, ConfigError, EdgefmError
 from edgefm.models.spec import ModelSpec
 from edgefm.pylaunch import python_command
+from edgefm.samples import Samples
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -59,7 +60,10 @@ class Timing:
 
 # ---------------------------------------------------------------- eval data
 
-def _read_npz(path: Path, spec: ModelSpec) -> tuple[dict, Optional[np.ndarray], dict]:
+def _read_npz(path: Path, spec: ModelSpec) -> tuple[dict, Optional[np.ndarray], dict, bool]:
+    """(inputs, labels, reference outputs, model layout?) of an eval .npz. Keys in/<input> (a bundle's eval.npz,
+    or a prepared one) are in the model's layout already (streams: chunks first); bare names are a user's file
+    (samples first; streams as (streams, chunks, ...)), laid out as ``edgefm.datasets`` does for compress."""
     from edgefm.bundle import read_npz
 
     z = read_npz(path, "eval data")  # no pickle, unpacked size capped
@@ -72,7 +76,7 @@ def _read_npz(path: Path, spec: ModelSpec) -> tuple[dict, Optional[np.ndarray], 
         inputs = {spec.inputs[0].name: next(iter(inputs.values()))}
     labels = z["labels"] if "labels" in files else None
     ref = {k[4:]: z[k] for k in files if k.startswith("ref/")}
-    return inputs, labels, ref
+    return inputs, labels, ref, prefixed
 
 
 def _read_other(path: Path, spec: ModelSpec, bundle: Path):
@@ -83,34 +87,77 @@ def _read_other(path: Path, spec: ModelSpec, bundle: Path):
     tok = spec.preprocessing.tokenizer
     tok_dir = None if tok is None else (Path(tok) if Path(tok).is_absolute() else bundle / tok)
     samples = load_samples(path, spec, tokenizer_dir=tok_dir, max_length=spec.preprocessing.max_length or 128)
-    return samples.inputs, samples.labels, {}
+    return samples.inputs, samples.labels, {}, True
+
+
+def eval_samples(inputs: dict, labels: Optional[np.ndarray], spec: ModelSpec, where: str) -> Samples:
+    """Model-layout eval arrays as ``Samples`` (each input on its recorded batch axis, constants whole, streams
+    chunk first), checked against ``spec``: CalibrationError naming ``where`` for anything that does not fit."""
+    inputs = dict(inputs)
+    for i in spec.inputs:  # a constant the file leaves out is fed its recorded value (a baked one is not fed)
+        if i.name not in inputs and i.constant and not i.baked:
+            inputs[i.name] = i.constant_array()
+    s = Samples.for_spec(spec, inputs, labels)
+    for k, v in s.inputs.items():
+        ax = s.axis(k)
+        if ax is not None and np.ndim(v) <= ax:
+            raise CalibrationError(f"{where}: input '{k}' has shape {list(np.shape(v))}; its samples are on axis "
+                                   f"{ax}" + (" (streams: chunks first)" if s.streamed else ""))
+    counts = {k: int(np.shape(v)[s.axis(k)]) for k, v in s.inputs.items() if s.axis(k) is not None}
+    if len(set(counts.values())) > 1:
+        raise CalibrationError(f"{where}: inputs have different sample counts {counts}")
+    if s.streamed:
+        chunks = {k: int(np.shape(v)[0]) for k, v in s.inputs.items() if k not in s.state and s.axis(k) is not None}
+        if len(set(chunks.values())) > 1:
+            raise CalibrationError(f"{where}: streams have different chunk counts {chunks}")
+    # every call's feed must fit the model (a stream's first chunk with the initial state stands for all)
+    spec.check_feed(s.chunk(0, {k: s.inputs[k] for k in s.state}) if s.streamed else s.inputs, where)
+    return s
+
+
+def _take_outputs(ref: dict, s: Samples, n: int) -> dict:
+    """The reference outputs of the first ``n`` samples, or {} when they do not line up with the inputs."""
+    shift = 1 if s.streamed else 0
+    out = {}
+    for k, v in ref.items():
+        ax = s.out_axes.get(k, 0) + shift
+        if np.ndim(v) <= ax or np.shape(v)[ax] != len(s):
+            return {}  # reference outputs that do not line up with the inputs are recomputed
+        out[k] = np.take(v, np.arange(n), axis=ax)
+    return out
 
 
 def prepare_eval(path: Path, spec: ModelSpec, bundle: Path, out: Path, limit: Optional[int] = None
                  ) -> tuple[int, bool, Optional[np.ndarray]]:
     """Read eval data, check it fits ``spec`` (CalibrationError naming the file otherwise) and write it as
-    ``out`` (keys in/<input>, labels, ref/<output>). Returns (samples, has reference outputs, labels)."""
+    ``out`` (keys in/<input>, labels, ref/<output>) in the model's layout: every input on its recorded batch
+    axis, constants whole, streams (a spec with state) chunk first with the initial state. Returns (samples or
+    streams, has reference outputs, labels)."""
     path = Path(path)
     if not path.exists():
         raise CalibrationError(f"eval data {path}: no such file")
-    inputs, labels, ref = _read_npz(path, spec) if path.suffix == ".npz" else _read_other(path, spec, bundle)
-    spec.check_feed(inputs, f"eval data {path}")
-    n = len(next(iter(inputs.values())))
+    where = f"eval data {path}"
+    inputs, labels, ref, model_layout = _read_npz(path, spec) if path.suffix == ".npz" else \
+        _read_other(path, spec, bundle)
+    if not model_layout:
+        from edgefm.datasets import layout
+
+        laid = layout(Samples(inputs, labels), spec, where)
+        inputs, labels = laid.inputs, laid.labels
+    s = eval_samples(inputs, labels, spec, where)
+    n = len(s)
     if n == 0:
-        raise CalibrationError(f"eval data {path}: has no samples")
-    lens = {k: len(v) for k, v in inputs.items()}
-    if len(set(lens.values())) > 1:
-        raise CalibrationError(f"eval data {path}: inputs have different sample counts {lens}")
+        raise CalibrationError(f"{where}: has no samples")
     if labels is not None and len(labels) != n:
-        raise CalibrationError(f"eval data {path}: {len(labels)} labels for {n} samples")
-    if any(len(v) != n for v in ref.values()):
-        ref = {}  # reference outputs that do not line up with the inputs are recomputed
+        raise CalibrationError(f"{where}: {len(labels)} labels for {n} {'streams' if s.streamed else 'samples'}")
     if limit:
         n = min(n, limit)
-    arrays = {f"in/{k}": v[:n] for k, v in inputs.items()}
-    arrays.update({f"ref/{k}": v[:n] for k, v in ref.items()})
-    if labels is not None:
-        labels = np.asarray(labels)[:n]
+    ref = _take_outputs(ref, s, n)
+    s = s.take(slice(0, n))
+    arrays = {f"in/{k}": v for k, v in s.inputs.items()}
+    arrays.update({f"ref/{k}": v for k, v in ref.items()})
+    if s.labels is not None:
+        labels = np.asarray(s.labels)
         arrays["labels"] = labels
     np.savez(out, **arrays)
     return n, bool(ref), labels

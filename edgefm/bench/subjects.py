@@ -177,7 +177,7 @@ def _open_torch(s: Subject, threads: Optional[int]) -> Opened:
 
     def predict(feed: Feed) -> dict[str, np.ndarray]:
         with torch.inference_mode():
-            res = module(*(torch.from_numpy(np.ascontiguousarray(feed[n])) for n in order))
+            res = module(*(torch.from_numpy(np.asarray(feed[n], order="C")) for n in order))  # 0-d stays 0-d
         res = res if isinstance(res, (tuple, list)) else (res,)
         return {n: r.numpy() for n, r in zip(outs, res)}
 

@@ -17,7 +17,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -29,6 +29,7 @@ from edgefm.bench.schema import Accuracy, Measurement, MemoryStats
 from edgefm.bench.subjects import Feed, Opened, Subject, open_subject
 from edgefm.errors import EdgefmError
 from edgefm.models.spec import ModelSpec
+from edgefm.samples import Samples
 
 
 class WorkerJob(BaseModel):
@@ -47,29 +48,48 @@ class WorkerJob(BaseModel):
     out: str
 
 
-def read_eval(path: str, spec: ModelSpec) -> tuple[Feed, Optional[np.ndarray], Feed]:
-    """(inputs cast to the spec's dtypes, labels or None, reference outputs) from a prepared eval .npz."""
+def read_eval(path: str, spec: ModelSpec) -> tuple[Samples, Feed]:
+    """(the eval samples, inputs cast to the spec's dtypes, in the model's layout; the reference outputs) from a
+    prepared eval .npz (``edgefm.bench.runner.prepare_eval``)."""
     with np.load(path) as z:
-        inputs = {s.name: np.ascontiguousarray(z[f"in/{s.name}"], dtype=s.dtype) for s in spec.inputs}
+        inputs = {s.name: np.asarray(z[f"in/{s.name}"], dtype=s.dtype, order="C") for s in spec.inputs
+                  if f"in/{s.name}" in z.files}
         labels = z["labels"] if "labels" in z.files else None
         ref = {k[4:]: z[k] for k in z.files if k.startswith("ref/")}
-    return inputs, labels, ref
+    for s in spec.inputs:  # a constant is fed its recorded value (the Predictor checks a baked one, feeds none)
+        if s.name not in inputs and s.constant:
+            inputs[s.name] = s.constant_array()
+    return Samples.for_spec(spec, inputs, labels), ref
 
 
-def batch_feed(inputs: Feed, batch: int) -> Feed:
-    """The first ``batch`` eval samples (repeated when there are fewer): real data, not random."""
-    n = len(next(iter(inputs.values())))
-    idx = np.arange(batch) % n
-    return {k: np.ascontiguousarray(v[idx]) for k, v in inputs.items()}
+def batch_of(samples: Samples, batch: int) -> Samples:
+    """The first ``batch`` eval samples or streams (repeated when there are fewer), each input on its own batch
+    axis, constants whole: real data, not random."""
+    return samples.take(np.arange(batch) % len(samples))
 
 
-def run_all(opened: Opened, inputs: Feed, size: int) -> dict[str, np.ndarray]:
-    n = len(next(iter(inputs.values())))
-    chunks: dict[str, list[np.ndarray]] = {}
-    for s in range(0, n, size):
-        for k, v in opened.predict({k: v[s:s + size] for k, v in inputs.items()}).items():
-            chunks.setdefault(k, []).append(np.asarray(v))
-    return {k: np.concatenate(v) for k, v in chunks.items()}
+def stream_calls(part: Samples, predict: Callable[[Feed], Feed]) -> Callable[[], Feed]:
+    """One device call per invocation: the next chunk of ``part``'s streams with the state the previous call
+    returned fed back; after the last chunk the streams start over from their initial state."""
+    initial = {k: part.inputs[k] for k in part.state}
+    chunks = [part.chunk(c, {}) for c in range(part.chunks)]
+    at = {"chunk": 0, "state": initial}
+
+    def call() -> Feed:
+        c = at["chunk"]
+        out = predict({**chunks[c], **at["state"]})
+        at["state"] = {i: np.asarray(out[o]).astype(part.inputs[i].dtype, copy=False) for i, o in part.state.items()}
+        at["chunk"] = (c + 1) % len(chunks)
+        if at["chunk"] == 0:
+            at["state"] = initial
+        return out
+
+    return call
+
+
+def run_all(opened: Opened, samples: Samples, size: int) -> dict[str, np.ndarray]:
+    """Outputs over every eval sample, ``size`` at a time (streams chunk by chunk, state fed back)."""
+    return {k: np.asarray(v) for k, v in samples.run(opened.predict, size).items()}
 
 
 def contract_of(subject: Subject):
@@ -87,12 +107,12 @@ def contract_of(subject: Subject):
 
 
 def score(spec: ModelSpec, got: dict[str, np.ndarray], labels: Optional[np.ndarray], ref: Feed,
-          contract=None) -> Accuracy:
+          contract=None, samples: Optional[int] = None) -> Accuracy:
     """Accuracy with labels and fidelity to the fp32 reference: the figures of ``edgefm.contract.judge`` under
     ``contract`` (default: the spec's kinds at fp32), so bench, verify and compress report the same numbers."""
     from edgefm.contract import _accuracy, judge, resolve
 
-    n = len(next(iter(got.values())))
+    n = samples if samples is not None else len(next(iter(got.values())))
     if ref:
         contract = contract if contract is not None else resolve(spec, None, "fp32")
         verdict = judge(contract, ref, got, labels)
@@ -112,11 +132,11 @@ def accuracy(job: WorkerJob) -> Accuracy:
     """Outputs on the whole eval set, scored (and saved to ``job.save_outputs`` when asked)."""
     s = job.subject
     opened = open_subject(s, job.threads)
-    inputs, labels, ref = read_eval(job.eval_npz, s.spec)
-    got = run_all(opened, inputs, job.eval_batch)
+    samples, ref = read_eval(job.eval_npz, s.spec)
+    got = run_all(opened, samples, job.eval_batch)
     if job.save_outputs:
         np.savez(job.save_outputs, **{f"ref/{k}": v for k, v in got.items()})
-    return score(s.spec, got, labels, ref, contract_of(s))
+    return score(s.spec, got, samples.labels, ref, contract_of(s), len(samples))
 
 
 def measure(job: WorkerJob) -> Measurement:
@@ -126,16 +146,26 @@ def measure(job: WorkerJob) -> Measurement:
     t0 = time.perf_counter()
     opened = open_subject(s, job.threads)
     load_s = time.perf_counter() - t0
-    inputs, _, _ = read_eval(job.eval_npz, s.spec)
-    feed = batch_feed(inputs, job.batch)
+    samples, _ = read_eval(job.eval_npz, s.spec)
+    part = batch_of(samples, job.batch)
+    notes = list(opened.notes)
+    if part.streamed:
+        # as the device runs it: one call per chunk, each state output fed back to the next call
+        call = stream_calls(part, opened.predict)
+        notes.append(f"streaming: latency per call (one chunk of {job.batch} stream(s), state "
+                     f"{', '.join(f'{o} -> {i}' for i, o in part.state.items())} fed back call to call; streams of "
+                     f"{part.chunks} chunks, restarted from the initial state)")
+    else:
+        feed = part.inputs
+        call = lambda: opened.predict(feed)  # noqa: E731
     t0 = time.perf_counter()
-    opened.predict(feed)
+    call()
     cold_ms = (time.perf_counter() - t0) * 1e3
     loaded = memory.rss_mb()
     load_peak = memory.peak_rss_mb()
     plan = TimingPlan(warmup=job.warmup, runs=job.runs, seconds=job.seconds, min_runs=job.min_runs)
     with power_window() as power:
-        timed = time_calls(lambda: opened.predict(feed), plan)
+        timed = time_calls(call, plan)
         power.calls, power.batch = plan.warmup + len(timed.samples_ms), job.batch
     peak, after = memory.peak_rss_mb(), memory.rss_mb()
     stats = summarize(timed.samples_ms, job.batch, job.warmup, timed.cpu_s)
@@ -146,7 +176,7 @@ def measure(job: WorkerJob) -> Measurement:
         memory=MemoryStats(peak_rss_mb=peak, idle_rss_mb=idle, load_peak_rss_mb=load_peak, loaded_rss_mb=loaded,
                            run_rss_mb=after),
         energy=power.energy, runtime_versions=opened.runtime_versions, settings=opened.settings,
-        latencies_ms=thin(timed.samples_ms), notes=list(opened.notes) + ([power.note] if power.note else []))
+        latencies_ms=thin(timed.samples_ms), notes=notes + ([power.note] if power.note else []))
 
 
 def main(argv: list[str]) -> int:

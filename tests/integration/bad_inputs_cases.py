@@ -88,6 +88,7 @@ def make_fixtures(root: Path) -> dict:
     put("recipe_list.yaml", "- prune\n")
     put("recipe_field.yaml", "prunee:\n  ratio: 0.5\n")
     put("recipe_type.yaml", "max_calib_samples: many\n")
+    put("recipe_keep_empty.yaml", "keep_fp32: [MatMul, '  ']\n")
     _onnx_fixtures(root, fx)
     (root / "bundle_nomanifest").mkdir(exist_ok=True)
     fx["bundle_nomanifest"] = str(root / "bundle_nomanifest")
@@ -195,6 +196,11 @@ CASES = [
     Case("recipe-wrong-type", "recipe field of the wrong type",
          lambda fx: _c(fx, "--recipe", fx["recipe_type.yaml"]), ["max_calib_samples", "'many'", "integer"],
          needs_model=False),
+    Case("keep-fp32-empty", "--keep-fp32 '' (an empty name)", lambda fx: _c(fx, "--keep-fp32", ""),
+         ["keep_fp32", "'' is not a node name or op type", "MatMul"], needs_model=False),
+    Case("recipe-keep-fp32-blank", "recipe keep_fp32 with a blank name",
+         lambda fx: _c(fx, "--recipe", fx["recipe_keep_empty.yaml"]),
+         ["recipe_keep_empty.yaml", "keep_fp32", "'  ' is not a node name or op type"], needs_model=False),
     Case("input-no-dims", "--input x", lambda fx: ["compress", fx["ckpt"], "-o", "out", "--input", "x"],
          ["--input 'x'", "NAME:DIMS[:DTYPE]", "x:1,3,224,224:float32"], needs_model=False),
     Case("input-bad-dim", "--input x:1,a-b,8", lambda fx: ["compress", fx["ckpt"], "-o", "out", "--input", "x:1,a-b,8"],
@@ -231,6 +237,13 @@ CASES = [
     Case("inspect-bad-manifest", "inspect a manifest that is not JSON",
          lambda fx: ["inspect", str(Path(fx["bundle_badjson/manifest.json"]).parent)],
          ["bundle_badjson", "not a valid manifest"], needs_model=False),
+    Case("inspect-a-file", "inspect a file that is not a bundle folder", lambda fx: ["inspect", fx["ckpt"]],
+         ["cnn.pt", "is a file", "inspect takes a bundle folder", "manifest.json"], needs_model=False),
+    Case("inspect-bad-manifest-file", "inspect a bundle's manifest.json that is not JSON (inspects its folder)",
+         lambda fx: ["inspect", fx["bundle_badjson/manifest.json"]], ["bundle_badjson", "not a valid manifest"],
+         needs_model=False),
+    Case("verify-a-file", "verify a file, not a bundle folder", lambda fx: ["verify", fx["ckpt"]],
+         ["cnn.pt", "is a file", "a bundle is a folder"], needs_model=False),
     Case("bench-missing", "bench a folder that does not exist", lambda fx: ["bench", "nobundle"],
          ["nobundle"], needs_model=False),
     Case("report-bad-json", "report on a JSON that is not a result",

@@ -61,7 +61,7 @@ FAST = [c for c in CASES if not c.needs_model]
 
 @pytest.mark.parametrize("case", [c for c in FAST if c.id in ("missing-source", "out-exists", "unknown-target",
                                                               "drop-inf", "input-huge", "recipe-unknown-field",
-                                                              "quantize-int4", "calib-csv", "input-no-dims",
+                                                              "quantize-int4", "calib-csv", "input-no-dims", "keep-fp32-empty",
                                                               "output-kind-bogus", "unknown-flag")],
                          ids=lambda c: c.id)
 def test_no_model_mistakes_are_fast_and_import_no_torch(case, fx, tmp_path):

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,6 +137,8 @@ def test_inspect_and_targets(cnn_bundle):
     out, _ = cnn_bundle
     code, text = cli("inspect", out)
     assert code == 0 and "onnxruntime-cpu" in text and "all files match" in text
+    # the bundle's manifest.json stands for its folder (any other file is refused: see bad_inputs_cases)
+    assert cli("inspect", Path(out) / "manifest.json") == (code, text)
     code, text = cli("targets")
     assert code == 0 and "onnxruntime-cpu" in text
     import importlib.util
