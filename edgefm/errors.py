@@ -41,7 +41,7 @@ class AccuracyError(EdgefmError):
         super().__init__(msg + (f". {hint}" if hint else ""))
 
 
-HIGHER_IS_BETTER = {"cosine", "min_cosine", "top1_agreement", "top1", "top5", "int8_layers"}
+HIGHER_IS_BETTER = {"cosine", "min_cosine", "top1_agreement", "top1", "top5", "int8_layers", "int8_ops"}
 
 
 class TargetFailedError(EdgefmError):

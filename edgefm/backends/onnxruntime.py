@@ -120,6 +120,10 @@ def _int8(job: CompileJob, opts: Options, out: Path) -> tuple[dict[str, Any], di
         except Exception as e:  # noqa: BLE001 - a recipe ORT cannot apply is recorded and skipped
             notes.append(f"recipe {recipe.name} failed: {type(e).__name__}: {str(e)[:200]}")
             continue
+        if not _quantized(path):  # e.g. every op inside an If subgraph, which ORT's quantizer does not enter
+            notes.append(f"recipe {recipe.name} quantized nothing: no int8 op in its graph")
+            path.unlink(missing_ok=True)
+            continue
         verdict = judge_job(job, eval_outputs(path, job, opts))
         metrics = verdict.metrics
         ms = quick_latency_ms(path, one, threads=job.target.threads or 0)
@@ -140,6 +144,11 @@ def _int8(job: CompileJob, opts: Options, out: Path) -> tuple[dict[str, Any], di
         for c in candidates:
             c[4].unlink(missing_ok=True)
         if not candidates:
+            if any("quantized nothing" in n for n in notes):
+                raise AccuracyError("quantize int8", "-", "int8_ops", 0, 1, hint=(
+                    "ONNX Runtime's quantizer found nothing it could quantize (it does not enter If/Loop subgraphs), "
+                    "so an 'int8' artifact would be the fp32 model under another name; use --quantize fp32 for this "
+                    "target. " + "; ".join(notes)))
             raise AccuracyError("quantize int8", "-", "recipes_applied", 0, 1, hint="; ".join(notes))
         best = max(candidates, key=lambda c: c[2].margin)
         raise AccuracyError(best[5].step, best[5].output, best[5].metric, best[5].value, best[5].limit,
@@ -164,6 +173,14 @@ def _int8(job: CompileJob, opts: Options, out: Path) -> tuple[dict[str, Any], di
                  f"({ms:.3f} ms vs fp32 {base_ms:.3f} ms, quick median at batch 1)")
     settings.update(latency_ms_batch1=round(ms, 4), fp32_latency_ms_batch1=round(base_ms, 4))
     return settings, metrics, notes
+
+
+def _quantized(path: Path) -> bool:
+    import onnx
+
+    from edgefm.models.onnx_graph import int8_op_count
+
+    return int8_op_count(onnx.load(str(path), load_external_data=False)) > 0
 
 
 class OrtFallback:

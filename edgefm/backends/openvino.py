@@ -27,7 +27,7 @@ from edgefm.backends.openvino_run import (OpenVINOPredictor, compile_model, core
                                           runtime_config)
 from edgefm.bundle import StageRecord, TargetEntry, sha256_file, sha256_path
 from edgefm.contract import Verdict, enforce
-from edgefm.errors import BundleError, ConfigError, UnsupportedOpError
+from edgefm.errors import AccuracyError, BundleError, ConfigError, UnsupportedOpError
 from edgefm.models.spec import ModelSpec
 from edgefm.targets import TargetSpec, backend_options
 
@@ -326,6 +326,10 @@ def _quantize(job: CompileJob, opts: OpenVINOOptions, model: Any, f32: Any, f32_
     metrics = verdict.metrics
     layers = nq.int8_layers(qmodel)
     metrics["_int8_layers"] = {"count": len(layers), "by_type": _count(layers.values())}
+    if not layers:  # NNCF found nothing to quantize (e.g. everything behind an If): not an int8 artifact
+        raise AccuracyError(step, "-", "int8_layers", 0, 1, hint=(
+            "NNCF left no layer reading int8 data, so an 'int8' IR would be the f32 model under another name; use "
+            "--quantize fp32 for this target"))
     metrics["_execution"] = execution_info(compiled)
     if opts.compare_precisions:
         metrics["_compare"] = _compare_precisions(job, model, f32, f32_metrics, compiled, metrics)

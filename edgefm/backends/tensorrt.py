@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from edgefm.backends.base import CompileJob, CompileResult, LoadOptions, fallback_allowed, int8_way_out, judge_job
 from edgefm.bundle import StageRecord, TargetEntry, sha256_file
 from edgefm.contract import enforce
-from edgefm.errors import (BackendUnavailableError, ConfigError, TargetError,
+from edgefm.errors import (AccuracyError, BackendUnavailableError, ConfigError, TargetError,
                            UnsupportedOpError)
 from edgefm.models.spec import ModelSpec
 from edgefm.quantize.tensorrt import TrtQuantConfig
@@ -223,6 +223,11 @@ def _int8_with_fallback(job: CompileJob, src: Path, artifact: Path, opts: Tensor
     result = q.quantize_qdq(src, artifact, job.calib, job.spec.family, opts.quantization,
                             job.spec.input_names)
     notes += result.notes
+    if result.qdq_pairs == 0:  # nothing to quantize (e.g. every op in an If subgraph): not an int8 artifact
+        raise AccuracyError(step, "-", "int8_ops", 0, 1, hint=(
+            "the Q/DQ pass found no Conv/MatMul/Gemm input it could quantize in the main graph (ops inside If/Loop "
+            "subgraphs are not quantized), so an 'int8' engine would be the fp32 model; use --quantize fp16 for "
+            "this target"))
     verdict = judge_job(job, _ort_outputs(artifact, job), "int8")
     allowed_fallback = fallback_allowed(job.config)
     if verdict.ok or not allowed_fallback or result.qdq_pairs == 0:

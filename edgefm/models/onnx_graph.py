@@ -90,6 +90,19 @@ def _nodes(model) -> Iterator:
         yield from walk(f.node)
 
 
+#: ONNX / ONNX Runtime contrib ops that compute in or carry int8: a graph with none of them is not quantized.
+INT8_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+                      "QLinearConv", "QLinearMatMul", "QLinearAdd", "QLinearMul", "QLinearSigmoid", "QLinearConcat",
+                      "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearLeakyRelu", "QLinearSoftmax",
+                      "QGemm", "QAttention", "DynamicQuantizeLSTM", "DynamicQuantizeMatMul",
+                      "MatMulIntegerToFloat", "QEmbedLayerNormalization", "QOrderedMatMul"})
+
+
+def int8_op_count(model) -> int:
+    """Nodes of ``model`` (subgraphs included) that quantize, dequantize or compute in int8."""
+    return sum(1 for n in _nodes(model) if n.op_type in INT8_OPS)
+
+
 def external_files(model, path: Path) -> list[str]:
     """The external data files the ONNX model at ``path`` reads (relative locations), checked: each must exist
     and lie inside the model's folder (a location that climbs out of it or is absolute is refused, as ONNX

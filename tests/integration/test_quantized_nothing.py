@@ -1,0 +1,53 @@
+"""An "int8" artifact must hold int8: a model whose every compute op sits inside an If subgraph (which ONNX
+Runtime's quantizer and the TensorRT Q/DQ pass do not enter) is refused for int8 with a reason and a way
+out, instead of being certified as int8 while it is the fp32 model under another name (the shipped silero-vad
+ONNX was, before)."""
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from tests.integration.test_compress import cli
+
+
+@pytest.fixture(scope="module")
+def if_model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ifm")
+    rng = np.random.default_rng(0)
+    w1, w2 = (rng.normal(size=(16, 8)).astype(np.float32) for _ in range(2))
+
+    def branch(name, w):
+        return helper.make_graph([helper.make_node("MatMul", ["x", f"{name}_w"], [f"{name}_y"])], name, [],
+                                 [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, ["batch", 8])],
+                                 [numpy_helper.from_array(w, f"{name}_w")])
+
+    # the condition reads the input's shape (per-sample outputs, not a constant an optimizer could fold away)
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Gather", ["shape", "one"], ["width"]),
+             helper.make_node("Greater", ["width", "zero"], ["cond"]),
+             helper.make_node("If", ["cond"], ["y"], then_branch=branch("a", w1), else_branch=branch("b", w2))]
+    graph = helper.make_graph(nodes, "ifm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+                              [numpy_helper.from_array(np.array(0, np.int64), "zero"),
+                               numpy_helper.from_array(np.array(1, np.int64), "one")])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    onnx.save(m, str(d / "if.onnx"))
+    np.savez(d / "calib.npz", x=rng.normal(size=(64, 16)).astype(np.float32))
+    return d
+
+
+@pytest.mark.parametrize("target", ["onnxruntime-cpu", "jetson-orin-nano"])
+def test_int8_that_quantizes_nothing_is_refused(if_model, tmp_path, target):
+    out = tmp_path / "b"
+    code, text = cli("compress", if_model / "if.onnx", "-o", out, "--calib", if_model / "calib.npz",
+                     "--target", target, "--quantize", "int8", "--output-kind", "y:regression")
+    flat = " ".join(text.split())
+    assert code == 2 and "int8_ops = 0" in flat and "--quantize fp" in flat, text
+    assert not out.exists()
+    # the same model in float is fine
+    code, text = cli("compress", if_model / "if.onnx", "-o", out, "--calib", if_model / "calib.npz",
+                     "--target", target, "--quantize", "fp16" if target.startswith("jetson") else "fp32",
+                     "--output-kind", "y:regression")
+    assert code == 0, text
