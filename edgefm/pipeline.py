@@ -65,6 +65,8 @@ def plan(config: CompressConfig) -> Plan:
         input_from_config(decl)  # a string NAME:DIMS[:DTYPE][=VALUE] or a recipe mapping
     if config.arch is not None:
         check_arch(config.arch)
+    if config.submodule is not None:
+        _check_submodule_source(config)
     if config.metric is not None:
         check_metric(config.metric)
     if config.distill is not None and config.prune is None:
@@ -84,6 +86,20 @@ def plan(config: CompressConfig) -> Plan:
         raise CalibrationError("int8 needs calibration data: pass --calib FILE (.npz, .txt or an image folder), "
                                "or --quantize fp32")
     return Plan(config, targets, precisions)
+
+
+def _check_submodule_source(config: CompressConfig) -> None:
+    """--submodule picks a part of a torch module: refused for sources that have none (read from the file's
+    first bytes or zip listing, without torch or onnx)."""
+    from edgefm.models.formats import KIND_NAMES, SUBMODULE_KINDS, detect_kind
+
+    kind = detect_kind(config.source, check_onnx=False)
+    if kind not in SUBMODULE_KINDS:
+        raise ConfigError(f"--submodule '{config.submodule}' needs a TorchScript file or a state_dict with --arch, "
+                          f"but {config.source} is a {KIND_NAMES[kind]}")
+    if kind == "state_dict" and config.arch is None:
+        raise ConfigError(f"--submodule '{config.submodule}' with the state_dict {config.source} needs --arch (the "
+                          f"model whose submodule it is)")
 
 
 def _check_writable(out: Path) -> None:
@@ -175,7 +191,8 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
 
     t0 = time.perf_counter()
     say(f"loading {config.source}")
-    loaded = load_checkpoint(config.source, config.arch, config.inputs, trust_source=config.trust_source)
+    loaded = load_checkpoint(config.source, config.arch, config.inputs, trust_source=config.trust_source,
+                             submodule=config.submodule)
     from edgefm.models.output_kinds import declare, infer_kinds
 
     loaded.spec = declare(loaded.spec, config.outputs)  # a wrong output name fails before minutes of work
@@ -437,6 +454,8 @@ def _export_key(config: CompressConfig, loaded, model, calib: Samples) -> str:
                  edgefm.__version__):
         h.update(part.encode())
         h.update(b"\0")
+    if config.submodule:  # (the fingerprint differs too; said outright, and old keys stay valid without it)
+        h.update(f"submodule={config.submodule}\0".encode())
     for name in sorted(calib.inputs):
         h.update(name.encode())
         h.update(np.array(calib.take(slice(0, 64)).inputs[name]).tobytes())  # each input on its batch axis

@@ -6,6 +6,7 @@ larger batch (a dynamic batch axis that silently froze shows up here), like Opti
 from __future__ import annotations
 
 import logging
+import re
 import time
 import warnings
 from pathlib import Path
@@ -109,14 +110,32 @@ def verify_onnx(module, spec: ModelSpec, calib: Samples, path: Path, limits: Lim
 
 
 def _why(err: Exception) -> str:
-    """One line for an exporter failure; a TorchScript interpreter error names the scripted line instead of
-    the interpreter's boilerplate first line."""
-    text = str(err)
-    if "TorchScript" in text:
-        from edgefm.models.wrap import script_error
+    """One line for an exporter failure, without terminal colour codes: the dynamo exporter's "Exception
+    summary" (not its "step 1/3" boilerplate); the legacy exporter's message with the scripted source line
+    it points at (not the graph dump around it); a TorchScript interpreter error's scripted line."""
+    from edgefm.models.wrap import ANSI, script_error, scripted_line
 
+    text = ANSI.sub("", str(err)).strip()
+    name = type(err).__name__
+    summary = re.search(r"## Exception summary\s*\n\s*(\S.*)", text)
+    if summary:  # torch.onnx(dynamo=True): the underlying exception, as "<class 'ValueError'>: message"
+        m = re.match(r"<class '(?:[\w.]*\.)?(\w+)'>:\s*(.*)", summary.group(1))
+        inner = f"{m.group(1)}: {m.group(2)}" if m else summary.group(1)
+        return f"{name}: {_clip(inner)}"
+    if "TorchScript interpreter" in text:
         return script_error(text, Path("model")).split(": ", 1)[-1][:400]
-    return f"{type(err).__name__}: {text.splitlines()[0][:200] if text else ''}"
+    head = re.split(r"\s*\[Caused by|\n", text, maxsplit=1)[0] if text else ""
+    found = scripted_line(text)
+    where = f" at {Path(found[0]).name}:{found[1]}: `{found[3]}`" if found else ""
+    return f"{name}: {_clip(' '.join(head.split()))}{where}"
+
+
+def _clip(msg: str, limit: int = 240) -> str:
+    """``msg`` cut at a sentence end (or a word) near ``limit`` characters: no half-words in a one-line reason."""
+    if len(msg) <= limit:
+        return msg
+    cut = msg.rfind(". ", 0, limit)
+    return msg[:cut + 1] if cut > 40 else msg[:msg.rfind(" ", 0, limit)] + " …"
 
 
 def export_onnx(module, spec: ModelSpec, calib: Samples, out: Path, limits: Limits,
