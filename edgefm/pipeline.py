@@ -260,6 +260,9 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
             spec.preprocessing.tokenizer = "tokenizer"
 
         entries, failed = {}, {}
+        # torch.export (litert-torch, OpenVINO's torch frontend) cannot trace TorchScript: converters that start
+        # from a torch module start from the verified ONNX instead
+        torch_model = None if loaded.kind == "torchscript" else model
         for i, target in enumerate(p.targets):
             later = [t.backend for t in p.targets[i + 1:]]
             precision = p.precisions[target.name]
@@ -268,7 +271,7 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
             say(f"{target.name} contract: {contract.describe()}")
             job = CompileJob(onnx_path=ref_path, spec=spec, target=target, precision=precision, calib=job_calib,
                              eval=job_eval, reference=reference, out_dir=tmp / target.name, bundle_dir=tmp,
-                             config=config, model=model, contract=contract,
+                             config=config, model=torch_model, contract=contract,
                              progress=say)
             try:
                 result = get_backend(target.backend).compile(job)
@@ -444,6 +447,11 @@ def _cache_put(folder: Path, key: str, onnx_path: Path, record: StageRecord) -> 
             t.unlink(missing_ok=True)
 
 
+#: Bumped when the export writes different files for the same inputs (static If folding: 2), so that cached
+#: exports made before are not reused.
+EXPORT_REVISION = "2"
+
+
 def _export_key(config: CompressConfig, loaded, model, calib: Samples) -> str:
     import onnx
     import torch
@@ -451,7 +459,7 @@ def _export_key(config: CompressConfig, loaded, model, calib: Samples) -> str:
     h = hashlib.sha256()
     for part in (loaded.sha256, model_fingerprint(model), _arch_code(config.arch), loaded.spec.model_dump_json(),
                  config.tolerances.export.model_dump_json(), str(config.opset), torch.__version__, onnx.__version__,
-                 edgefm.__version__):
+                 edgefm.__version__, EXPORT_REVISION):
         h.update(part.encode())
         h.update(b"\0")
     if config.submodule:  # (the fingerprint differs too; said outright, and old keys stay valid without it)
