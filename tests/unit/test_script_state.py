@@ -110,3 +110,35 @@ def test_exporter_failures_read_as_one_clean_line(tmp_path):
 
 def _line(code: str) -> int:
     return next(i for i, ln in enumerate(open(S.__file__).read().splitlines(), 1) if ln.strip() == code)
+
+
+class _Branchy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 4)
+
+    def forward(self, x, state):
+        if len(state):  # the state's first dimension: 2 once declared, so always taken
+            x = x + state[0]
+        y = self.lin(x)
+        if y.shape[0] > 1000:  # the batch, dynamic, decides: must stay an If
+            y = y * 2
+        return y, (state * 0.5).sum(0)
+
+
+def test_static_if_of_scripted_control_flow_is_folded_and_a_batch_dependent_one_kept(tmp_path):
+    import onnx
+
+    from edgefm.fidelity import Limits
+    from edgefm.samples import Samples
+    from edgefm.stages.export import export_onnx
+
+    torch.manual_seed(0)
+    torch.jit.script(_Branchy()).save(str(tmp_path / "b.pt"))
+    loaded = load_checkpoint(tmp_path / "b.pt", None, ["x:batch,8", "state:2,batch,8:float32"])
+    rng = np.random.default_rng(0)
+    calib = Samples.for_spec(loaded.spec, {"x": rng.random((8, 8), dtype=np.float32),
+                                           "state": rng.random((2, 8, 8), dtype=np.float32)})
+    rec = export_onnx(loaded.module, loaded.spec, calib, tmp_path / "b.onnx", Limits(max_abs=1e-4))  # verified
+    assert rec.settings["static_ifs_folded"] == 1 and any("replaced by that branch" in n for n in rec.notes)
+    assert [n.op_type for n in onnx.load(str(tmp_path / "b.onnx")).graph.node].count("If") == 1
