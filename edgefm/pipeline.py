@@ -96,7 +96,7 @@ def _check_submodule_source(config: CompressConfig) -> None:
     kind = detect_kind(config.source, check_onnx=False)
     if kind not in SUBMODULE_KINDS:
         raise ConfigError(f"--submodule '{config.submodule}' needs a TorchScript file or a state_dict with --arch, "
-                          f"but {config.source} is a {KIND_NAMES[kind]}")
+                          f"but {config.source} is {KIND_NAMES[kind]}")
     if kind == "state_dict" and config.arch is None:
         raise ConfigError(f"--submodule '{config.submodule}' with the state_dict {config.source} needs --arch (the "
                           f"model whose submodule it is)")

@@ -15,8 +15,8 @@ from typing import Any, Optional
 from edgefm.errors import CheckpointError
 
 KINDS = ("hf", "state_dict", "torchscript", "exported_program", "onnx")
-KIND_NAMES = {"hf": "Hugging Face folder", "state_dict": "state_dict", "torchscript": "TorchScript file",
-              "exported_program": "torch.export program (.pt2)", "onnx": "ONNX file"}
+KIND_NAMES = {"hf": "a Hugging Face folder", "state_dict": "a state_dict", "torchscript": "a TorchScript file",
+              "exported_program": "a torch.export program (.pt2)", "onnx": "an ONNX file"}
 #: Kinds whose torch module has submodules a user can pick with ``--submodule``.
 SUBMODULE_KINDS = ("state_dict", "torchscript")
 _VALID = ("a Hugging Face folder (config.json), a state_dict (.pt/.pth/.safetensors, with --arch), "

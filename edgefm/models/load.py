@@ -62,7 +62,7 @@ def load_checkpoint(source: Path, arch: Optional[str] = None,
         raise ConfigError(f"--arch '{arch}' is only used with a state_dict, but {source} is a {kind} checkpoint")
     if submodule is not None and kind not in SUBMODULE_KINDS:
         raise ConfigError(f"--submodule '{submodule}' needs a TorchScript file or a state_dict with --arch, but "
-                          f"{source} is a {KIND_NAMES[kind]}")
+                          f"{source} is {KIND_NAMES[kind]}")
     loader = {"hf": _hf, "state_dict": _state_dict, "torchscript": _torchscript,
               "exported_program": _exported_program, "onnx": _onnx}[kind]
     if kind == "exported_program" and not trust_source:
