@@ -142,3 +142,10 @@ def test_static_if_of_scripted_control_flow_is_folded_and_a_batch_dependent_one_
     rec = export_onnx(loaded.module, loaded.spec, calib, tmp_path / "b.onnx", Limits(max_abs=1e-4))  # verified
     assert rec.settings["static_ifs_folded"] == 1 and any("replaced by that branch" in n for n in rec.notes)
     assert [n.op_type for n in onnx.load(str(tmp_path / "b.onnx")).graph.node].count("If") == 1
+
+
+def test_submodule_of_an_arch_model(tmp_path):
+    torch.save(S.stream_lstm().state_dict(), tmp_path / "w.pt")
+    loaded = load_checkpoint(tmp_path / "w.pt", "tests/models/streaming.py:stream_lstm", ["x:batch,16"],
+                             submodule="front")
+    assert loaded.spec.output_names == ["logits"] and any("submodule 'front' (Linear)" in n for n in loaded.notes)
