@@ -173,10 +173,10 @@ def _torchscript(source: Path, arch, decls, submodule: Optional[str] = None) -> 
         module = torch.jit.load(str(source), map_location="cpu")
     except Exception as e:  # RuntimeError from the archive reader for corrupt files
         raise CheckpointError(f"checkpoint {source}: corrupt TorchScript file ({_first_line(e)})") from None
-    name = module.original_name
+    arch_name = module.original_name
     if submodule is not None:
         module = select_submodule(module, submodule, source)
-        name = f"{name}.{submodule}"
+        arch_name = f"{arch_name}.{submodule}"
     # before running it: a forward that writes attributes would also change them under our probes
     check_stateless(module, source, submodule)
     scalars = wrap.scalar_params(module)
@@ -188,7 +188,7 @@ def _torchscript(source: Path, arch, decls, submodule: Optional[str] = None) -> 
                 f"constant, e.g. --input {name}:scalar:{'int64' if typ == 'int' else 'float32'}=VALUE, and every "
                 f"input before it")
     try:
-        loaded = _from_module(module.float().eval(), source, "torchscript", decls, name, [],
+        loaded = _from_module(module.float().eval(), source, "torchscript", decls, arch_name, [],
                               scalars={i: t for i, (_, t) in scalars.items()})
     except CheckpointError as e:
         raise CheckpointError(wrap.script_error(str(e), source)) from None
