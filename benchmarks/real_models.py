@@ -199,21 +199,11 @@ def _vad_calib(work: Path) -> Path:
     return _npz(work, "vad_calib.npz", make)
 
 
-def _vad_jit_calib(work: Path) -> Path:
-    """The .jit's forward(x, sr) takes the 512 new samples (it keeps context and state inside)."""
-    chunks, _ = _vad_data(work, 0)
-    return _npz(work, "vad_jit_calib.npz", lambda: {"x": np.ascontiguousarray(chunks[:, 64:])})
-
-
 def _stream(run: Run, chunks: np.ndarray, names: tuple[str, str, str]) -> np.ndarray:
     """Speech probabilities over a stream, one call per chunk, feeding the returned state back."""
     inp, state, _ = names
     st = np.zeros((2, 1, 128), np.float32)
     probs = []
-    if state not in getattr(run, "inputs", {state}):  # an artifact without a state input (from the .jit's
-        x = next(n for n in run.inputs if n != "sr")  # forward(x, sr)): it gets the 512 new samples per call
-        return np.asarray([float(first(run({x: c[None, 64:], "sr": np.array(16000, np.int64)})).ravel()[0])
-                           for c in chunks])
     for c in chunks:
         o = run({inp: c[None], state: st, "sr": np.array(16000, np.int64)})
         # by shape, not name: a torch-sourced artifact names its outputs in its own way
@@ -328,8 +318,10 @@ def cases() -> dict[str, Case]:
              outputs=["binary", "state"], state=("state", 1),
              note="shipped ONNX (If on sr, LSTM state (2, batch, 128) carried between calls)"),
         Case("silero_vad_jit", "rnn+state", lambda: rz.path("silero-vad", "silero_vad/data/silero_vad.jit"),
-             _vad_jit_calib, vad_task, inputs=["x:batch,512", "sr:scalar:int64=16000"], outputs=["binary"],
-             note="shipped TorchScript: forward(x, sr), state kept inside the module"),
+             _vad_calib, vad_task, state=("state", 1), extra={"submodule": "_model"},
+             inputs=["input:batch,576:float32", "state:2,batch,128:float32"], outputs=["binary", "state"],
+             note="shipped TorchScript; its forward(x, sr) keeps LSTM state and context in attributes (refused), so "
+                  "--submodule _model: the 16 kHz model, forward(x, state) -> (prob, state)"),
         Case("silero_vad_torch", "rnn+state", lambda: rz.path("silero-vad", "silero_vad/data/silero_vad_16k.safetensors"),
              _vad_calib, vad_task, arch=f"{arch}:silero_vad_16k", state=("state", 1),
              inputs=["input:batch,576:float32", "state:2,batch,128:float32"], outputs=["binary", "state"],
@@ -393,12 +385,14 @@ def compress_pair(case: Case, target: str, work: Path) -> dict:
         if case.state and streaming_supported():
             from edgefm.models.load import load_checkpoint
 
-            names = load_checkpoint(fields["source"], case.arch, inputs).spec.output_names
+            names = load_checkpoint(fields["source"], case.arch, inputs,
+                                    submodule=case.extra.get("submodule")).spec.output_names
             fields["state"] = [f"{case.state[0]}:{names[case.state[1]]}"]
         if "outputs" in CompressConfig.model_fields:  # the accuracy contract's declared kinds
             from edgefm.models.load import load_checkpoint
 
-            names = load_checkpoint(fields["source"], case.arch, inputs).spec.output_names
+            names = load_checkpoint(fields["source"], case.arch, inputs,
+                                    submodule=case.extra.get("submodule")).spec.output_names
             from edgefm.contract import parse_output_decl
 
             fields["outputs"] = dict(parse_output_decl(d) for d in output_decls(case, names))

@@ -225,6 +225,9 @@ def compress(
     target: Optional[List[str]] = typer.Option(None, "--target", "-t", help="Target name or YAML (repeatable); "
                                                                             "default onnxruntime-cpu"),
     arch: Optional[str] = typer.Option(None, help="module.path:factory, file.py:factory or timm:NAME"),
+    submodule: Optional[str] = typer.Option(None, "--submodule", help="Compress this submodule (dotted path) of a "
+                                            "TorchScript or --arch model, e.g. the inner model that takes its state "
+                                            "explicitly"),
     input: Optional[List[str]] = typer.Option(None, "--input", help="NAME:DIMS[:DTYPE][=VALUE], e.g. x:1,1,8,8:float32, "
                                               "state:2,batch,128 (batch axis 1), sr:scalar:int64=16000 (constant)"),
     state: Optional[List[str]] = typer.Option(None, "--state", help="STATE_IN:STATE_OUT: a recurrent state fed back "
@@ -270,7 +273,8 @@ def compress(
     from edgefm.pipeline import compress as run, plan
 
     decls = dict(parse_output_decl(d) for d in output_kind or [])
-    cfg = build_config(recipe, source=source, output=output, targets=target, arch=arch, inputs=input, state=state, calib=calib,
+    cfg = build_config(recipe, source=source, output=output, targets=target, arch=arch, submodule=submodule,
+                       inputs=input, state=state, calib=calib,
                        eval=eval, quantize=quantize, keep_fp32=keep_fp32, max_accuracy_drop=max_accuracy_drop,
                        fallback=None if fallback else False,
                        outputs=decls or None, metric=metric, metric_drop=metric_drop,

@@ -39,6 +39,10 @@ class CompressConfig(BaseModel):
     targets: list[str] = Field(default_factory=lambda: ["onnxruntime-cpu"],
                                description="Target names (targets/*.yaml) or paths to target YAML files")
     arch: Optional[str] = Field(None, description="module.path:factory, file.py:factory or timm:NAME for state_dicts")
+    submodule: Optional[str] = Field(
+        None, description="Dotted path of the submodule to compress instead of the whole model (TorchScript, or a "
+                          "state_dict with --arch), e.g. _model: the inner model of a scripted module that keeps its "
+                          "state in attributes, which takes the state as an input (declare it with --state)")
     inputs: list[Union[str, dict[str, Any]]] = Field(
         default_factory=list, description="Input declarations NAME:DIMS[:DTYPE][=VALUE] (e.g. sr:scalar:int64=16000, "
                                           "state:2,batch,128) or mappings {name, shape, dtype, batch_axis, value}")
@@ -102,6 +106,14 @@ class CompressConfig(BaseModel):
             if not name.strip():
                 raise ValueError(f"{name!r} is not a node name or op type: each --keep-fp32 names a node (as in the "
                                  f"ONNX graph) or an op type such as MatMul")
+        return v
+
+    @field_validator("submodule")
+    @classmethod
+    def _check_submodule(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not all(part.isidentifier() or part.isdigit() for part in v.split(".")):
+            raise ValueError(f"'{v}' is not a dotted submodule path such as _model or encoder.0 (the names "
+                             f"named_modules() gives)")
         return v
 
     @field_validator("outputs")

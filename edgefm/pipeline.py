@@ -65,6 +65,8 @@ def plan(config: CompressConfig) -> Plan:
         input_from_config(decl)  # a string NAME:DIMS[:DTYPE][=VALUE] or a recipe mapping
     if config.arch is not None:
         check_arch(config.arch)
+    if config.submodule is not None:
+        _check_submodule_source(config)
     if config.metric is not None:
         check_metric(config.metric)
     if config.distill is not None and config.prune is None:
@@ -84,6 +86,20 @@ def plan(config: CompressConfig) -> Plan:
         raise CalibrationError("int8 needs calibration data: pass --calib FILE (.npz, .txt or an image folder), "
                                "or --quantize fp32")
     return Plan(config, targets, precisions)
+
+
+def _check_submodule_source(config: CompressConfig) -> None:
+    """--submodule picks a part of a torch module: refused for sources that have none (read from the file's
+    first bytes or zip listing, without torch or onnx)."""
+    from edgefm.models.formats import KIND_NAMES, SUBMODULE_KINDS, detect_kind
+
+    kind = detect_kind(config.source, check_onnx=False)
+    if kind not in SUBMODULE_KINDS:
+        raise ConfigError(f"--submodule '{config.submodule}' needs a TorchScript file or a state_dict with --arch, "
+                          f"but {config.source} is {KIND_NAMES[kind]}")
+    if kind == "state_dict" and config.arch is None:
+        raise ConfigError(f"--submodule '{config.submodule}' with the state_dict {config.source} needs --arch (the "
+                          f"model whose submodule it is)")
 
 
 def _check_writable(out: Path) -> None:
@@ -175,7 +191,8 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
 
     t0 = time.perf_counter()
     say(f"loading {config.source}")
-    loaded = load_checkpoint(config.source, config.arch, config.inputs, trust_source=config.trust_source)
+    loaded = load_checkpoint(config.source, config.arch, config.inputs, trust_source=config.trust_source,
+                             submodule=config.submodule)
     from edgefm.models.output_kinds import declare, infer_kinds
 
     loaded.spec = declare(loaded.spec, config.outputs)  # a wrong output name fails before minutes of work
@@ -243,6 +260,9 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
             spec.preprocessing.tokenizer = "tokenizer"
 
         entries, failed = {}, {}
+        # torch.export (litert-torch, OpenVINO's torch frontend) cannot trace TorchScript: converters that start
+        # from a torch module start from the verified ONNX instead
+        torch_model = None if loaded.kind == "torchscript" else model
         for i, target in enumerate(p.targets):
             later = [t.backend for t in p.targets[i + 1:]]
             precision = p.precisions[target.name]
@@ -251,7 +271,7 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
             say(f"{target.name} contract: {contract.describe()}")
             job = CompileJob(onnx_path=ref_path, spec=spec, target=target, precision=precision, calib=job_calib,
                              eval=job_eval, reference=reference, out_dir=tmp / target.name, bundle_dir=tmp,
-                             config=config, model=model, contract=contract,
+                             config=config, model=torch_model, contract=contract,
                              progress=say)
             try:
                 result = get_backend(target.backend).compile(job)
@@ -427,6 +447,11 @@ def _cache_put(folder: Path, key: str, onnx_path: Path, record: StageRecord) -> 
             t.unlink(missing_ok=True)
 
 
+#: Bumped when the export writes different files for the same inputs (static If folding: 2), so that cached
+#: exports made before are not reused.
+EXPORT_REVISION = "2"
+
+
 def _export_key(config: CompressConfig, loaded, model, calib: Samples) -> str:
     import onnx
     import torch
@@ -434,9 +459,11 @@ def _export_key(config: CompressConfig, loaded, model, calib: Samples) -> str:
     h = hashlib.sha256()
     for part in (loaded.sha256, model_fingerprint(model), _arch_code(config.arch), loaded.spec.model_dump_json(),
                  config.tolerances.export.model_dump_json(), str(config.opset), torch.__version__, onnx.__version__,
-                 edgefm.__version__):
+                 edgefm.__version__, EXPORT_REVISION):
         h.update(part.encode())
         h.update(b"\0")
+    if config.submodule:  # (the fingerprint differs too; said outright, and old keys stay valid without it)
+        h.update(f"submodule={config.submodule}\0".encode())
     for name in sorted(calib.inputs):
         h.update(name.encode())
         h.update(np.array(calib.take(slice(0, 64)).inputs[name]).tobytes())  # each input on its batch axis

@@ -121,7 +121,7 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
         if mode == "full":
             save_calib(work / "calib.npz", job.calib, opts.max_calib_samples)
             request["calib"] = str(work / "calib.npz")
-        tool = "litert-torch" if job.model is not None else "onnx2tf (the source is ONNX)"
+        tool = "litert-torch" if job.model is not None else "onnx2tf (from the ONNX export)"
         say(f"{job.target.name}: converting with {tool}" + (f", then {mode} quantization" if mode else ""))
         t0 = time.time()
         if job.model is not None:

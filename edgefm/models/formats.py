@@ -15,15 +15,20 @@ from typing import Any, Optional
 from edgefm.errors import CheckpointError
 
 KINDS = ("hf", "state_dict", "torchscript", "exported_program", "onnx")
+KIND_NAMES = {"hf": "a Hugging Face folder", "state_dict": "a state_dict", "torchscript": "a TorchScript file",
+              "exported_program": "a torch.export program (.pt2)", "onnx": "an ONNX file"}
+#: Kinds whose torch module has submodules a user can pick with ``--submodule``.
+SUBMODULE_KINDS = ("state_dict", "torchscript")
 _VALID = ("a Hugging Face folder (config.json), a state_dict (.pt/.pth/.safetensors, with --arch), "
           "a TorchScript file, a torch.export program (.pt2) or an .onnx file")
 # Keys under which training scripts commonly nest the model's weights.
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "weights")
 
 
-def detect_kind(path: Path) -> str:
+def detect_kind(path: Path, check_onnx: bool = True) -> str:
     """Return one of ``KINDS`` for ``path``; raise ``CheckpointError`` for missing, empty, truncated or
-    unknown files."""
+    unknown files. ``check_onnx=False`` judges an ONNX file by its first byte or name without parsing it
+    (no onnx import: for planning)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path}: no such file or folder")
@@ -48,7 +53,8 @@ def detect_kind(path: Path) -> str:
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "state_dict"  # torch.save's legacy (non-zip) format starts with a pickle
     if head[:1] == b"\x08" or path.suffix.lower() == ".onnx":
-        _check_onnx(path)  # ModelProto starts with field 1 (ir_version, varint): tag byte 0x08
+        if check_onnx:
+            _check_onnx(path)  # ModelProto starts with field 1 (ir_version, varint): tag byte 0x08
         return "onnx"
     raise CheckpointError(f"checkpoint {path}: unknown file kind (first bytes {head[:8]!r}); valid sources "
                           f"are {_VALID}")

@@ -17,7 +17,8 @@ import torch
 from edgefm.bundle import sha256_path
 from edgefm.errors import CheckpointError, ConfigError
 from edgefm.models import wrap
-from edgefm.models.formats import detect_kind, read_state_dict
+from edgefm.models.formats import KIND_NAMES, SUBMODULE_KINDS, detect_kind, read_state_dict
+from edgefm.models.script_state import check_stateless, select_submodule
 from edgefm.models.guess import family_of, task_and_preprocessing
 from edgefm.models.spec import InputSpec, ModelSpec, OutputSpec, Preprocessing, input_from_config
 
@@ -39,7 +40,8 @@ class LoadedModel:
 
 
 def load_checkpoint(source: Path, arch: Optional[str] = None,
-                    inputs: Sequence[Union[str, InputSpec]] = (), trust_source: bool = False) -> LoadedModel:
+                    inputs: Sequence[Union[str, InputSpec]] = (), trust_source: bool = False,
+                    submodule: Optional[str] = None) -> LoadedModel:
     """Load ``source`` (HF folder, state_dict + ``arch``, TorchScript, ``.pt2``, ``.onnx``).
 
     A torch.export program (``.pt2``, whatever its name: the kind is judged by content) is only loaded with
@@ -48,12 +50,19 @@ def load_checkpoint(source: Path, arch: Optional[str] = None,
 
     ``inputs`` are ``--input`` declarations (``NAME:DIMS[:DTYPE]`` strings or ``InputSpec``): they define the
     inputs of state_dict/TorchScript modules and override same-named inputs of the other kinds. Raises
-    ``CheckpointError`` (file problems) or ``ConfigError`` (bad ``--arch``/``--input``)."""
+    ``CheckpointError`` (file problems) or ``ConfigError`` (bad ``--arch``/``--input``).
+
+    ``submodule`` (``--submodule``, a dotted path as in ``named_modules()``) loads that part of a TorchScript
+    or ``--arch`` model instead of the whole, e.g. the inner model of a scripted module that keeps its state
+    in attributes (which is refused with ``ExportError``: see ``script_state``)."""
     source = Path(source)
     decls = [input_from_config(d) for d in inputs]
     kind = detect_kind(source)
     if arch is not None and kind != "state_dict":
         raise ConfigError(f"--arch '{arch}' is only used with a state_dict, but {source} is a {kind} checkpoint")
+    if submodule is not None and kind not in SUBMODULE_KINDS:
+        raise ConfigError(f"--submodule '{submodule}' needs a TorchScript file or a state_dict with --arch, but "
+                          f"{source} is {KIND_NAMES[kind]}")
     loader = {"hf": _hf, "state_dict": _state_dict, "torchscript": _torchscript,
               "exported_program": _exported_program, "onnx": _onnx}[kind]
     if kind == "exported_program" and not trust_source:
@@ -61,7 +70,8 @@ def load_checkpoint(source: Path, arch: Optional[str] = None,
             f"checkpoint {source}: a torch.export program (.pt2); edgefm does not load it by default because "
             f"torch.export.load unpickles parts of the file, which can run arbitrary code. Pass --trust-source "
             f"(trust_source=True) only for a file you made or trust, or export it to ONNX and pass the .onnx")
-    loaded = loader(source, arch, decls)
+    loaded = (loader(source, arch, decls, submodule) if kind in SUBMODULE_KINDS
+              else loader(source, arch, decls))
     if kind == "onnx":
         from edgefm.models.onnx_graph import source_sha256
 
@@ -143,7 +153,7 @@ def _hf_reason(hf) -> str:
     return f"Hugging Face {hf.task} head: class scores"
 
 
-def _state_dict(source: Path, arch, decls) -> LoadedModel:
+def _state_dict(source: Path, arch, decls, submodule: Optional[str] = None) -> LoadedModel:
     from edgefm.models.arch import build_arch, load_weights
 
     if not arch:
@@ -152,14 +162,23 @@ def _state_dict(source: Path, arch, decls) -> LoadedModel:
     module = build_arch(arch)  # before reading weights: a wrong --arch is the cheaper error to report
     state, notes = read_state_dict(source, expected=set(module.state_dict()))
     notes += load_weights(module, state, source, arch)
+    if submodule is not None:
+        module = select_submodule(module, submodule, source)
+        notes.append(f"exported the submodule '{submodule}' ({type(module).__name__}) of the --arch model")
     return _from_module(module.float().eval(), source, "state_dict", decls, arch, notes)
 
 
-def _torchscript(source: Path, arch, decls) -> LoadedModel:
+def _torchscript(source: Path, arch, decls, submodule: Optional[str] = None) -> LoadedModel:
     try:
         module = torch.jit.load(str(source), map_location="cpu")
     except Exception as e:  # RuntimeError from the archive reader for corrupt files
         raise CheckpointError(f"checkpoint {source}: corrupt TorchScript file ({_first_line(e)})") from None
+    arch_name = module.original_name
+    if submodule is not None:
+        module = select_submodule(module, submodule, source)
+        arch_name = f"{arch_name}.{submodule}"
+    # before running it: a forward that writes attributes would also change them under our probes
+    check_stateless(module, source, submodule)
     scalars = wrap.scalar_params(module)
     for i, (name, typ) in scalars.items():  # a Python number argument can only be exported as a constant
         d = decls[i] if i < len(decls) else None
@@ -169,7 +188,7 @@ def _torchscript(source: Path, arch, decls) -> LoadedModel:
                 f"constant, e.g. --input {name}:scalar:{'int64' if typ == 'int' else 'float32'}=VALUE, and every "
                 f"input before it")
     try:
-        loaded = _from_module(module.float().eval(), source, "torchscript", decls, module.original_name, [],
+        loaded = _from_module(module.float().eval(), source, "torchscript", decls, arch_name, [],
                               scalars={i: t for i, (_, t) in scalars.items()})
     except CheckpointError as e:
         raise CheckpointError(wrap.script_error(str(e), source)) from None
@@ -183,6 +202,8 @@ def _torchscript(source: Path, arch, decls) -> LoadedModel:
             loaded.module = torch.jit.trace(loaded.module, args, check_trace=False)
     except Exception as e:  # the scripted code failing on the example: name its line, not the boilerplate
         raise CheckpointError(wrap.script_error(str(e), source)) from None
+    if submodule is not None:
+        loaded.notes.append(f"exported the submodule '{submodule}' ({module.original_name}) of {source.name}")
     loaded.notes.append(f"{source.name} is TorchScript: export it with torch.onnx.export(..., dynamo=False)")
     for i, (name, _) in scalars.items():
         loaded.notes.append(f"'{name}' is a Python number in forward: exported as the constant {decls[i].value}")

@@ -213,24 +213,38 @@ def learn_outputs(module: nn.Module, feed: dict[str, np.ndarray], source: Path) 
     return specs, num_classes
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def scripted_line(text: str) -> Optional[tuple[str, int, str, str]]:
+    """(file, line, function or "", code) of the scripted source line a TorchScript error points at ("<---
+    HERE"): the original code's traceback (the user's file) rather than the serialized ``code/`` one, the
+    innermost call; None when the text has none. TorchScript's "line N" is the line marked HERE."""
+    text = ANSI.sub("", text)
+    part = text.split("original code (most recent call last):")[-1]
+    blocks = re.findall(r'File "([^"]+)", line (\d+)(?:, in (\w+))?\n((?:.*\n)*?.*<--- HERE)', part + "\n")
+    if not blocks:
+        return None
+    own = [b for b in blocks if not b[0].startswith("code/__torch__")] or blocks
+    f, line, fn, body = own[-1]
+    rows = [r for r in body.splitlines()]
+    hit = next(i for i, r in enumerate(rows) if "<--- HERE" in r)
+    code = next((rows[i].strip() for i in range(hit - 1, -1, -1) if rows[i].strip()), "")
+    return f, int(line), fn, code
+
+
 def script_error(text: str, source: Path) -> str:
     """One line for a TorchScript interpreter error: the module file, line and code where it failed and the
     error itself, instead of "The following operation failed in the TorchScript interpreter."."""
+    text = ANSI.sub("", text)
     if "TorchScript" not in text:
         return text
-    # prefer the original code's traceback (the user's file) over the serialized code/ one
-    part = text.split("original code (most recent call last):")[-1]
     where = ""
-    blocks = re.findall(r'File "([^"]+)", line (\d+), in (\w+)\n((?:(?:[ \t]{3,}.*)?\n)*)', part + "\n")
-    if blocks:
-        f, line, fn, body = blocks[-1]
-        rows = body.splitlines()
-        hit = next((i for i, r in enumerate(rows) if "<--- HERE" in r), None)
-        code = rows[hit - 1].strip() if hit else (rows[0].strip() if rows else "")
-        at = int(line) + (hit - 1 if hit else 0)
-        where = f" in {fn}() at {f}:{at}: `{code}`"
+    found = scripted_line(text)
+    if found:
+        f, line, fn, code = found
+        where = f"{f' in {fn}()' if fn else ''} at {f}:{line}: `{code}`"
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     err = next((ln for ln in reversed(lines) if re.match(r"^[\w.]*(Error|Exception)\b.*:", ln)), "")
-    err = re.sub(r"^builtins\.", "", err) or (lines[-1] if lines else "")
-    head = f"checkpoint {source}"
-    return f"{head}: the scripted code failed{where}: {err}"
+    err = re.sub(r"^builtins\.", "", err) or (lines[0] if lines else "")
+    return f"checkpoint {source}: the scripted code failed{where}: {err}"

@@ -6,6 +6,7 @@ larger batch (a dynamic batch axis that silently froze shows up here), like Opti
 from __future__ import annotations
 
 import logging
+import re
 import time
 import warnings
 from pathlib import Path
@@ -61,8 +62,13 @@ def batched_outputs(run, samples: Samples, batch: int) -> dict[str, np.ndarray]:
 
 
 def _export_once(module, spec: ModelSpec, example: dict[str, np.ndarray], out: Path, exporter: str,
-                 opset: Optional[int]) -> None:
+                 opset: Optional[int]) -> int:
+    """Write ``out`` with ``exporter``; returns how many ``If`` nodes of scripted control flow the static
+    shapes decided and were folded (see ``static_if``)."""
+    import onnx
     import torch
+
+    from edgefm.stages.static_if import fold_static_ifs
 
     args = tuple(torch.from_numpy(np.array(example[n])) for n in spec.input_names)
     # constants are fixed; the batch axis is named "batch" wherever it sits (a state's (layers, batch, hidden))
@@ -77,6 +83,12 @@ def _export_once(module, spec: ModelSpec, example: dict[str, np.ndarray], out: P
             torch.onnx.export(module, args, str(out), dynamo=False, opset_version=opset,
                               input_names=spec.input_names, output_names=spec.output_names,
                               dynamic_axes={**axes, **out_axes}, do_constant_folding=True)
+            if any(n.op_type == "If" for n in onnx.load(str(out), load_external_data=False).graph.node):
+                model = onnx.load(str(out))
+                folded = fold_static_ifs(model)
+                if folded:
+                    onnx.save(model, str(out))
+                return folded
         else:
             batch = torch.export.Dim("batch", min=1)
             shapes = tuple({} if s.constant else
@@ -86,6 +98,7 @@ def _export_once(module, spec: ModelSpec, example: dict[str, np.ndarray], out: P
                                      input_names=spec.input_names, output_names=spec.output_names,
                                      external_data=False, report=False)
             prog.save(str(out), external_data=False)
+    return 0
 
 
 def verify_onnx(module, spec: ModelSpec, calib: Samples, path: Path, limits: Limits) -> dict[str, Any]:
@@ -109,14 +122,32 @@ def verify_onnx(module, spec: ModelSpec, calib: Samples, path: Path, limits: Lim
 
 
 def _why(err: Exception) -> str:
-    """One line for an exporter failure; a TorchScript interpreter error names the scripted line instead of
-    the interpreter's boilerplate first line."""
-    text = str(err)
-    if "TorchScript" in text:
-        from edgefm.models.wrap import script_error
+    """One line for an exporter failure, without terminal colour codes: the dynamo exporter's "Exception
+    summary" (not its "step 1/3" boilerplate); the legacy exporter's message with the scripted source line
+    it points at (not the graph dump around it); a TorchScript interpreter error's scripted line."""
+    from edgefm.models.wrap import ANSI, script_error, scripted_line
 
+    text = ANSI.sub("", str(err)).strip()
+    name = type(err).__name__
+    summary = re.search(r"## Exception summary\s*\n\s*(\S.*)", text)
+    if summary:  # torch.onnx(dynamo=True): the underlying exception, as "<class 'ValueError'>: message"
+        m = re.match(r"<class '(?:[\w.]*\.)?(\w+)'>:\s*(.*)", summary.group(1))
+        inner = f"{m.group(1)}: {m.group(2)}" if m else summary.group(1)
+        return f"{name}: {_clip(inner)}"
+    if "TorchScript interpreter" in text:
         return script_error(text, Path("model")).split(": ", 1)[-1][:400]
-    return f"{type(err).__name__}: {text.splitlines()[0][:200] if text else ''}"
+    head = re.split(r"\s*\[Caused by|\n", text, maxsplit=1)[0] if text else ""
+    found = scripted_line(text)
+    where = f" at {Path(found[0]).name}:{found[1]}: `{found[3]}`" if found else ""
+    return f"{name}: {_clip(' '.join(head.split()))}{where}"
+
+
+def _clip(msg: str, limit: int = 240) -> str:
+    """``msg`` cut at a sentence end (or a word) near ``limit`` characters: no half-words in a one-line reason."""
+    if len(msg) <= limit:
+        return msg
+    cut = msg.rfind(". ", 0, limit)
+    return msg[:cut + 1] if cut > 40 else msg[:msg.rfind(" ", 0, limit)] + " …"
 
 
 def export_onnx(module, spec: ModelSpec, calib: Samples, out: Path, limits: Limits,
@@ -138,7 +169,7 @@ def export_onnx(module, spec: ModelSpec, calib: Samples, out: Path, limits: Limi
     last_err: Optional[Exception] = None
     for exporter in exporters:
         try:
-            _export_once(module, spec, example, out, exporter, opset)
+            folded = _export_once(module, spec, example, out, exporter, opset)
             onnx.checker.check_model(str(out))
             got_b1 = batched_outputs(lambda f: onnx_outputs(out, f), verify_set.take(slice(0, 4)), 1)
             got_bn = batched_outputs(lambda f: onnx_outputs(out, f), verify_set, VERIFY_BATCH)
@@ -174,9 +205,13 @@ def export_onnx(module, spec: ModelSpec, calib: Samples, out: Path, limits: Limi
         settings: dict[str, Any] = {"exporter": exporter, "opset": model.opset_import[0].version,
                                     "verify_samples": len(verify_set), "verify_batches": [1, VERIFY_BATCH],
                                     "limits": limits.model_dump(exclude_none=True)}
+        notes = [f"tried {a}" for a in attempts]
+        if folded:
+            settings["static_ifs_folded"] = folded
+            notes.append(f"{folded} If node(s) of scripted control flow always take one branch with the declared "
+                         f"shapes: replaced by that branch")
         return StageRecord(name="export", settings=settings, output_sha256=sha256_file(out),
-                           seconds=round(time.perf_counter() - t0, 3), metrics=merged,
-                           notes=[f"tried {a}" for a in attempts])
+                           seconds=round(time.perf_counter() - t0, 3), metrics=merged, notes=notes)
     if isinstance(last_err, AccuracyError):
         raise last_err
     raise ExportError("ONNX export failed with every exporter: " + " | ".join(attempts))

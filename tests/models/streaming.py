@@ -96,3 +96,64 @@ def streams(n: int = 24, chunks: int = 6, seed: int = 0) -> np.ndarray:
 
 INPUTS = ["x:batch,64", "state:2,batch,32", "sr:scalar:int64=16000"]
 STATE = ["state:output"]
+
+
+CONTEXT = 16  # samples of the previous chunk the inner model sees in front of each new chunk (silero: 64)
+
+
+class ChunkLSTM(nn.Module):
+    """The stateless inner model: forward(x (batch, CONTEXT + CHUNK), state (2, batch, HIDDEN)) ->
+    (prob (batch, 1), next state)."""
+
+    def __init__(self):
+        super().__init__()
+        self.front = nn.Linear(16, 16)
+        self.rnn = nn.LSTM(16, HIDDEN, batch_first=True)
+        self.head = nn.Linear(HIDDEN, 1)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor):
+        frames = torch.relu(self.front(x.reshape(x.shape[0], -1, 16)))
+        out, (h, c) = self.rnn(frames, (state[0:1], state[1:2]))
+        return torch.sigmoid(self.head(out[:, -1])), torch.cat([h, c], 0)
+
+
+class AttrStateVAD(nn.Module):
+    """silero-vad's ``.jit`` layout: ``forward(x, sr: int)`` takes only the new samples and keeps the LSTM
+    state and the audio context in module attributes between calls; ``_model`` takes them explicitly."""
+
+    def __init__(self):
+        super().__init__()
+        self._model = ChunkLSTM()
+        self.context_size, self.hidden = CONTEXT, HIDDEN
+        self._state = torch.zeros(0)
+        self._context = torch.zeros(0)
+
+    @torch.jit.export
+    def reset_states(self):
+        self._state = torch.zeros(0)
+        self._context = torch.zeros(0)
+
+    def forward(self, x: torch.Tensor, sr: int):
+        if sr != 16000:
+            raise ValueError("unsupported sample rate")
+        if not len(self._context):
+            self._context = torch.zeros(x.shape[0], self.context_size)
+        if not len(self._state):
+            self._state = torch.zeros(2, x.shape[0], self.hidden)
+        x = torch.cat([self._context, x], 1)
+        out, state = self._model(x, self._state)
+        self._state = state
+        self._context = x[:, -self.context_size:]
+        return out
+
+
+def attr_state_scripted() -> torch.jit.ScriptModule:
+    torch.manual_seed(0)
+    return torch.jit.script(AttrStateVAD().eval())
+
+
+def with_context(streams: np.ndarray) -> np.ndarray:
+    """(streams, chunks, CHUNK) -> (streams, chunks, CONTEXT + CHUNK): each chunk with the last CONTEXT samples
+    of the one before (zeros before the first), as ``AttrStateVAD`` feeds ``_model``."""
+    prev = np.concatenate([np.zeros_like(streams[:, :1, -CONTEXT:]), streams[:, :-1, -CONTEXT:]], 1)
+    return np.ascontiguousarray(np.concatenate([prev, streams], 2))
