@@ -30,10 +30,11 @@ from edgefm.errors import CalibrationError
 log = logging.getLogger(__name__)
 
 #: Layers with int8 kernels in TensorRT, per model family. RNN cells (LSTM/GRU) take no Q/DQ in TensorRT:
-#: only the Gemm/MatMul around them are quantized, the cells run in fp16.
+#: only the Conv/Gemm/MatMul around them are quantized (a conv front end, as in silero-vad, included), the cells
+#: run in fp16.
 FAMILY_OPS = {
     "cnn": ("Conv", "ConvTranspose", "Gemm", "MatMul"),
-    "rnn": ("Gemm", "MatMul"),
+    "rnn": ("Conv", "ConvTranspose", "Gemm", "MatMul"),
     "transformer": ("Gemm", "MatMul"),
     "other": ("Conv", "ConvTranspose", "Gemm", "MatMul"),
 }
