@@ -120,7 +120,12 @@ def resolve_ifs_file(path: Path, spec: ModelSpec) -> list[str]:
     path = Path(path)
     external = bool(external_files(onnx.load(str(path), load_external_data=False), path))
     model = onnx.load(str(path), load_external_data=True)
-    out, before, after = resolve_ifs(model, spec)
+    try:
+        out, before, after = resolve_ifs(model, spec)
+    except Exception as e:  # noqa: BLE001 - a graph the folder cannot take is used as it is, and said so
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        return [f"{count_ifs(model)} If node(s) in the graph; resolving them failed ({type(e).__name__}: {why}), "
+                f"the graph is used unchanged"]
     if out is model:
         return [f"{before} If node(s) in the graph; none is decided by the declared inputs, kept"] if before else []
     if external:
