@@ -304,7 +304,8 @@ def _resolve_ifs(source: Path, ref_path: Path, spec, ev: Samples, say: Progress)
         copy_onnx(source, ref_path)  # the plain copy, as if nothing had been tried
         return [f"{notes[0]}; but its outputs moved from the source's by {diff:.3g} on the eval data, so the "
                 f"source graph is used unchanged"]
-    notes[0] += f"; outputs = the source's on {len(ev)} eval sample(s) (max abs diff {diff:.3g})"
+    on = f"{len(ev)} eval stream(s) of {ev.chunks} calls" if ev.streamed else f"{len(ev)} eval sample(s)"
+    notes[0] += f"; outputs = the source's on {on} (max abs diff {diff:.3g})"
     say(notes[0])
     return notes
 
