@@ -48,9 +48,9 @@ def resolve_ifs(model, spec: ModelSpec):
     graph = ir.serde.deserialize_model(work)
     for _ in range(8):  # each round can expose the next condition (a rank known once its If is inlined)
         # ConstantOfShape is kept by default (to keep files small); here it builds small pads and shapes that
-        # a condition may depend on, and its output size is still bounded by the folder's output limit
-        # weights too (an LSTM's W and R reordered by Slice/Concat of the checkpoint's tensors): a quantizer
-        # then sees them as the initializers they are
+        # a condition may depend on (its output is still bounded by the output limit). Weights are folded too
+        # (an LSTM's W and R reordered by Slice/Concat of the checkpoint's tensors), so a quantizer sees them as
+        # the initializers they are
         changed = fold_constants_ir(graph, onnx_shape_inference=True, input_size_limit=_FOLD_LIMIT,
                                     output_size_limit=_FOLD_LIMIT,
                                     should_fold=lambda n: True if n.op_type == "ConstantOfShape" else None).modified
@@ -58,7 +58,7 @@ def resolve_ifs(model, spec: ModelSpec):
         if not changed:
             break
     # weights a branch held as Constant nodes become initializers, as quantizers expect them (ONNX Runtime's
-    # dynamic quantizer refuses a Conv whose weight is not one; its static one would quantize it as an activation)
+    # dynamic quantizer refused silero's Convs: "Expected ...reparam_conv.weight to be an initializer")
     common.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=16)(graph)
     common.NameFixPass()(graph)  # inlined branches bring their own value names: keep every name unique
     out = ir.serde.serialize_model(graph)
