@@ -226,12 +226,19 @@ def check_entry(bundle: Path, entry: Any, spec: Any, inputs: Mapping[str, np.nda
 
     if getattr(spec, "state", None):  # streaming models: state fed back call to call (not done here yet)
         return DirectResult(None, detail="skipped: a streaming model (declared state pairs) is not run directly yet")
+    # a constant input (e.g. a sample rate) is fed whole on every call, or not at all when the graph holds it
+    axes = spec.input_axes if hasattr(spec, "input_axes") else {}
+    fixed = {i.name: np.asarray(inputs[i.name]) for i in getattr(spec, "inputs", [])
+             if i.name in inputs and axes.get(i.name, 0) is None and not i.baked}
+    inputs = {k: v for k, v in inputs.items() if axes.get(k, 0) is not None}
     n = min(len(next(iter(inputs.values()))), max_samples)
     inputs = {k: np.asarray(v)[:n] for k, v in inputs.items()}
     ref = {k: np.asarray(v)[:n] for k, v in ref.items()}
     labels = None if labels is None else np.asarray(labels)[:n]
     try:
         call, batch, runtime = caller(entry.backend, Path(bundle), entry, [o.name for o in spec.outputs])
+        if fixed:
+            call = (lambda run: lambda feed: run({**feed, **fixed}))(call)
         got, calls, same, diff = compare_orders(call, inputs, batch)
     except ImportError as e:
         return DirectResult(None, detail=f"skipped: the {entry.backend} runtime is not installed here ({e.name})")

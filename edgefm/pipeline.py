@@ -231,11 +231,15 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
         ref_path = tmp / "fp32" / "model.onnx"
         ref_path.parent.mkdir()
         if loaded.kind == "onnx":
-            from edgefm.models.onnx_graph import copy_onnx
+            from edgefm.models.onnx_graph import copy_onnx, source_sha256
 
             copied = copy_onnx(loaded.onnx_path, ref_path)
-            stages.append(StageRecord(name="export", settings={"exporter": "none (source is ONNX)"},
-                                      output_sha256=loaded.sha256, notes=copied))
+            resolved = _resolve_ifs(loaded.onnx_path, ref_path, spec, ev, say)
+            stages.append(StageRecord(name="export", settings={"exporter": "none (source is ONNX)",
+                                                               "resolve_ifs": bool(resolved)},
+                                      output_sha256=source_sha256(ref_path) if resolved else loaded.sha256,
+                                      notes=copied + resolved))
+            _mark_baked(spec, ref_path)
         else:
             # the export is checked call by call; a stream's calls carry the state torch fed back
             export_calib = calib.steps(lambda f: _torch_outputs(model, spec, f), 32) if calib.streamed else calib
@@ -299,6 +303,42 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
     say(f"wrote {config.output} in {time.perf_counter() - t0:.1f} s"
         + (f"; {len(failed)} target(s) failed: {', '.join(failed)}" if failed else ""))
     return manifest
+
+
+def _resolve_ifs(source: Path, ref_path: Path, spec, ev: Samples, say: Progress) -> list[str]:
+    """Resolve the ``If`` nodes of the bundle's copy of an ONNX source that the declared inputs decide
+    (edgefm.models.onnx_fold), then check the result against the source on the eval data, call after call:
+    any difference beyond float rounding puts the plain copy back. Returns notes (empty: nothing changed)."""
+    from edgefm.models.onnx_fold import resolve_ifs_file
+    from edgefm.models.onnx_graph import copy_onnx
+
+    notes = resolve_ifs_file(ref_path, spec)
+    if not notes or " resolved " not in notes[0]:
+        return notes
+    a, b = _session(source), _session(ref_path)
+    want, got = ev.run(a, 32), ev.run(b, 32)
+    diff = max((float(np.max(np.abs(want[k].astype(np.float64) - got[k]))) if want[k].size else 0.0)
+               for k in want)
+    scale = max(1.0, max(float(np.max(np.abs(v))) if v.size else 0.0 for v in want.values()))
+    if set(want) != set(got) or not diff <= 1e-5 * scale:
+        copy_onnx(source, ref_path)  # the plain copy, as if nothing had been tried
+        return [f"{notes[0]}; but its outputs moved from the source's by {diff:.3g} on the eval data, so the "
+                f"source graph is used unchanged"]
+    on = f"{len(ev)} eval stream(s) of {ev.chunks} calls" if ev.streamed else f"{len(ev)} eval sample(s)"
+    notes[0] += f"; outputs = the source's on {on} (max abs diff {diff:.3g})"
+    say(notes[0])
+    return notes
+
+
+def _session(path: Path) -> Callable[[dict], dict]:
+    """One ONNX Runtime CPU session for ``path``, as a feed -> outputs function (graph inputs only)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    names, wanted = [o.name for o in sess.get_outputs()], {i.name for i in sess.get_inputs()}
+    return lambda feed: dict(zip(names, sess.run(names, {k: v for k, v in feed.items() if k in wanted})))
 
 
 def _mark_baked(spec, onnx_path: Path) -> None:
