@@ -235,10 +235,12 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
 
             copied = copy_onnx(loaded.onnx_path, ref_path)
             resolved = _resolve_ifs(loaded.onnx_path, ref_path, spec, ev, say)
-            stages.append(StageRecord(name="export", settings={"exporter": "none (source is ONNX)",
-                                                               "resolve_ifs": bool(resolved)},
-                                      output_sha256=source_sha256(ref_path) if resolved else loaded.sha256,
-                                      notes=copied + resolved))
+            settings = {"exporter": "none (source is ONNX)", "resolve_ifs": bool(resolved.notes)}
+            if resolved.folded:
+                settings["static_ifs_folded"] = resolved.folded  # as an export records it
+            stages.append(StageRecord(name="export", settings=settings,
+                                      output_sha256=source_sha256(ref_path) if resolved.notes else loaded.sha256,
+                                      notes=copied + resolved.notes))
             _mark_baked(spec, ref_path)
         else:
             # the export is checked call by call; a stream's calls carry the state torch fed back
@@ -305,16 +307,18 @@ def compress(config: CompressConfig, progress: Optional[Progress] = None) -> Man
     return manifest
 
 
-def _resolve_ifs(source: Path, ref_path: Path, spec, ev: Samples, say: Progress) -> list[str]:
+def _resolve_ifs(source: Path, ref_path: Path, spec, ev: Samples, say: Progress):
     """Resolve the ``If`` nodes of the bundle's copy of an ONNX source that the declared inputs decide
     (edgefm.models.onnx_fold), then check the result against the source on the eval data, call after call:
-    any difference beyond float rounding puts the plain copy back. Returns notes (empty: nothing changed)."""
-    from edgefm.models.onnx_fold import resolve_ifs_file
+    any difference beyond float rounding puts the plain copy back. Returns the ``Resolved`` record (nothing
+    folded when the copy was put back)."""
+    from edgefm.models.onnx_fold import Resolved, resolve_ifs_file
     from edgefm.models.onnx_graph import copy_onnx
 
-    notes = resolve_ifs_file(ref_path, spec)
-    if not notes or " resolved " not in notes[0]:
-        return notes
+    resolved = resolve_ifs_file(ref_path, spec)
+    notes = resolved.notes
+    if not resolved.folded:
+        return resolved
     a, b = _session(source), _session(ref_path)
     want, got = ev.run(a, 32), ev.run(b, 32)
     diff = max((float(np.max(np.abs(want[k].astype(np.float64) - got[k]))) if want[k].size else 0.0)
@@ -322,12 +326,13 @@ def _resolve_ifs(source: Path, ref_path: Path, spec, ev: Samples, say: Progress)
     scale = max(1.0, max(float(np.max(np.abs(v))) if v.size else 0.0 for v in want.values()))
     if set(want) != set(got) or not diff <= 1e-5 * scale:
         copy_onnx(source, ref_path)  # the plain copy, as if nothing had been tried
-        return [f"{notes[0]}; but its outputs moved from the source's by {diff:.3g} on the eval data, so the "
-                f"source graph is used unchanged"]
+        return Resolved(resolved.before, resolved.before,
+                        [f"{notes[0]}; but its outputs moved from the source's by {diff:.3g} on the eval data, so "
+                         f"the source graph is used unchanged"])
     on = f"{len(ev)} eval stream(s) of {ev.chunks} calls" if ev.streamed else f"{len(ev)} eval sample(s)"
     notes[0] += f"; outputs = the source's on {on} (max abs diff {diff:.3g})"
     say(notes[0])
-    return notes
+    return resolved
 
 
 def _session(path: Path) -> Callable[[dict], dict]:
@@ -487,9 +492,9 @@ def _cache_put(folder: Path, key: str, onnx_path: Path, record: StageRecord) -> 
             t.unlink(missing_ok=True)
 
 
-#: Bumped when the export writes different files for the same inputs (static If folding: 2), so that cached
-#: exports made before are not reused.
-EXPORT_REVISION = "2"
+#: Bumped when the export writes different files for the same inputs (static If folding: 2; If folding by
+#: onnxscript, edgefm.models.onnx_fold: 3), so that cached exports made before are not reused.
+EXPORT_REVISION = "3"
 
 
 def _export_key(config: CompressConfig, loaded, model, calib: Samples) -> str:

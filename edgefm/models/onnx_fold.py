@@ -8,10 +8,15 @@ inside a branch, so nothing there is quantized. The spec says which inputs are c
 which dimensions are fixed (``input: batch,576``): with those written into the graph, constant folding
 (onnxscript's, which inlines the taken branch of an ``If`` whose condition it can compute, shapes included)
 turns the graph into the plain one the declared calls run. The batch axis stays dynamic; an ``If`` on it is
-left alone. No torch here."""
+left alone. No torch here.
+
+The same pass runs after a torch export (edgefm.stages.export): scripted (TorchScript) control flow such as
+``if len(state):``, ``if x.size(1) == 8:`` or ``squeeze(dim)`` exports as ``If`` nodes on dimensions the declared
+inputs fix."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgefm.models.spec import ModelSpec
@@ -46,6 +51,7 @@ def resolve_ifs(model, spec: ModelSpec):
     work.CopyFrom(model)
     _write_declared_inputs(work, spec)
     graph = ir.serde.deserialize_model(work)
+    _shape_indices_as_vectors(graph)
     for _ in range(8):  # each round can expose the next condition (a rank known once its If is inlined)
         # ConstantOfShape is kept by default (to keep files small); here it builds small pads and shapes that
         # a condition may depend on (its output is still bounded by the output limit). Weights are folded too
@@ -68,6 +74,34 @@ def resolve_ifs(model, spec: ModelSpec):
         return model, before, before
     onnx.checker.check_model(out)
     return out, before, after
+
+
+def _shape_indices_as_vectors(model) -> None:
+    """Rewrite each ``Gather(Shape(x), i)`` with a constant 0-d ``i`` (how torch exports ``x.size(1)``) as
+    ``Squeeze(Gather(Shape(x), [i]), [0])``, the same value: onnxscript 0.7 reads a dimension out of a shape only
+    through a 1-D index, so a condition on ``x.size(1)`` stayed an ``If`` even with that size fixed."""
+    import numpy as np
+    from onnxscript import ir
+
+    opset = model.opset_imports.get("", 17)
+    for node in list(ir.traversal.RecursiveGraphIterator(model.graph)):
+        if node.op_type != "Gather" or node.domain not in ("", "ai.onnx") or node.graph is None:
+            continue
+        data, index = node.inputs[0], node.inputs[1]
+        source = data.producer() if data is not None else None
+        const = ir.convenience.get_const_tensor(index) if index is not None else None
+        if source is None or source.op_type != "Shape" or const is None or const.numpy().ndim != 0:
+            continue
+        axis = node.attributes.get_int("axis", 0)
+        as_vector = ir.node("Constant", [], attributes={"value": ir.tensor(const.numpy().reshape(1))})
+        gather = ir.node("Gather", [data, as_vector.outputs[0]], attributes={"axis": axis})
+        if opset >= 13:
+            axes = ir.node("Constant", [], attributes={"value": ir.tensor(np.array([axis], np.int64))})
+            squeeze = [axes, ir.node("Squeeze", [gather.outputs[0], axes.outputs[0]])]
+        else:
+            squeeze = [ir.node("Squeeze", [gather.outputs[0]], attributes={"axes": [axis]})]
+        ir.convenience.replace_nodes_and_values(node.graph, node, [node], [as_vector, gather, *squeeze],
+                                                node.outputs, squeeze[-1].outputs)
 
 
 def _drop_unused_initializers(model) -> None:
@@ -110,30 +144,52 @@ def _write_declared_inputs(model, spec: ModelSpec) -> None:
                 d.dim_param = want
 
 
-def resolve_ifs_file(path: Path, spec: ModelSpec) -> list[str]:
-    """Rewrite the ONNX file at ``path`` (a bundle's own copy) with ``resolve_ifs``; external data stays in
-    ``<name>.data`` beside it. Returns notes (none when the graph has no ``If`` or none could be resolved)."""
+@dataclass
+class Resolved:
+    """What ``resolve_ifs_file`` did: ``If`` nodes (nested ones counted) before and after, and notes for the
+    stage record (none when the graph has no ``If``)."""
+
+    before: int = 0
+    after: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def folded(self) -> int:
+        """How many ``If`` nodes went (0: the file was left as it was)."""
+        return self.before - self.after
+
+
+def resolve_ifs_file(path: Path, spec: ModelSpec) -> Resolved:
+    """Rewrite the ONNX file at ``path`` (a bundle's own copy, or a fresh export) with ``resolve_ifs``; external
+    data stays in ``<name>.data`` beside it. A file without ``If`` is not even loaded in full."""
     import onnx
 
     from edgefm.models.onnx_graph import external_files
 
     path = Path(path)
-    external = bool(external_files(onnx.load(str(path), load_external_data=False), path))
+    header = onnx.load(str(path), load_external_data=False)
+    if not count_ifs(header):
+        return Resolved()
+    external = bool(external_files(header, path))
     model = onnx.load(str(path), load_external_data=True)
     try:
         out, before, after = resolve_ifs(model, spec)
     except Exception as e:  # noqa: BLE001 - a graph the folder cannot take is used as it is, and said so
         why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        return [f"{count_ifs(model)} If node(s) in the graph; resolving them failed ({type(e).__name__}: {why}), "
-                f"the graph is used unchanged"]
+        n = count_ifs(model)
+        return Resolved(n, n, [f"{n} If node(s) in the graph; resolving them failed ({type(e).__name__}: {why}), "
+                               f"the graph is used unchanged"])
     if out is model:
-        return [f"{before} If node(s) in the graph; none is decided by the declared inputs, kept"] if before else []
+        return Resolved(before, before, [f"{before} If node(s) in the graph; none is decided by the declared "
+                                         f"inputs, kept"])
     if external:
         onnx.save_model(out, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=path.name + ".data", size_threshold=1024)
     else:
         onnx.save_model(out, str(path))
     baked = [s.name for s in spec.inputs if s.constant and s.name in {i.name for i in model.graph.input}]
-    return [f"{before - after} of {before} If node(s) (nested ones counted) resolved from the declared inputs "
-            f"({', '.join(f'{n}={spec.input(n).value}' for n in baked) or 'constants'} and fixed dimensions): "
-            f"the taken branches inlined, {after} left" + (f"; {', '.join(baked)} now held in the graph" if baked else "")]
+    fixed = ", ".join(f"{n}={spec.input(n).value}" for n in baked)
+    return Resolved(before, after, [
+        f"{before - after} of {before} If node(s) (nested ones counted) resolved from the declared inputs "
+        f"({fixed + ' and ' if fixed else ''}fixed dimensions): the taken branches inlined, {after} left"
+        + (f"; {', '.join(baked)} now held in the graph" if baked else "")])

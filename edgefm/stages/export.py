@@ -18,6 +18,7 @@ from edgefm.samples import Samples
 from edgefm.bundle import StageRecord, sha256_file
 from edgefm.errors import AccuracyError, ExportError, describe_write_error
 from edgefm.fidelity import Limits, check, compare
+from edgefm.models.onnx_fold import Resolved, resolve_ifs_file
 from edgefm.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -62,13 +63,11 @@ def batched_outputs(run, samples: Samples, batch: int) -> dict[str, np.ndarray]:
 
 
 def _export_once(module, spec: ModelSpec, example: dict[str, np.ndarray], out: Path, exporter: str,
-                 opset: Optional[int]) -> int:
-    """Write ``out`` with ``exporter``; returns how many ``If`` nodes of scripted control flow the static
-    shapes decided and were folded (see ``static_if``)."""
-    import onnx
+                 opset: Optional[int]) -> Resolved:
+    """Write ``out`` with ``exporter``, then resolve the ``If`` nodes (scripted control flow: ``if len(state)``,
+    rank checks, ``squeeze(dim)``) that the declared shapes and constants decide (edgefm.models.onnx_fold);
+    returns what that did."""
     import torch
-
-    from edgefm.stages.static_if import fold_static_ifs
 
     args = tuple(torch.from_numpy(np.array(example[n])) for n in spec.input_names)
     # constants are fixed; the batch axis is named "batch" wherever it sits (a state's (layers, batch, hidden))
@@ -83,12 +82,6 @@ def _export_once(module, spec: ModelSpec, example: dict[str, np.ndarray], out: P
             torch.onnx.export(module, args, str(out), dynamo=False, opset_version=opset,
                               input_names=spec.input_names, output_names=spec.output_names,
                               dynamic_axes={**axes, **out_axes}, do_constant_folding=True)
-            if any(n.op_type == "If" for n in onnx.load(str(out), load_external_data=False).graph.node):
-                model = onnx.load(str(out))
-                folded = fold_static_ifs(model)
-                if folded:
-                    onnx.save(model, str(out))
-                return folded
         else:
             batch = torch.export.Dim("batch", min=1)
             shapes = tuple({} if s.constant else
@@ -98,7 +91,7 @@ def _export_once(module, spec: ModelSpec, example: dict[str, np.ndarray], out: P
                                      input_names=spec.input_names, output_names=spec.output_names,
                                      external_data=False, report=False)
             prog.save(str(out), external_data=False)
-    return 0
+    return resolve_ifs_file(out, spec)
 
 
 def verify_onnx(module, spec: ModelSpec, calib: Samples, path: Path, limits: Limits) -> dict[str, Any]:
@@ -169,7 +162,7 @@ def export_onnx(module, spec: ModelSpec, calib: Samples, out: Path, limits: Limi
     last_err: Optional[Exception] = None
     for exporter in exporters:
         try:
-            folded = _export_once(module, spec, example, out, exporter, opset)
+            resolved = _export_once(module, spec, example, out, exporter, opset)
             onnx.checker.check_model(str(out))
             got_b1 = batched_outputs(lambda f: onnx_outputs(out, f), verify_set.take(slice(0, 4)), 1)
             got_bn = batched_outputs(lambda f: onnx_outputs(out, f), verify_set, VERIFY_BATCH)
@@ -205,11 +198,9 @@ def export_onnx(module, spec: ModelSpec, calib: Samples, out: Path, limits: Limi
         settings: dict[str, Any] = {"exporter": exporter, "opset": model.opset_import[0].version,
                                     "verify_samples": len(verify_set), "verify_batches": [1, VERIFY_BATCH],
                                     "limits": limits.model_dump(exclude_none=True)}
-        notes = [f"tried {a}" for a in attempts]
-        if folded:
-            settings["static_ifs_folded"] = folded
-            notes.append(f"{folded} If node(s) of scripted control flow always take one branch with the declared "
-                         f"shapes: replaced by that branch")
+        notes = [f"tried {a}" for a in attempts] + resolved.notes
+        if resolved.folded:
+            settings["static_ifs_folded"] = resolved.folded
         return StageRecord(name="export", settings=settings, output_sha256=sha256_file(out),
                            seconds=round(time.perf_counter() - t0, 3), metrics=merged, notes=notes)
     if isinstance(last_err, AccuracyError):

@@ -24,10 +24,10 @@ W = {k: RNG.normal(size=s).astype(np.float32) / 2 for k, s in
      [("w16", (8, 16)), ("v16", (16, 4)), ("w8", (8, 16)), ("v8", (16, 4))]}
 
 
-def _rate_branch(tag: str) -> onnx.GraphProto:
+def _rate_branch(tag: str, index: np.ndarray = np.array([1], np.int64)) -> onnx.GraphProto:
     """x @ w -> Relu -> an If on x's width (as torch's ``squeeze`` exports: the branches differ in rank): width 8
-    takes ``@ v``, any other width an Unsqueeze. The width is gathered with a 1-D index, as in silero's graph
-    (onnxscript 0.7 reads a shape's element only so; a 0-d index leaves such an If in place)."""
+    takes ``@ v``, any other width an Unsqueeze. The width is gathered with a 1-D index, as in silero's graph, or
+    with a 0-d one (torch's ``x.size(1)``), which onnxscript 0.7 cannot read a shape through by itself."""
     i = lambda n: f"{tag}_{n}"  # noqa: E731 - names unique across both branches, as exporters write them
     width = helper.make_graph(
         [helper.make_node("Shape", ["x"], [i("shape")]),
@@ -42,17 +42,16 @@ def _rate_branch(tag: str) -> onnx.GraphProto:
     nodes = [helper.make_node("MatMul", ["x", f"w{tag}"], [i("m")]), helper.make_node("Relu", [i("m")], [i("h")]),
              *width.node, nested]
     return helper.make_graph(nodes, f"rate{tag}", [], [helper.make_tensor_value_info(i("y"), TensorProto.FLOAT, None)],
-                             [numpy_helper.from_array(np.array([1], np.int64), i("one")),
+                             [numpy_helper.from_array(index, i("one")),
                               numpy_helper.from_array(np.array([8], np.int64), i("eight")),
                               numpy_helper.from_array(np.array([0], np.int64), i("axis0"))])
 
 
-@pytest.fixture(scope="module")
-def branching(tmp_path_factory):
-    """The model (x's width left open in the graph, as silero's is), and calibration data."""
-    d = tmp_path_factory.mktemp("ifs")
+def _branching_model(index: np.ndarray = np.array([1], np.int64)) -> onnx.ModelProto:
+    """The model: x's width left open in the graph, as silero's is."""
     nodes = [helper.make_node("Equal", ["sr", "k16000"], ["is16k"]),
-             helper.make_node("If", ["is16k"], ["z"], then_branch=_rate_branch("16"), else_branch=_rate_branch("8")),
+             helper.make_node("If", ["is16k"], ["z"], then_branch=_rate_branch("16", index),
+                              else_branch=_rate_branch("8", index)),
              helper.make_node("Sigmoid", ["z"], ["speech"])]
     graph = helper.make_graph(
         nodes, "branching",
@@ -64,7 +63,14 @@ def branching(tmp_path_factory):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(d / "branching.onnx"))
+    return model
+
+
+@pytest.fixture(scope="module")
+def branching(tmp_path_factory):
+    """The model and calibration data."""
+    d = tmp_path_factory.mktemp("ifs")
+    onnx.save(_branching_model(), str(d / "branching.onnx"))
     np.savez(d / "calib.npz", x=RNG.normal(size=(96, 8)).astype(np.float32))
     return d
 
@@ -87,6 +93,16 @@ def test_only_branches_the_declared_inputs_decide_are_resolved(branching):
     # and with the width left open too, nothing is: the model comes back untouched
     same, before, after = resolve_ifs(model, _spec("x:batch,width:float32", "sr:scalar:int64"))
     assert same is model and before == after == 3
+
+
+def test_a_shape_read_through_a_0d_index_is_resolved_too():
+    model = _branching_model(np.array(1, np.int64))
+    out, before, after = resolve_ifs(model, _spec(*INPUTS))
+    assert (before, after) == (3, 0) and "If" not in {n.op_type for n in out.graph.node}
+    x = np.random.default_rng(1).normal(size=(3, 8)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x, "sr": np.array(16000)})[0]
+    got = ort.InferenceSession(out.SerializeToString()).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
 def test_openvino_and_onnxruntime_run_the_inlined_graph(branching, tmp_path):
