@@ -228,6 +228,9 @@ class LiteRTFallback:
         sub.mkdir()
         tflite_convert.convert(self.python, {**self.request, "quantize": q, "out": str(out), "quantize_only": True},
                                sub)
+        io = self.fp32.with_suffix(".io.json")  # outputs laid out as the fp32 model's (onnx2tf: a state as NWC)
+        if io.is_file():
+            shutil.copyfile(io, out.with_suffix(".io.json"))
         return Candidate(out, kept=nodes)
 
     def run(self, candidate):
@@ -267,16 +270,17 @@ def _convert_onnx(job: CompileJob, python: Optional[Path], request: dict, mode: 
                   example: dict, opts: Optional[TFLiteOptions] = None) -> dict:
     """ONNX source: onnx2tf (its own isolated environment) converts the fp32 ONNX with the constant inputs
     folded in; AI Edge Quantizer (the litert environment) quantizes as for torch sources."""
-    from edgefm.backends import onnx2tf_env
+    from edgefm.backends import onnx2tf_env, onnx2tf_prep
 
     say = job.progress or (lambda msg: log.info(msg))
     src = work / "source.onnx"
     folded = freeze_constants(job.onnx_path, src, job.spec)
+    noop_axes = onnx2tf_prep.drop_noop_slices_file(src)  # see onnx2tf_prep: onnx2tf mislays them in NWC
     o2t = onnx2tf_env.ensure_env(say)
     shapes = {k: [int(d) for d in np.shape(v)] for k, v in example.items() if k not in folded}
     conv = onnx2tf_env.convert(o2t, src, work / "fp32.tflite", shapes, keep_layout=list(shapes))
     result: dict = {"versions": dict(conv["versions"]), "seconds": dict(conv["seconds"]), "converter": "onnx2tf",
-                    "folded_constants": folded}
+                    "folded_constants": folded, "noop_slice_axes": noop_axes}
     perm = output_layout(work / "fp32.tflite", src, {k: v for k, v in example.items() if k not in folded})
     if perm:
         result["output_perm"] = perm
@@ -294,6 +298,9 @@ def _convert_onnx(job: CompileJob, python: Optional[Path], request: dict, mode: 
             req["quantize"] = {**req["quantize"], "mode": "dynamic"}
             req.pop("calib", None)
             q = tflite_convert.convert(python, req, work)
+            # the accuracy fallback quantizes again from ``request``: with the mode that converts, not the failed one
+            request["quantize"] = req["quantize"]
+            request.pop("calib", None)
             result["mode"] = "dynamic"
             result["fallback"] = (f"full-integer int8 failed on the onnx2tf graph ({str(e).split(': ', 1)[-1][:160]}); "
                                   f"dynamic-range int8 instead (int8: auto)")
@@ -444,6 +451,9 @@ def _verify_stage(job: CompileJob, name: str, model: Path, source: Path, result:
                  f"fixed batch {runner.batch}: the Predictor runs larger batches in chunks"]
         if result.get("folded_constants"):
             notes.append(f"constant inputs {result['folded_constants']} folded into the model (not fed)")
+        if result.get("noop_slice_axes"):
+            notes.append(f"{result['noop_slice_axes']} full-range Slice axes removed before onnx2tf (no-ops; onnx2tf "
+                         f"fuses them with a channel Slice and mislays its bounds when it moves the layout to NWC)")
     elif name == "convert":
         settings = {"converter": tflite_convert.CONVERTER, "converter_version": v.get("litert-torch"),
                     "torch": v.get("torch"), "input_shapes": runner.input_shapes()}
