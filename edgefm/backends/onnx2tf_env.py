@@ -158,7 +158,31 @@ def convert(python: Path, onnx_path: Path, out: Path, input_shapes: dict[str, li
     res = work / "result.json"
     result = json.loads(res.read_text()) if res.exists() else {"ok": False}
     if not result.get("ok"):
-        why = result.get("error") or " | ".join((r.stderr or r.stdout).strip().splitlines()[-2:])[:400]
+        why = _one_line(result.get("error") or " | ".join((r.stderr or r.stdout).strip().splitlines()[-2:]))
         raise ExportError(f"tflite: onnx2tf {result.get('versions', {}).get('onnx2tf', '')} cannot convert "
-                          f"{Path(onnx_path).name}: {why}")
+                          f"{Path(onnx_path).name}{_failed_node(r.stdout or '', onnx_path)}: {why}")
     return result
+
+
+def _one_line(error: str, limit: int = 300) -> str:
+    """onnx2tf's (Keras') multi-line exception text as one line, without the "Call arguments" listing."""
+    text = error.split("Call arguments received", 1)[0]
+    return " ".join(text.split())[:limit]
+
+
+def _failed_node(stdout: str, onnx_path: Path) -> str:
+    """" at node NAME (OpType)" for the ONNX node onnx2tf names in its error report (``onnx_op_name: ...``)."""
+    import re
+
+    names = re.findall(r"onnx_op_name: (\S+)", re.sub(r"\x1b\[[0-9;]*m", "", stdout))
+    if not names:
+        return ""
+    op = ""
+    try:
+        import onnx
+
+        model = onnx.load(str(onnx_path), load_external_data=False)
+        op = next((f" ({n.op_type})" for n in model.graph.node if n.name == names[-1]), "")
+    except Exception:  # noqa: BLE001 - the name alone still says where
+        pass
+    return f" at node '{names[-1]}'{op}"
