@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 # the build lock and the in-use marks work exactly as for the LiteRT converter environment
 from edgefm.backends.litert_env import _exclusive, _hold, _in_use
@@ -133,17 +134,17 @@ def _run(cmd: list[str], what: str, d: Path) -> str:
 
 
 def convert(python: Path, onnx_path: Path, out: Path, input_shapes: dict[str, list[int]], keep_layout: list[str],
-            timeout: float = 1800) -> dict:
+            timeout: float = 1800, replace: Optional[list[dict]] = None) -> dict:
     """ONNX -> fp32 .tflite at ``out`` with onnx2tf in its environment (a one-shot process that imports only
     onnx2tf's own packages). Inputs keep the ONNX layout (no NCHW -> NHWC at the boundary) and their names,
     at the fixed ``input_shapes``. Returns {"versions", "seconds"}; raises ``ExportError`` with onnx2tf's
-    own last error line."""
+    own last error line. ``replace``: operations of an onnx2tf parameter replacement file (``-prf``)."""
     from edgefm.errors import ExportError
 
     work = Path(out).parent / "onnx2tf"
     work.mkdir(exist_ok=True)
     req = {"onnx": str(onnx_path), "out_dir": str(work), "out": str(out), "input_shapes": input_shapes,
-           "keep_layout": keep_layout}
+           "keep_layout": keep_layout, "param_replacement": replace or []}
     (work / "request.json").write_text(json.dumps(req))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}  # nothing of the main env
     # onnx2tf runs `onnxsim` as a command (it folds shapes: without it an RNN's shapes stay symbolic and

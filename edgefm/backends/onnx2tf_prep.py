@@ -14,7 +14,12 @@ Conv1d output into real and imaginary channels. onnx2tf moves 3-D tensors from N
 
 Dropping the full-range axes leaves one single-axis ``Slice`` per branch, which onnx2tf maps correctly. No onnx2tf
 option reaches this: ``-k``/``-kt``/``-kat`` apply to graph inputs only, and ``-prf`` replaces parameters of
-named ops, one model at a time. No torch here."""
+named ops, one model at a time. No torch here.
+
+Outputs in the ONNX layout. onnx2tf writes some 3-D outputs transposed (silero's state (2, 1, 128) comes out as
+(1, 2, 128)); fed back as the state input in LiteRT's own API, it fails. ``transpose_back`` writes the parameter
+replacement (onnx2tf's ``-prf``, ``post_process_transpose_perm``) that transposes each such output back at the
+node producing it, from the axes found by running both models."""
 
 from __future__ import annotations
 
@@ -112,3 +117,21 @@ def drop_noop_slices_file(path: Path) -> int:
         big = model.ByteSize() > 1_800_000_000  # protobuf's 2 GB limit
         onnx.save_model(model, str(path), save_as_external_data=big, location=path.name + ".data")
     return dropped
+
+
+def transpose_back(onnx_path: Path, perm: dict[str, list[int]]) -> list[dict]:
+    """onnx2tf parameter replacement operations that transpose each output ``name`` of ``perm`` by its axes
+    (``transpose(tflite_out, axes)`` equals the ONNX output) at the node of ``onnx_path`` producing it. Outputs
+    made by an unnamed node are left out."""
+    import onnx
+
+    if not perm:
+        return []
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    ops = []
+    for node in model.graph.node:
+        for name in node.output:
+            if name in perm and node.name:
+                ops.append({"op_name": node.name, "param_target": "outputs", "param_name": name,
+                            "post_process_transpose_perm": [int(a) for a in perm[name]]})
+    return ops

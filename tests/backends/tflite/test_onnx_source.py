@@ -110,3 +110,12 @@ def test_onnx_channel_slice_before_lstm_converts(tmp_path):
     assert e.options["converter"].startswith("onnx2tf") and e.metrics["stateN"]["final_drift"] < 0.1
     conv = next(s for s in man.stages if s.name == "convert")
     assert any("full-range Slice axes removed before onnx2tf" in n for n in conv.notes), conv.notes
+    # the state comes out in the ONNX layout inside the model, so LiteRT's own API can feed it back as it is
+    assert "output_perm" not in e.options and e.options["weight_granularity"] == "channel"
+    from ai_edge_litert.interpreter import Interpreter
+
+    run = Interpreter(str(tmp_path / "b" / "tflite-arm64" / "model.tflite")).get_signature_runner()
+    state = np.zeros((2, 1, 32), np.float32)
+    for chunk in S.streams(1, 3)[0]:
+        state = run(input=chunk[None], state=state)["stateN"]
+        assert state.shape == (2, 1, 32)
