@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 # the build lock and the in-use marks work exactly as for the LiteRT converter environment
 from edgefm.backends.litert_env import _exclusive, _hold, _in_use
@@ -133,17 +134,17 @@ def _run(cmd: list[str], what: str, d: Path) -> str:
 
 
 def convert(python: Path, onnx_path: Path, out: Path, input_shapes: dict[str, list[int]], keep_layout: list[str],
-            timeout: float = 1800) -> dict:
+            timeout: float = 1800, replace: Optional[list[dict]] = None) -> dict:
     """ONNX -> fp32 .tflite at ``out`` with onnx2tf in its environment (a one-shot process that imports only
     onnx2tf's own packages). Inputs keep the ONNX layout (no NCHW -> NHWC at the boundary) and their names,
     at the fixed ``input_shapes``. Returns {"versions", "seconds"}; raises ``ExportError`` with onnx2tf's
-    own last error line."""
+    own last error line. ``replace``: operations of an onnx2tf parameter replacement file (``-prf``)."""
     from edgefm.errors import ExportError
 
     work = Path(out).parent / "onnx2tf"
     work.mkdir(exist_ok=True)
     req = {"onnx": str(onnx_path), "out_dir": str(work), "out": str(out), "input_shapes": input_shapes,
-           "keep_layout": keep_layout}
+           "keep_layout": keep_layout, "param_replacement": replace or []}
     (work / "request.json").write_text(json.dumps(req))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}  # nothing of the main env
     # onnx2tf runs `onnxsim` as a command (it folds shapes: without it an RNN's shapes stay symbolic and
@@ -158,7 +159,31 @@ def convert(python: Path, onnx_path: Path, out: Path, input_shapes: dict[str, li
     res = work / "result.json"
     result = json.loads(res.read_text()) if res.exists() else {"ok": False}
     if not result.get("ok"):
-        why = result.get("error") or " | ".join((r.stderr or r.stdout).strip().splitlines()[-2:])[:400]
+        why = _one_line(result.get("error") or " | ".join((r.stderr or r.stdout).strip().splitlines()[-2:]))
         raise ExportError(f"tflite: onnx2tf {result.get('versions', {}).get('onnx2tf', '')} cannot convert "
-                          f"{Path(onnx_path).name}: {why}")
+                          f"{Path(onnx_path).name}{_failed_node(r.stdout or '', onnx_path)}: {why}")
     return result
+
+
+def _one_line(error: str, limit: int = 300) -> str:
+    """onnx2tf's (Keras') multi-line exception text as one line, without the "Call arguments" listing."""
+    text = error.split("Call arguments received", 1)[0]
+    return " ".join(text.split())[:limit]
+
+
+def _failed_node(stdout: str, onnx_path: Path) -> str:
+    """" at node NAME (OpType)" for the ONNX node onnx2tf names in its error report (``onnx_op_name: ...``)."""
+    import re
+
+    names = re.findall(r"onnx_op_name: (\S+)", re.sub(r"\x1b\[[0-9;]*m", "", stdout))
+    if not names:
+        return ""
+    op = ""
+    try:
+        import onnx
+
+        model = onnx.load(str(onnx_path), load_external_data=False)
+        op = next((f" ({n.op_type})" for n in model.graph.node if n.name == names[-1]), "")
+    except Exception:  # noqa: BLE001 - the name alone still says where
+        pass
+    return f" at node '{names[-1]}'{op}"

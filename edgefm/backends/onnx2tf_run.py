@@ -22,6 +22,10 @@ def main(path: str) -> int:
         result["versions"] = {p: version(p) for p in ("onnx2tf", "tensorflow", "onnx")}
         t = time.time()
         shapes = [f"{k}:{','.join(str(d) for d in v)}" for k, v in req["input_shapes"].items()]
+        replace = None
+        if req.get("param_replacement"):  # onnx2tf's parameter replacement file (e.g. outputs transposed back)
+            replace = str(Path(req["out_dir"]) / "param_replacement.json")
+            Path(replace).write_text(json.dumps({"format_version": 1, "operations": req["param_replacement"]}))
         onnx2tf.convert(
             input_onnx_file_path=req["onnx"], output_folder_path=req["out_dir"],
             overwrite_input_shape=shapes or None,
@@ -29,7 +33,8 @@ def main(path: str) -> int:
             keep_shape_absolutely_input_names=req["keep_layout"] or None,
             output_signaturedefs=True, copy_onnx_input_output_names_to_tflite=True, non_verbose=True,
             # no test-data download, no int8 here (AI Edge Quantizer quantizes the fp32 model afterwards)
-            output_integer_quantized_tflite=False, check_gpu_delegate_compatibility=False)
+            output_integer_quantized_tflite=False, check_gpu_delegate_compatibility=False,
+            param_replacement_file=replace or "")
         result["seconds"]["convert"] = time.time() - t
         fp32 = sorted(Path(req["out_dir"]).glob("*_float32.tflite"))
         if not fp32:

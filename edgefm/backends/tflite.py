@@ -48,8 +48,9 @@ class TFLiteOptions(BaseModel):
         "float", description="Full-integer models: the model's own input/output type (the Predictor always "
                              "takes and returns floats)")
     weight_granularity: Literal["auto", "channel", "tensor"] = Field(
-        "auto", description="int8 weight scales; auto = per-tensor for RNNs (litert-torch unrolls them, and "
-                            "per-channel scales repeated on every step cost more than the weights), else per-channel")
+        "auto", description="int8 weight scales; auto = per-tensor for RNNs converted by litert-torch (it unrolls "
+                            "them, and per-channel scales repeated on every step cost more than the weights), else "
+                            "per-channel (onnx2tf keeps an RNN as one loop)")
     lstm: Literal["fused", "unrolled"] = Field(
         "fused", description="nn.LSTM as LiteRT's fused UNIDIRECTIONAL_SEQUENCE_LSTM op (one per layer; smallest "
                              "file; full int8 runs TFLite's integer LSTM kernel) or unrolled into builtin ops over "
@@ -101,7 +102,10 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
     mode = quant_mode(job.precision, opts, job.spec.family)
     gran = opts.weight_granularity
     if gran == "auto":
-        gran = "tensor" if job.spec.family == "rnn" else "channel"
+        # per-tensor for RNNs that litert-torch unrolls (per-channel scales would repeat on every step); onnx2tf
+        # (ONNX sources) keeps an RNN as one WHILE loop whose weights appear once, so per-channel costs nothing
+        # there, and per-tensor lost silero-vad's decisions (agreement 0.24 against 0.995 per-channel)
+        gran = "tensor" if job.spec.family == "rnn" and job.model is not None else "channel"
     say = job.progress or (lambda msg: log.info(msg))
     python = tflite_convert.converter_python(opts.converter_python, say) if (mode or job.model is not None) else None
     with tempfile.TemporaryDirectory(prefix="edgefm-tflite-") as tmp:
@@ -228,6 +232,9 @@ class LiteRTFallback:
         sub.mkdir()
         tflite_convert.convert(self.python, {**self.request, "quantize": q, "out": str(out), "quantize_only": True},
                                sub)
+        io = self.fp32.with_suffix(".io.json")  # outputs laid out as the fp32 model's (onnx2tf: a state as NWC)
+        if io.is_file():
+            shutil.copyfile(io, out.with_suffix(".io.json"))
         return Candidate(out, kept=nodes)
 
     def run(self, candidate):
@@ -267,17 +274,33 @@ def _convert_onnx(job: CompileJob, python: Optional[Path], request: dict, mode: 
                   example: dict, opts: Optional[TFLiteOptions] = None) -> dict:
     """ONNX source: onnx2tf (its own isolated environment) converts the fp32 ONNX with the constant inputs
     folded in; AI Edge Quantizer (the litert environment) quantizes as for torch sources."""
-    from edgefm.backends import onnx2tf_env
+    from edgefm.backends import onnx2tf_env, onnx2tf_prep
 
     say = job.progress or (lambda msg: log.info(msg))
     src = work / "source.onnx"
     folded = freeze_constants(job.onnx_path, src, job.spec)
+    noop_axes = onnx2tf_prep.drop_noop_slices_file(src)  # see onnx2tf_prep: onnx2tf mislays them in NWC
     o2t = onnx2tf_env.ensure_env(say)
     shapes = {k: [int(d) for d in np.shape(v)] for k, v in example.items() if k not in folded}
     conv = onnx2tf_env.convert(o2t, src, work / "fp32.tflite", shapes, keep_layout=list(shapes))
     result: dict = {"versions": dict(conv["versions"]), "seconds": dict(conv["seconds"]), "converter": "onnx2tf",
-                    "folded_constants": folded}
-    perm = output_layout(work / "fp32.tflite", src, {k: v for k, v in example.items() if k not in folded})
+                    "folded_constants": folded, "noop_slice_axes": noop_axes}
+    feed = {k: v for k, v in example.items() if k not in folded}
+    perm = output_layout(work / "fp32.tflite", src, feed)
+    fix = onnx2tf_prep.transpose_back(src, perm)  # src is now the graph onnx2tf converted (it simplifies in place)
+    if fix:
+        # a state output laid out as NWC cannot be fed back as the state input in LiteRT's own API: convert again
+        # with onnx2tf's own parameter replacement transposing those outputs back to the ONNX layout
+        try:
+            again = onnx2tf_env.convert(o2t, src, work / "fp32.tflite", shapes, keep_layout=list(shapes), replace=fix)
+        except ExportError as e:
+            log.warning("%s: converting with the outputs transposed back failed (%s)", job.target.name, e)
+            conv = onnx2tf_env.convert(o2t, src, work / "fp32.tflite", shapes, keep_layout=list(shapes))
+        else:
+            result["seconds"]["convert"] = result["seconds"].get("convert", 0.0) + again["seconds"].get("convert", 0.0)
+            left = output_layout(work / "fp32.tflite", src, feed)
+            result["transposed_back"] = sorted(set(perm) - set(left))
+            perm = left
     if perm:
         result["output_perm"] = perm
         for name in ("fp32", "quant"):  # the Runner reads <model>.io.json beside each model
@@ -294,6 +317,9 @@ def _convert_onnx(job: CompileJob, python: Optional[Path], request: dict, mode: 
             req["quantize"] = {**req["quantize"], "mode": "dynamic"}
             req.pop("calib", None)
             q = tflite_convert.convert(python, req, work)
+            # the accuracy fallback quantizes again from ``request``: with the mode that converts, not the failed one
+            request["quantize"] = req["quantize"]
+            request.pop("calib", None)
             result["mode"] = "dynamic"
             result["fallback"] = (f"full-integer int8 failed on the onnx2tf graph ({str(e).split(': ', 1)[-1][:160]}); "
                                   f"dynamic-range int8 instead (int8: auto)")
@@ -444,6 +470,12 @@ def _verify_stage(job: CompileJob, name: str, model: Path, source: Path, result:
                  f"fixed batch {runner.batch}: the Predictor runs larger batches in chunks"]
         if result.get("folded_constants"):
             notes.append(f"constant inputs {result['folded_constants']} folded into the model (not fed)")
+        if result.get("transposed_back"):
+            notes.append(f"outputs {result['transposed_back']} transposed back to the ONNX layout inside the model "
+                         f"(onnx2tf parameter replacement): a state output feeds back as the state input as it is")
+        if result.get("noop_slice_axes"):
+            notes.append(f"{result['noop_slice_axes']} full-range Slice axes removed before onnx2tf (no-ops; onnx2tf "
+                         f"fuses them with a channel Slice and mislays its bounds when it moves the layout to NWC)")
     elif name == "convert":
         settings = {"converter": tflite_convert.CONVERTER, "converter_version": v.get("litert-torch"),
                     "torch": v.get("torch"), "input_shapes": runner.input_shapes()}

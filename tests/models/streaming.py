@@ -54,6 +54,33 @@ def stream_lstm() -> nn.Module:
     return StreamLSTM()
 
 
+class StftLSTM(nn.Module):
+    """silero-vad's front end in small: a strided Conv1d "STFT" whose output channels are split into real and
+    imaginary halves (a Slice on the channel axis of a 3-D tensor), the magnitude through a Conv1d, then one LSTM
+    whose (h, c) travel packed as the state (2, batch, HIDDEN). Scripted, its export writes each ``z[:, :8, :]``
+    as a chain of Slices, two of them full-range, as silero's ONNX has them."""
+
+    def __init__(self):
+        super().__init__()
+        self.stft = nn.Conv1d(1, 16, 16, stride=8, bias=False)
+        self.enc = nn.Conv1d(8, 16, 3, padding=1)
+        self.rnn = nn.LSTM(16, HIDDEN, batch_first=True)
+        self.head = nn.Linear(HIDDEN, 1)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor):
+        z = self.stft(x.unsqueeze(1))
+        re, im = z[:, :8, :], z[:, 8:, :]
+        mag = torch.sqrt(re * re + im * im + 1e-6)
+        f = torch.relu(self.enc(mag)).mean(2, keepdim=True).transpose(1, 2)
+        out, (h, c) = self.rnn(f, (state[0:1], state[1:2]))
+        return torch.sigmoid(self.head(out[:, -1])), torch.cat([h, c], 0)
+
+
+def scripted_stft_lstm() -> torch.jit.ScriptModule:
+    torch.manual_seed(0)
+    return torch.jit.script(StftLSTM().eval())
+
+
 class ScriptedStreamGRU(nn.Module):
     """The same network with ``sr: int`` and data-dependent control flow, meant for ``torch.jit.script``."""
 

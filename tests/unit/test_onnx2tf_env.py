@@ -31,3 +31,19 @@ def test_adopt_moves_a_built_env_and_fixes_its_scripts(tmp_path, monkeypatch):
     assert (d / "bin" / "onnxsim").read_text().splitlines()[0] == f"#!{d}/bin/python"
     assert json.loads((d / "edgefm-env.json").read_text())["key"] == onnx2tf_env.env_key(lock)
     assert onnx2tf_env._valid(d, lock)
+
+
+def test_failure_named_in_one_line(tmp_path):
+    """onnx2tf's multi-line Keras error and its ``onnx_op_name:`` report become one line naming the node and op."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"], name="enc/relu")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(g), str(tmp_path / "m.onnx"))
+    out = "INFO: ...\n\x1b[31mERROR:\x1b[0m onnx_op_name: enc/relu\n\x1b[31mERROR:\x1b[0m Read this and deal with it.\n"
+    assert onnx2tf_env._failed_node(out, tmp_path / "m.onnx") == " at node 'enc/relu' (Relu)"
+    assert onnx2tf_env._failed_node("no report", tmp_path / "m.onnx") == ""
+    err = 'ValueError: Exception in layer "rnn".\n\nShapes are [0,128] and [1,128].\n\nCall arguments received by:\n  x'
+    assert onnx2tf_env._one_line(err) == 'ValueError: Exception in layer "rnn". Shapes are [0,128] and [1,128].'

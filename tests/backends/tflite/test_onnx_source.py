@@ -87,3 +87,35 @@ def test_onnx_streaming_lstm_converts_and_verifies_by_streaming(tmp_path):
     assert any("constant inputs ['sr'] folded" in n for n in conv.notes)
     if e.options["quantization"] == "dynamic":
         assert any("dynamic-range int8 instead" in n for n in conv.notes), conv.notes
+
+
+def test_onnx_channel_slice_before_lstm_converts(tmp_path):
+    """silero's STFT front end from ONNX only: a channel Slice of a Conv1d output chained to full-range Slices
+    (a scripted export writes them), feeding an LSTM with state. onnx2tf alone mislays the channel bounds in NWC
+    (0-sized tensors, then the LSTM fails); with the no-op Slices removed first it converts and verifies."""
+    from tests.models import streaming as S
+
+    (tmp_path / "src").mkdir()
+    src = tmp_path / "src" / "model.onnx"
+    torch.onnx.export(S.scripted_stft_lstm(), (torch.zeros(2, 64), torch.zeros(2, 2, 32)), str(src), dynamo=False,
+                      input_names=["input", "state"], output_names=["prob", "stateN"],
+                      dynamic_axes={"input": {0: "batch"}, "state": {1: "batch"}, "prob": {0: "batch"},
+                                    "stateN": {1: "batch"}})
+    assert sum(n.op_type == "Slice" for n in onnx.load(str(src)).graph.node) >= 5  # the chained full-range ones
+    np.savez(tmp_path / "calib.npz", input=S.streams(12, 4))
+    cfg = build_config(None, source=src, output=tmp_path / "b", calib=tmp_path / "calib.npz", targets=["tflite-arm64"])
+    man = compress(cfg)
+    assert all(c.ok for r in verify_bundle(tmp_path / "b") for c in r.checks)
+    e = man.targets["tflite-arm64"]
+    assert e.options["converter"].startswith("onnx2tf") and e.metrics["stateN"]["final_drift"] < 0.1
+    conv = next(s for s in man.stages if s.name == "convert")
+    assert any("full-range Slice axes removed before onnx2tf" in n for n in conv.notes), conv.notes
+    # the state comes out in the ONNX layout inside the model, so LiteRT's own API can feed it back as it is
+    assert "output_perm" not in e.options and e.options["weight_granularity"] == "channel"
+    from ai_edge_litert.interpreter import Interpreter
+
+    run = Interpreter(str(tmp_path / "b" / "tflite-arm64" / "model.tflite")).get_signature_runner()
+    state = np.zeros((2, 1, 32), np.float32)
+    for chunk in S.streams(1, 3)[0]:
+        state = run(input=chunk[None], state=state)["stateN"]
+        assert state.shape == (2, 1, 32)
