@@ -57,3 +57,33 @@ def test_a_bound_out_of_budget_is_an_error_with_figures(outlier_cnn, tmp_path):
                      tolerances=Tolerances(quantize=Limits(cosine=1 - 1e-8)))
     assert err.value.metric == "prob_cosine"
     assert not (tmp_path / "b").exists()
+
+
+def test_sensitivity_when_a_quantized_tensor_is_also_an_output():
+    """The OpenVINO fallback hook adds every activation FakeQuantize's input and output as model outputs: a tensor
+    that already is an output (here the features a second head reads; nudenet 320n in a fallback round) adds no
+    new Result. Counting positions read past the end ("vector::_M_range_check"); each is read where it is now."""
+    import numpy as np
+    import openvino as ov
+    import openvino.opset13 as op
+
+    from edgefm.quantize import nncf as nq
+    from edgefm.samples import Samples
+
+    rng = np.random.default_rng(0)
+    x = op.parameter([-1, 3, 8, 8], np.float32, name="x")
+    conv1 = op.convolution(x, op.constant(rng.standard_normal((8, 3, 3, 3)).astype(np.float32)), [1, 1], [1, 1],
+                           [1, 1], [1, 1])
+    relu = op.relu(conv1)
+    conv2 = op.convolution(relu, op.constant(rng.standard_normal((4, 8, 3, 3)).astype(np.float32)), [1, 1], [1, 1],
+                           [1, 1], [1, 1])
+    conv1.set_friendly_name("conv1"), relu.set_friendly_name("relu"), conv2.set_friendly_name("conv2")
+    relu.output(0).get_tensor().set_names({"features"})
+    conv2.output(0).get_tensor().set_names({"y"})
+    model = ov.Model([conv2.output(0), relu.output(0)], [x])
+    calib = Samples({"x": rng.standard_normal((8, 3, 8, 8)).astype(np.float32)})
+    qmodel = nq.quantize(model, calib, nq.PTQSettings(subset_size=8))
+    ranked = nq.sensitive_fake_quantizes(qmodel, calib, samples=4)
+    assert sorted(r[2][0] for r in ranked) == ["conv1", "conv2"]  # the FakeQuantize before each conv, once
+    assert all(np.isfinite(r[1]) and 15 < r[1] < 80 for r in ranked), ranked  # int8 SQNR, not a mix-up of tensors
+    assert len(qmodel.outputs) == 2  # ranking worked on a copy
