@@ -23,10 +23,10 @@ other          sqnr_db >= 14/27/40 dB (integer outputs: agreement >= .95/.99/.99
 
 Every kind also takes ``max_abs`` (largest |got - ref| of the raw output); the ``tolerances`` section of the
 config still counts (its cosine / top1_agreement / max_abs set the matching gates of its tier; fp32 has
-max_abs <= max(1e-3, 2e-5 x max|ref|) by default: ``FP32_MAX_ABS_SCALE``). With labels, ``accuracy_drop`` (points of top-1) gates the first classifier
-output; ``--max-accuracy-drop`` without labels bounds the cosine drop (100 x (1 - cosine)) of every output
-that has a cosine. A user metric
-(``--metric file.py:fn``) adds the gate ``task_drop`` <= ``metric_drop``."""
+max_abs <= max(1e-3, 2e-5 x max|ref|) by default: ``FP32_MAX_ABS_SCALE``). With labels, ``accuracy_drop``
+(points of top-1) gates the first classifier output; ``--max-accuracy-drop`` without labels bounds the cosine
+drop (100 x (1 - cosine)) of every output that has a cosine. A user metric (``--metric file.py:fn``) adds the
+gate ``task_drop`` <= ``metric_drop``."""
 
 from __future__ import annotations
 

@@ -361,9 +361,9 @@ def _try_mixed(job: CompileJob, model: Any, s: Any, cfg: dict, nq: Any, plain: t
     c2 = compile_model(q2, "CPU", cfg)
     v2 = _evaluate(job, c2, "int8")
     better = v2.ok or v2.margin > verdict.margin
-    notes.append(f"NNCF default preset (symmetric activations) missed the contract ({'; '.join(verdict.failures[:2])}); "
-                 f"'mixed' preset (asymmetric activations): "
-                 + ("ok" if v2.ok else "; ".join(v2.failures[:2])) + (" - kept" if better else " - not better, dropped"))
+    missed, outcome = "; ".join(verdict.failures[:2]), "ok" if v2.ok else "; ".join(v2.failures[:2])
+    notes.append(f"NNCF default preset (symmetric activations) missed the contract ({missed}); 'mixed' preset "
+                 f"(asymmetric activations): {outcome}" + (" - kept" if better else " - not better, dropped"))
     return (q2, c2, v2, mixed) if better else (qmodel, compiled, verdict, s)
 
 
