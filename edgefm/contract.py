@@ -23,10 +23,10 @@ other          sqnr_db >= 14/27/40 dB (integer outputs: agreement >= .95/.99/.99
 
 Every kind also takes ``max_abs`` (largest |got - ref| of the raw output); the ``tolerances`` section of the
 config still counts (its cosine / top1_agreement / max_abs set the matching gates of its tier; fp32 has
-max_abs <= 1e-3 by default). With labels, ``accuracy_drop`` (points of top-1) gates the first classifier
-output; ``--max-accuracy-drop`` without labels bounds the cosine drop (100 x (1 - cosine)) of every output
-that has a cosine. A user metric
-(``--metric file.py:fn``) adds the gate ``task_drop`` <= ``metric_drop``."""
+max_abs <= max(1e-3, 2e-5 x max|ref|) by default: ``FP32_MAX_ABS_SCALE``). With labels, ``accuracy_drop``
+(points of top-1) gates the first classifier output; ``--max-accuracy-drop`` without labels bounds the cosine
+drop (100 x (1 - cosine)) of every output that has a cosine. A user metric (``--metric file.py:fn``) adds the
+gate ``task_drop`` <= ``metric_drop``."""
 
 from __future__ import annotations
 
@@ -70,6 +70,14 @@ PARAMS: dict[str, set[str]] = {
     "detections": {"boxes", "scores", "objectness", "axis", "layout", "score_threshold", "iou", "scores_output",
                    "scores_axis", "score_logits"},
 }
+#: The fp32 tier's default max_abs (tolerances.compile, 1e-3) also scales with the output: the limit is
+#: max(1e-3, FP32_MAX_ABS_SCALE x max|ref|). Why 2e-5: two correct fp32 runtimes differ by rounding, and rounding
+#: error is relative. A dot product of length n re-associated (blocking, FMA, Winograd, another summation order)
+#: moves by about sqrt(n) u of its magnitude (u = 2^-24 = 6e-8), and L layers add up like a random walk:
+#: sqrt(n L) u = 2e-5 for n = 2304 (a 3x3x256 conv), L = 50 layers (339 u). Seen: nudenet 320n (YOLOv8n, pixel
+#: boxes up to 320) ONNX Runtime vs LiteRT fp32, 1.1e-3 = 3.6e-6 x 320. A real conversion error is orders above
+#: it (a dropped bias moves the output by the bias: ~1e-2 of the scale), and the cosine gate still holds.
+FP32_MAX_ABS_SCALE = 2e-5
 UNIVERSAL_GATES = {"max_abs": "max"}  # declarable on every kind (largest |got - ref| of the raw output)
 BOUNDED = {"top1_agreement", "prob_cosine", "decision_agreement", "within_k", "cosine", "min_cosine", "knn_recall",
            "precision", "recall", "agreement"}
@@ -83,6 +91,19 @@ class Gate(BaseModel):
     metric: str
     limit: float
     direction: Literal["min", "max"]
+    scale_limit: Optional[float] = Field(
+        None, description="max gates only: the limit becomes max(limit, scale_limit x max|ref|), max|ref| being the "
+                          "largest magnitude of the output's reference on the judged data (fp32 rounding error "
+                          "scales with the values: an absolute 1e-3 means 3 ulp on a pixel coordinate of 320)")
+    _scale: Optional[float] = PrivateAttr(None)
+
+    def at_scale(self, scale: Optional[float]) -> "Gate":
+        """This gate with its limit resolved for an output whose reference reaches ``scale`` in magnitude."""
+        if self.scale_limit is None or scale is None or not math.isfinite(scale):
+            return self
+        g = self.model_copy(update={"limit": max(self.limit, self.scale_limit * float(scale))})
+        g._scale = float(scale)
+        return g
 
     def passes(self, value: float) -> bool:
         if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -101,8 +122,15 @@ class Gate(BaseModel):
     def line(self, value: Optional[float]) -> str:
         cmp = "<" if self.direction == "min" else ">"
         shown = "not computable" if value is None else f"{value:.6g}"
-        return f"output '{self.output}': {self.metric} {shown} {cmp} limit {self.limit:.6g}" if value is not None \
-            else f"output '{self.output}': {self.metric} {shown} (limit {self.limit:.6g})"
+        limit = f"{self.limit:.6g}" + self.scale_note()
+        return f"output '{self.output}': {self.metric} {shown} {cmp} limit {limit}" if value is not None \
+            else f"output '{self.output}': {self.metric} {shown} (limit {limit})"
+
+    def scale_note(self) -> str:
+        """How a scale-relative limit was resolved (empty for a plain one)."""
+        if self.scale_limit is None or self._scale is None:
+            return ""
+        return f" (the larger of its floor and {self.scale_limit:g} x max|ref| {self._scale:.6g})"
 
 
 class OutputContract(BaseModel):
@@ -244,6 +272,8 @@ def _tolerance_overrides(config: Any, precision: str) -> dict[str, float]:
         out["top1_agreement"] = lim.top1_agreement
     if lim.max_abs is not None:
         out["max_abs"] = lim.max_abs
+        if tier(precision) == 2 and "compile" not in tol.model_fields_set:
+            out["max_abs_scale"] = FP32_MAX_ABS_SCALE  # the default fp32 limit: relative to the output's scale
     return out
 
 
@@ -258,7 +288,8 @@ def output_gates(name: str, kind: str, params: Mapping[str, Any], precision: str
             limit = legacy[metric]
         gates[metric] = Gate(output=name, metric=metric, limit=float(limit), direction=direction)
     if legacy and "max_abs" in legacy:  # the tolerances section's max_abs (fp32 default 1e-3) holds for every kind
-        gates["max_abs"] = Gate(output=name, metric="max_abs", limit=float(legacy["max_abs"]), direction="max")
+        gates["max_abs"] = Gate(output=name, metric="max_abs", limit=float(legacy["max_abs"]), direction="max",
+                                scale_limit=legacy.get("max_abs_scale"))
     directions = {**UNIVERSAL_GATES, **{m: d for m, (d, _) in DEFAULT_GATES[kind].items()}}
     for metric in list(gates) + [m for m in params if m in directions and m not in gates]:
         if metric in params:
@@ -385,6 +416,8 @@ def _measure(oc: OutputContract, ref: Mapping[str, np.ndarray], got: Mapping[str
         raise ConfigError(f"output '{oc.name}' ({oc.kind}, shape {list(r.shape)}, params {oc.params}): {e}") from None
     if "max_abs" not in m:  # on the raw output, for every kind (the tolerances section may gate it)
         m["max_abs"] = float(np.abs(om.f64(r) - om.f64(g)).max()) if r.size else 0.0
+    if any(gate.scale_limit is not None for gate in oc.gates):  # what a scale-relative limit is relative to
+        m["ref_max_abs"] = float(np.abs(om.f64(r)).max()) if r.size else 0.0
     return m
 
 
@@ -447,7 +480,7 @@ def judge(contract: Contract, ref: Mapping[str, np.ndarray], got: Mapping[str, n
         if g.output not in metrics:
             continue
         m = metrics[g.output]
-        checks.append((g, m.get(g.metric)))
+        checks.append((g.at_scale(m.get("ref_max_abs")), m.get(g.metric)))
     if labels is None and contract.fidelity_drop is not None:
         for name, m in metrics.items():
             if not name.startswith("_") and "cosine" in m:
@@ -495,6 +528,8 @@ def enforce(step: str, verdict: Verdict, hint: str = "") -> None:
     first = g.line(v) if g else ""
     more = [f for f in verdict.failures if f != first]
     text = hint + ((" " if hint else "") + "Also: " + "; ".join(more) if more else "")
+    if g is not None and g.scale_note():
+        text = f"{g.scale_note().strip()} " + text
     for n in verdict.notes:
         text += (" " if text else "") + n
     raise AccuracyError(step, g.output if g else "-", g.metric if g else "?", v if v is not None else float("nan"),

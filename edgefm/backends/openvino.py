@@ -316,6 +316,10 @@ def _quantize(job: CompileJob, opts: OpenVINOOptions, model: Any, f32: Any, f32_
     cfg = runtime_config({"inference_precision": opts.inference_precision}, "CPU")
     compiled = compile_model(qmodel, "CPU", cfg)
     verdict = _evaluate(job, compiled, "int8")
+    if (opts.int8_mode == "static" and not verdict.ok and opts.preset is None and s.preset is None
+            and s.model_type != "transformer"):  # NNCF's default for Transformers is 'mixed' already
+        qmodel, compiled, verdict, s = _try_mixed(job, model, s, cfg, nq, (qmodel, compiled, verdict), notes, say)
+        settings.update(preset=s.preset)
     allowed = fallback_allowed(job.config)
     tried = allowed and opts.int8_mode == "static" and not verdict.ok
     fallback = None
@@ -336,6 +340,26 @@ def _quantize(job: CompileJob, opts: OpenVINOOptions, model: Any, f32: Any, f32_
     enforce(step, verdict, hint=_int8_hint(allowed, fallback))
     return qmodel, StageRecord(name="quantize", target=job.target.name, settings=settings,
                                seconds=round(time.perf_counter() - t0, 3), metrics=metrics, notes=notes)
+
+
+def _try_mixed(job: CompileJob, model: Any, s: Any, cfg: dict, nq: Any, plain: tuple, notes: list[str], say: Any
+               ) -> tuple[Any, Any, Verdict, Any]:
+    """NNCF's default preset for CNNs quantizes activations symmetrically: a SiLU output ([-0.28, inf)) or an image
+    in [0, 1] then uses half the int8 grid. When that misses the contract (and neither the target nor the recipe
+    chose a preset), NNCF's 'mixed' preset (asymmetric activations, as ONNX Runtime's u8) is tried once, and the
+    int8 model closer to the limits goes on (to the accuracy fallback if it still misses). Measured: nudenet 320n
+    (YOLOv8n) performance precision 0.76 / recall 0.86 of fp32's detections, mixed 0.98 / 0.91."""
+    qmodel, compiled, verdict = plain
+    say(f"{job.target.name}: int8 misses the contract; trying NNCF's 'mixed' preset (asymmetric activations)")
+    mixed = s.model_copy(update={"preset": "mixed"})
+    q2 = nq.quantize(model, job.calib, mixed)
+    c2 = compile_model(q2, "CPU", cfg)
+    v2 = _evaluate(job, c2, "int8")
+    better = v2.ok or v2.margin > verdict.margin
+    missed, outcome = "; ".join(verdict.failures[:2]), "ok" if v2.ok else "; ".join(v2.failures[:2])
+    notes.append(f"NNCF default preset (symmetric activations) missed the contract ({missed}); 'mixed' preset "
+                 f"(asymmetric activations): {outcome}" + (" - kept" if better else " - not better, dropped"))
+    return (q2, c2, v2, mixed) if better else (qmodel, compiled, verdict, s)
 
 
 class OvFallback:

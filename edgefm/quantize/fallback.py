@@ -21,10 +21,13 @@ whose Relu was excluded now quantizes its own output)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Protocol
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 #: Rounds the loop runs at most (each round re-ranks and rebuilds once).
 MAX_ROUNDS = 8
@@ -135,7 +138,30 @@ def run_fallback(hooks: FallbackHooks, judge: Judge, start: Candidate, *, max_ro
     """Keep the most damaged units of ``start`` (the plain int8 candidate, already judged not ok) in higher
     precision until ``judge`` says ok or the budget runs out. Each round re-ranks the current candidate and
     keeps ``max(1, kept // 2)`` more units (1, 1, 1, 2, 3, 4, 6, ...: exact on small models, not too many
-    rounds on large ones), never more than ``max_share`` of the units first ranked, and never all of them."""
+    rounds on large ones), never more than ``max_share`` of the units first ranked, and never all of them.
+
+    A runtime or quantizer that fails inside a hook (an exception that is not an ``EdgefmError``) ends the loop
+    as not ok, ``stopped`` naming the failure: the caller then refuses the plain int8 artifact with that reason
+    instead of crashing (the traceback goes to the log)."""
+    from edgefm.errors import EdgefmError
+
+    state: dict[str, Any] = {}
+    try:
+        return _rounds(hooks, judge, start, max_rounds, max_share, progress, state)
+    except EdgefmError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a library failing mid-fallback: a refusal that says so, not a crash
+        log.warning("accuracy fallback failed", exc_info=True)
+        first = (str(e).strip().splitlines() or [""])
+        text = " ".join(line.strip() for line in first[:2])[:300]
+        rounds = state.get("rounds", [])
+        return FallbackResult(False, list(state.get("nodes", [])), rounds, None, state.get("verdict"),
+                              state.get("budget", {}), getattr(hooks, "precision_kept", "float"),
+                              f"the backend failed in round {len(rounds) + 1}: {type(e).__name__}: {text}")
+
+
+def _rounds(hooks: FallbackHooks, judge: Judge, start: Candidate, max_rounds: int, max_share: float,
+            progress: Optional[Callable[[str], None]], state: dict[str, Any]) -> FallbackResult:
     ranked = [u for u in hooks.sensitivity(start) if u.nodes]
     # never every unit: an artifact with nothing left in int8 is not an int8 artifact (use --quantize fp32)
     allowed = max(0, min(len(ranked) - 1, max(MIN_UNITS, int(len(ranked) * max_share))))
@@ -144,6 +170,7 @@ def run_fallback(hooks: FallbackHooks, judge: Judge, start: Candidate, *, max_ro
     kept_units: list[Unit] = []
     nodes: list[str] = []
     rounds: list[Round] = []
+    state.update(budget=budget, nodes=nodes, rounds=rounds)  # what a failure mid-loop still reports
     current = start
     verdict = None
     stopped = f"{max_rounds} rounds"
@@ -168,6 +195,7 @@ def run_fallback(hooks: FallbackHooks, judge: Judge, start: Candidate, *, max_ro
             progress(f"accuracy fallback round {index}: keeping {[u.name for u in take]} out of int8")
         current = hooks.build(list(kept_units))
         verdict = judge(hooks.run(current))
+        state["verdict"] = verdict
         kept_now = current.kept or list(nodes)
         rounds.append(Round(index, {u.name: u.score for u in take}, kept_now, bool(verdict.ok),
                             float(verdict.margin), list(verdict.failures), _headline(verdict)))

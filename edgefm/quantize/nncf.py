@@ -200,16 +200,23 @@ def sensitive_fake_quantizes(qmodel: Any, calib: Samples, samples: int = 16) -> 
            if op.get_type_name() == "FakeQuantize" and not _is_weight(op.input_value(0).get_node())]
     if not fqs:
         return []
-    first = len(model.outputs)
-    model.add_outputs([o for fq in fqs for o in (fq.input_value(0), fq.output(0))])
+    # add_outputs gives one Result per tensor: a tensor that already is an output, or that two FakeQuantizes
+    # read (NNCF quantizes a tensor once per group of readers, e.g. when one reader is in the ignored scope), adds
+    # none, so positions come from the Results it returns, not from counting (nudenet 320n in a fallback round:
+    # "vector::_M_range_check: __n (which is 132) >= this->size() (which is 132)")
+    results = model.add_outputs([o for fq in fqs for o in (fq.input_value(0), fq.output(0))])
+    position = {o.get_node().get_friendly_name(): i for i, o in enumerate(model.outputs)}
+    where = [position[r.get_node().get_friendly_name()] for r in results]
     compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     req = compiled.create_infer_request()
+    wanted = {n for p in compiled.inputs for n in p.get_names()}
     few = calib.take(slice(0, samples))
     acts: list[list[np.ndarray]] = [[] for _ in range(2 * len(fqs))]
     for i in range(len(few)):
-        req.infer(few.take(slice(i, i + 1)).inputs)  # each input split on its own batch axis
-        for j in range(len(acts)):
-            acts[j].append(req.get_output_tensor(first + j).data.copy())
+        feed = few.take(slice(i, i + 1)).inputs  # each input split on its own batch axis
+        req.infer({k: v for k, v in feed.items() if k in wanted})
+        for j, at in enumerate(where):
+            acts[j].append(req.get_output_tensor(at).data.copy())
     ranked = []
     for k, fq in enumerate(fqs):
         pre, post = acts[2 * k], acts[2 * k + 1]

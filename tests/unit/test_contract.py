@@ -344,3 +344,66 @@ def test_detection_params_that_do_not_fit_are_one_clear_error():
     contract = _contract([("d", "detections")], d={"kind": "detections", "boxes": "0:3", "axis": 1})
     with pytest.raises(ConfigError, match=r"output 'd' \(detections, shape \[1, 7, 50\].*boxes=0:3 selects 3 fields"):
         judge(contract, {"d": ref}, {"d": ref})
+
+
+# --- fp32 max_abs: relative to the output's scale ---------------------------------------------------------------
+
+def _mlp(path, scale, fold=False, drop_bias=False):
+    """64 -> 256 -> 256 -> 4 ReLU MLP whose output is multiplied by ``scale`` (coordinates in a big frame, PCM
+    samples): ``fold`` multiplies the last Gemm's weights and bias by it instead (what a converter's constant
+    folding does: the same function, other fp32 rounding); ``drop_bias`` loses the last bias (a real bug)."""
+    rng = np.random.default_rng(5)
+    dims, nodes, inits, prev = [64, 256, 256, 4], [], {}, "x"
+    for i in range(3):
+        inits[f"W{i}"] = (rng.standard_normal((dims[i], dims[i + 1])) / np.sqrt(dims[i])).astype(np.float32)
+        inits[f"b{i}"] = (0.1 * rng.standard_normal(dims[i + 1])).astype(np.float32)
+    if fold:
+        inits["W2"], inits["b2"] = inits["W2"] * np.float32(scale), inits["b2"] * np.float32(scale)
+    if drop_bias:
+        inits["b2"] = np.zeros_like(inits["b2"])
+    for i in range(3):
+        nodes.append(helper.make_node("Gemm", [prev, f"W{i}", f"b{i}"], [f"h{i}"]))
+        prev = f"h{i}"
+        if i < 2:
+            nodes.append(helper.make_node("Relu", [prev], [f"r{i}"]))
+            prev = f"r{i}"
+    if not fold:
+        inits["s"] = np.array(scale, np.float32)
+        nodes.append(helper.make_node("Mul", [prev, "s"], ["y"]))
+    else:
+        nodes.append(helper.make_node("Identity", [prev], ["y"]))
+    return _save(path, nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])], inits)
+
+
+def test_fp32_max_abs_is_relative_to_the_output_scale(tmp_path):
+    """An fp32 conversion of an output that reaches ~2e4 (1 ulp there is 0.002) differs from the reference by a
+    few ulps: the old absolute 1e-3 refused it, the default limit max(1e-3, 2e-5 x max|ref|) certifies it, and
+    still refuses the same conversion with the last bias dropped. Recorded, the gate reads back the same."""
+    x = np.random.default_rng(6).standard_normal((64, 64)).astype(np.float32)
+    ref = _run(_mlp(tmp_path / "a.onnx", 20000.0), {"x": x})
+    folded = _run(_mlp(tmp_path / "b.onnx", 20000.0, fold=True), {"x": x})
+    broken = _run(_mlp(tmp_path / "c.onnx", 20000.0, fold=True, drop_bias=True), {"x": x})
+    diff = float(np.abs(ref["y"] - folded["y"]).max())
+    assert 1e-3 < diff < 1e-5 * float(np.abs(ref["y"]).max())  # rounding: above the old limit, far below the new
+
+    spec = _spec([("y", "regression")], inputs=(("x", ["batch", 64]),))
+    new = resolve(spec, CompressConfig(source="m.onnx", output="out"), "fp32")
+    gate = next(g for g in new.output("y").gates if g.metric == "max_abs")
+    assert gate.limit == 1e-3 and gate.scale_limit == 2e-5
+    old = resolve(spec, build_config(source="m.onnx", output="out",
+                                     tolerances={"compile": {"max_abs": 1e-3, "cosine": 0.9999}}), "fp32")
+    assert next(g for g in old.output("y").gates if g.metric == "max_abs").scale_limit is None  # user's own: absolute
+
+    refused = judge(old, ref, folded)
+    assert not refused.ok and any("max_abs" in f for f in refused.failures)
+    ok = judge(new, ref, folded)
+    assert ok.ok, ok.failures
+    assert ok.metrics["y"]["ref_max_abs"] == pytest.approx(float(np.abs(ref["y"]).max()))
+    bug = judge(new, ref, broken)
+    assert not bug.ok and any("max_abs" in f and "2e-05 x max|ref|" in f for f in bug.failures)
+    with pytest.raises(AccuracyError, match=r"convert: output 'y' max_abs = .*larger of its floor and 2e-05"):
+        enforce("convert", bug)
+
+    again = Contract.model_validate_json(new.model_dump_json())  # what verify reads from the manifest
+    assert judge(again, ref, folded).ok and not judge(again, ref, broken).ok

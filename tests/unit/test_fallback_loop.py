@@ -83,3 +83,21 @@ def test_the_contract_verdict_names_the_failed_gate_with_figures():
     assert not v.ok and v.margin < 0 and len(v.failures) == 1 and "rel_error" in v.failures[0]
     ok = _judge(chain, rel_error=0.1)({"y": chain.ref})
     assert ok.ok and ok.failures == [] and ok.margin >= 0
+
+
+class Breaks(Chain):
+    """A chain whose runtime fails in round 2 (a real NumPy error: the build of round 2 has the wrong shape)."""
+
+    def run(self, candidate):
+        if len(self.builds) >= 2:
+            return {"y": np.ones((3, 16)) @ np.ones((4, 16))}  # ValueError: matmul shapes do not align
+        return super().run(candidate)
+
+
+def test_a_runtime_failing_mid_loop_is_a_recorded_refusal_not_a_crash():
+    chain = Breaks({"a": 0.01, "b": 8.0, "c": 0.02, "d": 3.0})
+    res = run_fallback(chain, _judge(chain, rel_error=0.001), Candidate(None))
+    assert not res.ok and res.candidate is None and len(res.rounds) == 1
+    assert res.stopped.startswith("the backend failed in round 2: ValueError: matmul"), res.stopped
+    assert res.kept == ["b", "b/next", "d", "d/next"] and res.record()["stopped"] == res.stopped
+    assert "gave up (the backend failed in round 2" in res.notes()[-1]
