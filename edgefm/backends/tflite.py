@@ -41,9 +41,11 @@ class TFLiteOptions(BaseModel):
     """``options:`` of a tflite target."""
 
     model_config = ConfigDict(extra="forbid")
-    int8: Literal["auto", "full", "dynamic", "weight_only"] = Field(
-        "auto", description="int8 scheme: full-integer, dynamic-range, weight-only; auto = dynamic for "
-                            "transformers (full-integer attention loses too much), full otherwise")
+    int8: Literal["auto", "full", "dynamic", "weight_only", "matmul"] = Field(
+        "auto", description="int8 scheme: full-integer, dynamic-range, weight-only, or matmul (static int8 on "
+                            "FULLY_CONNECTED/BATCH_MATMUL only as dynamic-range kernels, every other op float); auto = dynamic for "
+                            "transformers (full-integer attention loses too much), full otherwise, and for RNNs "
+                            "matmul when full-integer misses the contract (unless --no-fallback)")
     io: Literal["float", "int8"] = Field(
         "float", description="Full-integer models: the model's own input/output type (the Predictor always "
                              "takes and returns floats)")
@@ -96,7 +98,37 @@ def quant_mode(precision: str, opts: TFLiteOptions, family: str) -> Optional[str
 # --- compile ---------------------------------------------------------------------------------------
 
 def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contract's name
-    """Convert ``job.model`` to LiteRT, quantize as the precision asks, verify, write ``out_dir/model.tflite``."""
+    """Convert ``job.model`` to LiteRT, quantize as the precision asks, verify, write ``out_dir/model.tflite``.
+    An RNN whose full-integer int8 misses the contract (after the accuracy fallback where it can run) is built
+    again with int8 on the matrix products only (``int8: matmul``), as the other backends' RNN recipes do."""
+    try:
+        return _compile(job)
+    except AccuracyError as e:
+        opts = options(job.target)
+        if not (job.precision == "int8" and opts.int8 == "auto" and job.spec.family == "rnn"
+                and fallback_allowed(job.config)):
+            raise
+        first = str(e)
+    import dataclasses
+
+    say = job.progress or (lambda msg: log.info(msg))
+    say(f"{job.target.name}: full-integer int8 misses the contract; int8 on FULLY_CONNECTED/BATCH_MATMUL only")
+    target = job.target.model_copy(update={"options": {**job.target.options, "int8": "matmul"}})
+    try:
+        res = _compile(dataclasses.replace(job, target=target))
+    except AccuracyError as e2:
+        raise AccuracyError(e2.step, e2.output, e2.metric, e2.value, e2.limit, direction=e2.direction,
+                            hint=f"int8 on FULLY_CONNECTED/BATCH_MATMUL only (int8: matmul) after full-integer int8 "
+                                 f"had failed ({first[:600]})") from None
+    note = (f"full-integer int8 missed the contract ({first[:400]}); rebuilt with int8 on FULLY_CONNECTED/BATCH_MATMUL "
+            f"only (dynamic-range: int8 weights, activations quantized per call, float outputs), every other op "
+            f"float (int8: matmul)")
+    res.stages[-1].notes.append(note)
+    res.entry.notes.append(note)
+    return res
+
+
+def _compile(job: CompileJob) -> CompileResult:
     opts = options(job.target)
     mode = quant_mode(job.precision, opts, job.spec.family)
     gran = opts.weight_granularity
@@ -493,6 +525,8 @@ def _entry(job: CompileJob, mode, gran, opts: TFLiteOptions, result: dict, metri
                  **({"lstm_state": "reset after every call (in the graph)"} if result.get("lstm_state_reset") else {}),
                  "weight_granularity": (result["quantize"].get("weight_granularity") or gran) if mode else None,
                  "io": opts.io if mode == "full" else "float", "input_shapes": runner.input_shapes(),
+                 **({"int8_ops": list(result["quantize"].get("int8_ops"))}
+                    if mode and result["quantize"].get("int8_ops") else {}),
                  **({"output_perm": result["output_perm"]} if result.get("output_perm") else {}),
                  "batch": runner.batch, "pool": opts.pool},
         metrics=metrics,
