@@ -256,7 +256,8 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
                         files=[rel], runtime_versions=versions(), options=opts.model_dump(), metrics=metrics,
                         hardware={"arch": job.target.arch},
                         kept_in_float=list(settings.get("fallback_nodes_fp32", [])), fallback=settings.get("fallback"))
-    if settings.get("int8_ops"):
+    if settings.get("int8_ops") and settings.get("recipe", "").endswith("-only"):
+        # a recipe that leaves most ops float on purpose says so where the user reads (the CLI's summary)
         from edgefm.quantize.onnxruntime import describe_int8
 
         entry.notes.append(f"{settings['recipe']}: {describe_int8(settings['int8_ops'])}")

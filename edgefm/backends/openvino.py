@@ -242,11 +242,10 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
     records.append(record)
     entry = _entry(job, opts, precision, records[-1])
     quant = next((r for r in records if r.name == "quantize"), None)
-    if quant is not None:
+    if quant is not None and quant.settings.get("recipe") == "matmul-only":  # most ops float on purpose: say so
         by_type = quant.metrics.get("_int8_layers", {}).get("by_type", {})
         what = ", ".join(f"{k} x{v}" for k, v in by_type.items()) or "nothing"
-        entry.notes.append(f"int8: {what}" + ("; every other op float (RNN recipe: MatMul-only, min/max ranges)"
-                                               if quant.settings.get("recipe") == "matmul-only" else ""))
+        entry.notes.append(f"int8: {what}; every other op float (RNN recipe: MatMul-only, min/max ranges)")
     slower = _int8_slower_than_f32(quant.metrics.get("_compare", {})) if quant is not None else None
     if slower:
         # never ship an int8 IR slower than the target's own f32 IR without saying so: in the stage notes, the
