@@ -120,7 +120,11 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
         raise AccuracyError(e2.step, e2.output, e2.metric, e2.value, e2.limit, direction=e2.direction,
                             hint=f"int8 on FULLY_CONNECTED/BATCH_MATMUL only (int8: matmul) after full-integer int8 "
                                  f"had failed ({first[:600]})") from None
-    note = (f"full-integer int8 missed the contract ({first[:400]}); rebuilt with int8 on FULLY_CONNECTED/BATCH_MATMUL "
+    import re
+
+    gave_up = re.search(r"the accuracy fallback kept \d+ op\(s\) in float and gave up \([^;)]*", first)
+    why = first.split(". ")[0] + (f"; {gave_up.group(0)})" if gave_up else "")
+    note = (f"full-integer int8 missed the contract ({why}); rebuilt with int8 on FULLY_CONNECTED/BATCH_MATMUL "
             f"only (dynamic-range: int8 weights, activations quantized per call, float outputs), every other op "
             f"float (int8: matmul)")
     res.stages[-1].notes.append(note)
