@@ -332,7 +332,7 @@ def _quantize(job: CompileJob, opts: OpenVINOOptions, model: Any, f32: Any, f32_
     allowed = fallback_allowed(job.config)
     tried = allowed and opts.int8_mode == "static" and not verdict.ok
     fallback = None
-    if tried and job.spec.family == "rnn":
+    if tried and job.spec.family == "rnn" and not opts.quantize_rnn:  # quantize_rnn: the user wants the cells int8
         qmodel, compiled, verdict = _matmul_only(job, model, qmodel, compiled, verdict, s, cfg, settings, notes, nq)
         tried = not verdict.ok
     if tried:
