@@ -97,7 +97,7 @@ def eval_outputs(path: Path, job: CompileJob, opts: Options) -> dict[str, np.nda
 
 def _int8(job: CompileJob, opts: Options, out: Path) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     """Try the family's recipes; keep the fastest within limits. Returns (settings, metrics, notes)."""
-    from edgefm.quantize.onnxruntime import RECIPES, quantize, quick_latency_ms
+    from edgefm.quantize.onnxruntime import RECIPES, describe_int8, int8_ops, quantize, quick_latency_ms
 
     recipes = RECIPES[job.spec.family]
     if opts.recipes:
@@ -171,6 +171,9 @@ def _int8(job: CompileJob, opts: Options, out: Path) -> tuple[dict[str, Any], di
     path.rename(out)
     notes.append(f"chose {recipe.name}: within limits, and no other recipe is 20 % faster without being larger "
                  f"({ms:.3f} ms vs fp32 {base_ms:.3f} ms, quick median at batch 1)")
+    ops = int8_ops(out)
+    settings["int8_ops"] = ops
+    notes.append(f"what runs in int8 ({recipe.name}): {describe_int8(ops)}")
     settings.update(latency_ms_batch1=round(ms, 4), fp32_latency_ms_batch1=round(base_ms, 4))
     return settings, metrics, notes
 
@@ -273,6 +276,11 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
                         kept_in_float=list(settings.get("fallback_nodes_fp32", [])), fallback=settings.get("fallback"))
     if job.precision == "int8":
         _note_speed(job, entry, notes, settings)
+    if settings.get("int8_ops") and settings.get("recipe", "").endswith("-only"):
+        # a recipe that leaves most ops float on purpose says so where the user reads (the CLI's summary)
+        from edgefm.quantize.onnxruntime import describe_int8
+
+        entry.notes.append(f"{settings['recipe']}: {describe_int8(settings['int8_ops'])}")
     stage = StageRecord(name="quantize" if job.precision != "fp32" else "compile", target=job.target.name,
                         settings=settings, input_sha256=sha256_file(job.onnx_path),
                         output_sha256=sha256_file(artifact), seconds=round(time.perf_counter() - t0, 3),

@@ -242,6 +242,10 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
     records.append(record)
     entry = _entry(job, opts, precision, records[-1])
     quant = next((r for r in records if r.name == "quantize"), None)
+    if quant is not None and quant.settings.get("recipe") == "matmul-only":  # most ops float on purpose: say so
+        by_type = quant.metrics.get("_int8_layers", {}).get("by_type", {})
+        what = ", ".join(f"{k} x{v}" for k, v in by_type.items()) or "nothing"
+        entry.notes.append(f"int8: {what}; every other op float (RNN recipe: MatMul-only, min/max ranges)")
     slower = _int8_slower_than_f32(quant.metrics.get("_compare", {})) if quant is not None else None
     if slower:
         # never ship an int8 IR slower than the target's own f32 IR without saying so: in the stage notes, the
@@ -323,6 +327,9 @@ def _quantize(job: CompileJob, opts: OpenVINOOptions, model: Any, f32: Any, f32_
     allowed = fallback_allowed(job.config)
     tried = allowed and opts.int8_mode == "static" and not verdict.ok
     fallback = None
+    if tried and job.spec.family == "rnn" and not opts.quantize_rnn:  # quantize_rnn: the user wants the cells int8
+        qmodel, compiled, verdict = _matmul_only(job, model, qmodel, compiled, verdict, s, cfg, settings, notes, nq)
+        tried = not verdict.ok
     if tried:
         qmodel, compiled, verdict, fallback = _fallback(job, opts, model, qmodel, s, cfg, settings, notes, nq)
     elif max_drop is not None and verdict.ok:
@@ -334,6 +341,8 @@ def _quantize(job: CompileJob, opts: OpenVINOOptions, model: Any, f32: Any, f32_
         raise AccuracyError(step, "-", "int8_layers", 0, 1, hint=(
             "NNCF left no layer reading int8 data, so an 'int8' IR would be the f32 model under another name; use "
             "--quantize fp32 for this target"))
+    notes.append("what runs in int8: " + (", ".join(f"{k} x{v}" for k, v in _count(layers.values()).items())
+                                          or "nothing"))
     metrics["_execution"] = execution_info(compiled)
     if opts.compare_precisions:
         metrics["_compare"] = _compare_precisions(job, model, f32, f32_metrics, compiled, metrics)
@@ -360,6 +369,29 @@ def _try_mixed(job: CompileJob, model: Any, s: Any, cfg: dict, nq: Any, plain: t
     notes.append(f"NNCF default preset (symmetric activations) missed the contract ({missed}); 'mixed' preset "
                  f"(asymmetric activations): {outcome}" + (" - kept" if better else " - not better, dropped"))
     return (q2, c2, v2, mixed) if better else (qmodel, compiled, verdict, s)
+
+
+def _matmul_only(job: CompileJob, model: Any, plain: Any, compiled: Any, verdict: Verdict, s: Any, cfg: dict,
+                 settings: dict, notes: list[str], nq: Any) -> tuple[Any, Any, Verdict]:
+    """An RNN whose NNCF int8 misses the contract: the peers' RNN recipe, int8 on the MatMuls only with min/max
+    activation ranges (``nncf.matmul_only``). Returns (model, compiled, verdict): the MatMul-only build when it
+    holds the contract (``settings`` then describe it), else the plain one for the accuracy fallback."""
+    from edgefm.quantize.fallback import figures
+
+    if job.progress:
+        job.progress(f"{job.target.name}: int8 misses the contract; NNCF int8 on the MatMuls only (RNN recipe)")
+    mm = nq.matmul_only(s, model)
+    qmm = nq.quantize(model, job.calib, mm)
+    cmm = compile_model(qmm, "CPU", cfg)
+    vmm = _evaluate(job, cmm, "int8")
+    if not vmm.ok:
+        notes.append(f"RNN recipe (int8 on MatMul inputs only, min/max ranges) also misses the contract: "
+                     f"{figures(vmm)}")
+        return plain, compiled, verdict
+    notes.append(f"NNCF int8 of every quantizable op missed the contract ({figures(verdict)}); chose the RNN recipe: "
+                 f"int8 on MatMul inputs and weights only, min/max activation ranges, every other op float")
+    settings.update(recipe="matmul-only", activation_range="minmax", ignored_types=mm.ignored_types)
+    return qmm, cmm, vmm
 
 
 class OvFallback:

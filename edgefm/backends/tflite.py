@@ -41,9 +41,11 @@ class TFLiteOptions(BaseModel):
     """``options:`` of a tflite target."""
 
     model_config = ConfigDict(extra="forbid")
-    int8: Literal["auto", "full", "dynamic", "weight_only"] = Field(
-        "auto", description="int8 scheme: full-integer, dynamic-range, weight-only; auto = dynamic for "
-                            "transformers (full-integer attention loses too much), full otherwise")
+    int8: Literal["auto", "full", "dynamic", "weight_only", "matmul"] = Field(
+        "auto", description="int8 scheme: full-integer, dynamic-range, weight-only, or matmul (static int8 on "
+                            "FULLY_CONNECTED/BATCH_MATMUL only as dynamic-range kernels, every other op float); auto = dynamic for "
+                            "transformers (full-integer attention loses too much), full otherwise, and for RNNs "
+                            "matmul when full-integer misses the contract (unless --no-fallback)")
     io: Literal["float", "int8"] = Field(
         "float", description="Full-integer models: the model's own input/output type (the Predictor always "
                              "takes and returns floats)")
@@ -97,15 +99,60 @@ def quant_mode(precision: str, opts: TFLiteOptions, family: str) -> Optional[str
 # --- compile ---------------------------------------------------------------------------------------
 
 def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contract's name
-    """Convert ``job.model`` to LiteRT, quantize as the precision asks, verify, write ``out_dir/model.tflite``."""
+    """Convert ``job.model`` to LiteRT, quantize as the precision asks, verify, write ``out_dir/model.tflite``.
+
+    int8 of an RNN (``int8: auto``) tries recipes before the accuracy fallback, as the ONNX Runtime backend does:
+    full-integer int8; when it misses the contract, int8 on the matrix products only (``int8: matmul``, the
+    other backends' RNN recipe); when that misses too, full-integer int8 again with the accuracy fallback.
+    ``--no-fallback`` keeps the first alone (it refuses rather than leave ops in float)."""
+    opts = options(job.target)
+    if not (job.precision == "int8" and opts.int8 == "auto" and job.spec.family == "rnn"
+            and fallback_allowed(job.config)):
+        return _compile(job)
+    try:
+        return _compile(job, allow_fallback=False)
+    except AccuracyError as e:
+        first = str(e).split(". ")[0]
+    import dataclasses
+
+    say = job.progress or (lambda msg: log.info(msg))
+    say(f"{job.target.name}: full-integer int8 misses the contract; int8 on FULLY_CONNECTED/BATCH_MATMUL only")
+    target = job.target.model_copy(update={"options": {**job.target.options, "int8": "matmul"}})
+    try:
+        res = _compile(dataclasses.replace(job, target=target), allow_fallback=False)
+    except AccuracyError as e2:
+        second = str(e2).split(". ")[0]
+        say(f"{job.target.name}: int8 on the matrix products misses it too; full-integer int8 with the accuracy "
+            f"fallback")
+        try:
+            res = _compile(job)
+        except AccuracyError as e3:
+            raise AccuracyError(e3.step, e3.output, e3.metric, e3.value, e3.limit, direction=e3.direction,
+                                hint=f"{str(e3).split('. ', 1)[-1]} Also tried: int8 on FULLY_CONNECTED/BATCH_MATMUL "
+                                     f"only (int8: matmul): {second}") from None
+        note = (f"full-integer int8 ({first}) and int8 on the matrix products only ({second}) missed the contract; "
+                f"full-integer int8 with the accuracy fallback holds it")
+        res.stages[-1].notes.append(note)
+        return res
+    note = (f"full-integer int8 missed the contract ({first}); int8 on FULLY_CONNECTED/BATCH_MATMUL only "
+            f"(dynamic-range: int8 per-channel weights, activations quantized per call, float outputs), every other "
+            f"op float (int8: matmul)")
+    res.stages[-1].notes.append(note)
+    res.entry.notes.append(note)
+    return res
+
+
+def _compile(job: CompileJob, allow_fallback: bool = True) -> CompileResult:
     opts = options(job.target)
     mode = quant_mode(job.precision, opts, job.spec.family)
     gran = opts.weight_granularity
     if gran == "auto":
         # per-tensor for RNNs that litert-torch unrolls (per-channel scales would repeat on every step); onnx2tf
         # (ONNX sources) keeps an RNN as one WHILE loop whose weights appear once, so per-channel costs nothing
-        # there, and per-tensor lost silero-vad's decisions (agreement 0.24 against 0.995 per-channel)
-        gran = "tensor" if job.spec.family == "rnn" and job.model is not None else "channel"
+        # there, and per-tensor lost silero-vad's decisions (agreement 0.24 against 0.995 per-channel). The matmul
+        # mode is per-channel too: per-tensor FC weights (4 gates on one scale) cost resemblyzer's 3-layer LSTM its
+        # cosine (0.838 vs 0.986 per-channel; limit 0.98)
+        gran = "tensor" if job.spec.family == "rnn" and job.model is not None and mode != "matmul" else "channel"
     say = job.progress or (lambda msg: log.info(msg))
     python = tflite_convert.converter_python(opts.converter_python, say) if (mode or job.model is not None) else None
     with tempfile.TemporaryDirectory(prefix="edgefm-tflite-") as tmp:
@@ -150,7 +197,7 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
         accuracy_fallback = None
         if mode:
             precision = "fp16" if mode == "fp16" else "int8"
-            flag = fallback_allowed(job.config)
+            flag = fallback_allowed(job.config) and allow_fallback
             hint = "" if mode == "fp16" else int8_way_out(job.config)
             if flag and mode != "fp16":
                 hint = "" if _may_fall_back(job, mode, result) else (
@@ -525,6 +572,8 @@ def _entry(job: CompileJob, mode, gran, opts: TFLiteOptions, result: dict, metri
                  **({"lstm_state": "reset after every call (in the graph)"} if result.get("lstm_state_reset") else {}),
                  "weight_granularity": (result["quantize"].get("weight_granularity") or gran) if mode else None,
                  "io": opts.io if mode == "full" else "float", "input_shapes": runner.input_shapes(),
+                 **({"int8_ops": list(result["quantize"].get("int8_ops"))}
+                    if mode and result["quantize"].get("int8_ops") else {}),
                  **({"output_perm": result["output_perm"]} if result.get("output_perm") else {}),
                  "batch": runner.batch, "pool": opts.pool},
         metrics=metrics,

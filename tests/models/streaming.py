@@ -184,3 +184,34 @@ def with_context(streams: np.ndarray) -> np.ndarray:
     of the one before (zeros before the first), as ``AttrStateVAD`` feeds ``_model``."""
     prev = np.concatenate([np.zeros_like(streams[:, :1, -CONTEXT:]), streams[:, :-1, -CONTEXT:]], 1)
     return np.ascontiguousarray(np.concatenate([prev, streams], 2))
+class StreamCell(nn.Module):
+    """silero's recurrent core written out (as its 16 kHz torch port is): an LSTM cell as two Gemms plus gate
+    arithmetic, (h, c) carried as one state (2, batch, HIDDEN). One cell-state channel sits at a large constant
+    level (a forget gate of ~1 and a saturated input gate), as long-memory LSTM units do: quantizing the gate
+    arithmetic (ORT's default static QDQ rounds every Mul/Add output onto one 8-bit grid per tensor) crushes the
+    other channels of c, while quantizing only the Gemm inputs (x and h, both bounded) keeps the state."""
+
+    def __init__(self):
+        super().__init__()
+        self.front = nn.Linear(CHUNK, 16)
+        self.cell = nn.LSTMCell(16, HIDDEN)
+        self.head = nn.Linear(HIDDEN, 1)
+        with torch.no_grad():
+            b = self.cell.bias_ih
+            b[0], b[HIDDEN] = 40.0, 40.0      # unit 0: input and forget gates saturate at 1
+            b[2 * HIDDEN] = 40.0              # and its candidate is +1: c[0] grows by 1 per call
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor):
+        p = self.cell
+        u = torch.relu(self.front(x))
+        g = nn.functional.linear(u, p.weight_ih, p.bias_ih) + nn.functional.linear(state[0], p.weight_hh, p.bias_hh)
+        i, f = torch.sigmoid(g[:, :HIDDEN]), torch.sigmoid(g[:, HIDDEN:2 * HIDDEN])
+        gg, o = torch.tanh(g[:, 2 * HIDDEN:3 * HIDDEN]), torch.sigmoid(g[:, 3 * HIDDEN:])
+        c = f * state[1] + i * gg
+        h = o * torch.tanh(c)
+        return torch.sigmoid(self.head(h)), torch.stack([h, c])
+
+
+def stream_cell() -> nn.Module:
+    torch.manual_seed(0)
+    return StreamCell()
