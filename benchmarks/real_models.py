@@ -304,6 +304,16 @@ def _npz(work: Path, name: str, make: Callable[[], dict]) -> Path:
     return _cached(work / name, lambda p: np.savez(p, **make()))
 
 
+def _face_eval(size: int) -> Callable[[Path], Path]:
+    """Labeled face / not-face crops (held out from calibration and from the task data): with labels the
+    contract gates the face decision's accuracy (top-1 drop <= 1 point by default), as a user with a
+    labeled set would have it."""
+    def make() -> dict:
+        x, truth = rd.face_crops(seed=2, n=192, size=size, with_truth=True)
+        return {"x": x, "labels": np.asarray(truth, np.int64)}
+    return lambda w: _npz(w, f"face{size}_eval.npz", make)
+
+
 def _nested_resemblyzer() -> Path:
     return rz.path("resemblyzer", "resemblyzer/pretrained.pt")  # shipped as {"step", "model_state", "optimizer_state"}
 
@@ -334,13 +344,13 @@ def cases() -> dict[str, Case]:
              note="nested training checkpoint {step, model_state, optimizer_state}"),
         Case("mtcnn_onet", "cnn", lambda: rz.path("facenet-pytorch", "facenet_pytorch/data/onet.pt"),
              lambda w: _npz(w, "onet_calib.npz", lambda: {"x": rd.face_crops(seed=0, n=160, size=48)}),
-             _face_task(48), arch=f"{arch}:mtcnn_onet", inputs=["x:batch,3,48,48:float32"],
+             _face_task(48), arch=f"{arch}:mtcnn_onet", inputs=["x:batch,3,48,48:float32"], eval=_face_eval(48),
              outputs=["regression:rel_error=none", "regression:rel_error=none", "probabilities"],
              metric=f"{METRICS}:mtcnn_onet_px", metric_drop=0.75,
              note="box offsets/landmarks judged in pixels by --metric (rel_error of near-zero offsets is not the task)"),
         Case("mtcnn_rnet", "cnn", lambda: rz.path("facenet-pytorch", "facenet_pytorch/data/rnet.pt"),
              lambda w: _npz(w, "rnet_calib.npz", lambda: {"x": rd.face_crops(seed=0, n=160, size=24)}),
-             _face_task(24), arch=f"{arch}:mtcnn_rnet", inputs=["x:batch,3,24,24:float32"],
+             _face_task(24), arch=f"{arch}:mtcnn_rnet", inputs=["x:batch,3,24,24:float32"], eval=_face_eval(24),
              outputs=["regression:rel_error=none", "probabilities"], metric=f"{METRICS}:mtcnn_rnet_px", metric_drop=0.75),
         Case("nudenet_320n", "detector", lambda: rz.path("nudenet", "nudenet/320n.onnx"),
              lambda w: _npz(w, "nudenet_calib.npz", lambda: {"images": rd.detector_images(seed=0, n=48)}),
