@@ -20,8 +20,9 @@ class Tolerances(BaseModel):
     tightens the quantization check when eval data has labels."""
 
     model_config = ConfigDict(extra="forbid")
-    export: Limits = Field(default_factory=lambda: Limits(max_abs=1e-3, cosine=0.99999),
-                           description="torch vs exported fp32 ONNX")
+    export: Limits = Field(default_factory=lambda: Limits(max_abs=1e-3, max_abs_scale=2e-5, cosine=0.99999),
+                           description="torch vs exported fp32 ONNX (max abs: the larger of 1e-3 and 2e-5 x the "
+                                       "output's largest value, as for fp32 in another runtime)")
     quantize: Limits = Field(default_factory=lambda: Limits(cosine=0.98, top1_agreement=0.95, accuracy_drop=1.0),
                              description="compressed artifact vs fp32 ONNX on the eval data")
     fp16: Limits = Field(default_factory=lambda: Limits(cosine=0.999, top1_agreement=0.99),

@@ -407,3 +407,26 @@ def test_fp32_max_abs_is_relative_to_the_output_scale(tmp_path):
 
     again = Contract.model_validate_json(new.model_dump_json())  # what verify reads from the manifest
     assert judge(again, ref, folded).ok and not judge(again, ref, broken).ok
+
+
+def test_export_max_abs_is_relative_to_the_output_scale():
+    """The torch -> ONNX check's max abs follows the fp32 rule: a pixel-valued output (up to 320) differing by
+    fp32 rounding (1.1e-3) passes the default export limits; a real error (a dropped bias of 0.05) does not; a
+    user's own absolute max_abs stays absolute."""
+    import numpy as np
+    import pytest
+
+    from edgefm.config import Tolerances
+    from edgefm.errors import AccuracyError
+    from edgefm.fidelity import Limits, check, compare
+
+    rng = np.random.default_rng(0)
+    ref = {"boxes": rng.uniform(0, 320, size=(8, 4, 100)).astype(np.float32)}
+    rounding = {"boxes": ref["boxes"] + np.float32(1.1e-3)}
+    biased = {"boxes": ref["boxes"] + np.float32(0.05)}
+    limits = Tolerances().export
+    check("export", compare(ref, rounding), limits)
+    with pytest.raises(AccuracyError, match="max_abs"):
+        check("export", compare(ref, biased), limits)
+    with pytest.raises(AccuracyError, match="max_abs"):
+        check("export", compare(ref, rounding), Limits(max_abs=1e-3))
