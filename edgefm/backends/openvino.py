@@ -382,6 +382,9 @@ def _matmul_only(job: CompileJob, model: Any, plain: Any, compiled: Any, verdict
         job.progress(f"{job.target.name}: int8 misses the contract; NNCF int8 on the MatMuls only (RNN recipe)")
     mm = nq.matmul_only(s, model)
     qmm = nq.quantize(model, job.calib, mm)
+    if not nq.int8_layers(qmm):  # no MatMul outside the RNN cells (an ONNX LSTM op): nothing would be int8
+        notes.append("RNN recipe (int8 on MatMul inputs only) skipped: the model has no MatMul outside its RNN cells")
+        return plain, compiled, verdict
     cmm = compile_model(qmm, "CPU", cfg)
     vmm = _evaluate(job, cmm, "int8")
     if not vmm.ok:
