@@ -224,6 +224,13 @@ def _compile(job: CompileJob, allow_fallback: bool = True) -> CompileResult:
                     log.warning("%s: %s", job.target.name, stage.notes[-1])
                 else:
                     stage.notes.append(f"kept in float (keep_fp32 {keep}): {result['quantize'].get('kept_float')}")
+            if precision == "int8":
+                n8 = _int8_tensors(final)
+                stage.settings["int8_tensors"] = n8
+                if n8 == 0:  # nothing quantized (e.g. matmul mode on a model with no FULLY_CONNECTED)
+                    raise AccuracyError(f"quantize ({job.target.name}, tflite)", "-", "int8_ops", 0, 1, hint=(
+                        "the quantized .tflite holds no int8 tensor, so an 'int8' artifact would be the fp32 model "
+                        "under another name; use --quantize fp32 for this target"))
             stages.append(stage)
         job.out_dir.mkdir(parents=True, exist_ok=True)  # only now: a failed compile leaves nothing behind
         shutil.copyfile(final, job.out_dir / ARTIFACT)
@@ -233,6 +240,14 @@ def _compile(job: CompileJob, allow_fallback: bool = True) -> CompileResult:
     if accuracy_fallback is not None:
         entry.kept_in_float, entry.fallback = list(accuracy_fallback.kept), accuracy_fallback.record()
     return CompileResult(entry=entry, stages=stages)
+
+
+def _int8_tensors(path: Path) -> int:
+    """Tensors of a .tflite stored or computed in int8/uint8 (weights and activations)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    details = Interpreter(model_path=str(path)).get_tensor_details()
+    return sum(1 for t in details if t["dtype"] in (np.int8, np.uint8))
 
 
 def _may_fall_back(job: CompileJob, mode: str, result: dict) -> bool:
