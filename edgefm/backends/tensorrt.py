@@ -229,6 +229,8 @@ def _int8_with_fallback(job: CompileJob, src: Path, artifact: Path, opts: Tensor
             "subgraphs are not quantized), so an 'int8' engine would be the fp32 model; use --quantize fp16 for "
             "this target"))
     verdict = judge_job(job, _ort_outputs(artifact, job), "int8")
+    if not verdict.ok and job.spec.family == "rnn":
+        result, verdict = _rnn_matmul_only(job, src, artifact, opts, result, verdict, notes)
     allowed_fallback = fallback_allowed(job.config)
     if verdict.ok or not allowed_fallback or result.qdq_pairs == 0:
         enforce(step, verdict, hint=_hint(opts, False, allowed_fallback))
@@ -250,6 +252,30 @@ def _int8_with_fallback(job: CompileJob, src: Path, artifact: Path, opts: Tensor
     enforce(step, verdict, hint=f"the fp16 fallback ({res.stopped}) did not reach it either "
                                 f"({figures(res.verdict)}); {_hint(opts, True, True)}")
     return verdict.metrics, res  # pragma: no cover - enforce raised
+
+
+def _rnn_matmul_only(job: CompileJob, src: Path, artifact: Path, opts: TensorRTOptions, result: Any, verdict: Any,
+                     notes: list[str]) -> tuple[Any, Any]:
+    """An RNN whose Conv+Gemm+MatMul Q/DQ misses the contract: the second recipe quantizes the Gemm/MatMul
+    inputs only (a conv front end on audio, as in silero-vad's torch form, stays fp16). The build nearer the
+    limits goes on (to the fp16 fallback if it still misses)."""
+    from edgefm.quantize import tensorrt as q
+    from edgefm.quantize.fallback import figures
+
+    alt = artifact.with_name(".matmul-only.qdq.onnx")
+    r2 = q.quantize_qdq(src, alt, job.calib, "rnn-matmul", opts.quantization, job.spec.input_names)
+    if r2.qdq_pairs == 0:
+        alt.unlink(missing_ok=True)
+        return result, verdict
+    v2 = judge_job(job, _ort_outputs(alt, job), "int8")
+    better = v2.ok or v2.margin > verdict.margin
+    notes.append(f"Conv+Gemm+MatMul int8 missed the contract ({figures(verdict)}); Gemm/MatMul inputs only: "
+                 f"{'ok' if v2.ok else figures(v2)}" + (" - kept" if better else " - not better, dropped"))
+    if not better:
+        alt.unlink(missing_ok=True)
+        return result, verdict
+    alt.replace(artifact)
+    return r2, v2
 
 
 def _hint(opts: TensorRTOptions, fallback_tried: bool, allowed: bool) -> str:

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 FAMILY_OPS = {
     "cnn": ("Conv", "ConvTranspose", "Gemm", "MatMul"),
     "rnn": ("Conv", "ConvTranspose", "Gemm", "MatMul"),
+    "rnn-matmul": ("Gemm", "MatMul"),  # the second RNN recipe: a conv front end stays fp16 too
     "transformer": ("Gemm", "MatMul"),
     "other": ("Conv", "ConvTranspose", "Gemm", "MatMul"),
 }
