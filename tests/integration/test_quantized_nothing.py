@@ -22,14 +22,14 @@ def if_model(tmp_path_factory):
                                  [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, ["batch", 8])],
                                  [numpy_helper.from_array(w, f"{name}_w")])
 
-    # the condition reads the input's shape (per-sample outputs, not a constant an optimizer could fold away)
-    nodes = [helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Gather", ["shape", "one"], ["width"]),
-             helper.make_node("Greater", ["width", "zero"], ["cond"]),
+    # the condition reads the batch size (dynamic: never folded away; outputs stay per-sample)
+    nodes = [helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Gather", ["shape", "batch"], ["n"]),
+             helper.make_node("Greater", ["n", "zero"], ["cond"]),
              helper.make_node("If", ["cond"], ["y"], then_branch=branch("a", w1), else_branch=branch("b", w2))]
     graph = helper.make_graph(nodes, "ifm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
                               [numpy_helper.from_array(np.array(0, np.int64), "zero"),
-                               numpy_helper.from_array(np.array(1, np.int64), "one")])
+                               numpy_helper.from_array(np.array(0, np.int64), "batch")])
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     onnx.checker.check_model(m)
