@@ -524,9 +524,11 @@ def write(rows: list[dict], out: Path) -> None:
     for r in rows:
         reason = r["reason"] if len(r["reason"]) <= 600 else r["reason"][:600] + " …"
         verdict = r["status"] + (f": {reason}" if reason else "")
-        lines.append(f"| {r['model']} | {r['target']} | {r.get('edgefm') or '?'} | {verdict.replace('|', '/')} | "
+        cell = lambda t: str(t).replace("|", "\\|")  # noqa: E731 - "mean |dp|" must not split the cell
+        lines.append(f"| {r['model']} | {r['target']} | {r.get('edgefm') or '?'} | {cell(verdict)} | "
                      f"{r['precision']} | "
-                     f"{r['size_mb']} | {r['task_metric']} | {r['bound']} | {r['task_ok']} | {r.get('compress_s', '')} |")
+                     f"{r['size_mb']} | {cell(r['task_metric'])} | {cell(r['bound'])} | {r['task_ok']} | "
+                     f"{r.get('compress_s', '')} |")
     (out / "real_models.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out / 'real_models.md'}", file=sys.stderr)
 
