@@ -13,7 +13,6 @@ so that the shipped state_dict loads strictly; none imports the package.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -63,11 +62,9 @@ def zoo_dir() -> Path:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from edgefm.bundle import sha256_file
+
+    return sha256_file(path)
 
 
 def fetch(pkg: str) -> Path:

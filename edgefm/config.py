@@ -142,17 +142,24 @@ class CompressConfig(BaseModel):
         return lim
 
 
+def read_yaml_mapping(path: Path, what: str, expected: str, empty_ok: bool = False) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; every error is one line naming ``what`` and the file."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise ConfigError(f"{what} {path}: cannot be read ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is None and empty_ok:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path}: expected {expected}")
+    return data
+
+
 def load_recipe(path: Path) -> dict[str, Any]:
     """Read a recipe YAML into a dict of CompressConfig fields (errors name the file)."""
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except OSError as e:
-        raise ConfigError(f"recipe {path}: cannot be read ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"recipe {path}: not valid YAML ({e})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"recipe {path}: expected a mapping of config fields")
-    return data
+    return read_yaml_mapping(path, "recipe", "a mapping of config fields", empty_ok=True)
 
 
 def build_config(recipe: Optional[Path] = None, **fields: Any) -> CompressConfig:

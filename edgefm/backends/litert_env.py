@@ -112,12 +112,12 @@ def _paths(name: str) -> str:
     return sysconfig.get_paths()[name]
 
 
-def _run(cmd: list[str], what: str, d: Path) -> str:
+def _run(cmd: list[str], what: str, d: Path, label: str = "tflite converter environment") -> str:
+    """Run one build step of a tool environment; a failure is one line naming the environment and the step."""
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         tail = " | ".join((r.stderr or r.stdout).strip().splitlines()[-2:])[:400]
-        raise BackendUnavailableError(f"tflite converter environment {d.name}: could not {what}: {tail}; nothing "
-                                      f"was left behind")
+        raise BackendUnavailableError(f"{label} {d.name}: could not {what}: {tail}; nothing was left behind")
     return r.stdout
 
 

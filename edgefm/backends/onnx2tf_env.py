@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 # the build lock and the in-use marks work exactly as for the LiteRT converter environment
+from edgefm.backends import litert_env
 from edgefm.backends.litert_env import _exclusive, _hold, _in_use
 from edgefm.errors import BackendUnavailableError
 
@@ -125,12 +126,7 @@ def _build(d: Path, lock: Path) -> None:
 
 
 def _run(cmd: list[str], what: str, d: Path) -> str:
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        tail = " | ".join((r.stderr or r.stdout).strip().splitlines()[-2:])[:400]
-        raise BackendUnavailableError(f"onnx2tf environment {d.name}: could not {what}: {tail}; nothing was left "
-                                      f"behind")
-    return r.stdout
+    return litert_env._run(cmd, what, d, label="onnx2tf environment")
 
 
 def convert(python: Path, onnx_path: Path, out: Path, input_shapes: dict[str, list[int]], keep_layout: list[str],

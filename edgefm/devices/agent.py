@@ -48,11 +48,9 @@ def _root(arg: str) -> Path:
 
 
 def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from edgefm.bundle import sha256_file
+
+    return sha256_file(path)
 
 
 def _bundle(root: Path, msha: str) -> Path:

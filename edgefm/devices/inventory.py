@@ -17,7 +17,6 @@ import re
 from pathlib import Path
 from typing import Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgefm.errors import ConfigError, describe_validation
@@ -107,14 +106,9 @@ def inventory_path(given: Optional[Path] = None) -> Path:
 def load_inventory(path: Optional[Path] = None) -> Inventory:
     """Read and validate the inventory; every error names the file and the bad field."""
     p = inventory_path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except OSError as e:
-        raise ConfigError(f"device inventory {p}: cannot be read ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"device inventory {p}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"device inventory {p}: expected a mapping with a 'devices:' list")
+    from edgefm.config import read_yaml_mapping
+
+    data = read_yaml_mapping(p, "device inventory", "a mapping with a 'devices:' list")
     try:
         inv = Inventory.model_validate(data)
     except ValidationError as e:
