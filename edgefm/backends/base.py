@@ -60,11 +60,11 @@ def fallback_allowed(config: Any) -> bool:
 
 
 #: What every refusal of an int8 build says the user can do (the fallback already ran unless --no-fallback).
-def int8_way_out(config: Any, keep: str = "ops") -> str:
+def int8_way_out(config: Any, keep: str = "ops", precisions: str = "fp16/fp32") -> str:
     first = ("drop --no-fallback to let the most damaged parts stay in higher precision, "
              if not fallback_allowed(config) else "")
     return (f"{first}allow a bounded drop with --max-accuracy-drop, keep {keep} in float with --keep-fp32, or use "
-            f"--quantize fp16/fp32")
+            f"--quantize {precisions}")
 
 
 def judge_job(job: "CompileJob", got: Mapping[str, np.ndarray], precision: Optional[str] = None):

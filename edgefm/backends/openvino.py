@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgefm.backends.base import (CompileJob, CompileResult, Feed, LoadOptions, Samples, contract_for, fallback_allowed,
-                                  int8_slower_than_fp32, judge_job)
+                                  int8_slower_than_fp32, int8_way_out, judge_job)
 from edgefm.backends.openvino_run import (OpenVINOPredictor, compile_model, core, execution_info, pick_device,
                                           runtime_config)
 from edgefm.bundle import StageRecord, TargetEntry, sha256_file, sha256_path
@@ -346,7 +346,7 @@ def _quantize(job: CompileJob, opts: OpenVINOOptions, model: Any, f32: Any, f32_
     metrics["_execution"] = execution_info(compiled)
     if opts.compare_precisions:
         metrics["_compare"] = _compare_precisions(job, model, f32, f32_metrics, compiled, metrics)
-    enforce(step, verdict, hint=_int8_hint(allowed, fallback))
+    enforce(step, verdict, hint=_int8_hint(job.config, fallback))
     return qmodel, StageRecord(name="quantize", target=job.target.name, settings=settings,
                                seconds=round(time.perf_counter() - t0, 3), metrics=metrics, notes=notes)
 
@@ -449,18 +449,14 @@ def _fallback(job: CompileJob, opts: OpenVINOOptions, model: Any, plain: Any, s:
     return res.candidate.handle, res.candidate.compiled, verdict, res
 
 
-def _int8_hint(allowed: bool, fallback: Any) -> str:
-    if fallback is not None:
-        from edgefm.quantize.fallback import figures
+def _int8_hint(config: Any, fallback: Any) -> str:
+    way_out = int8_way_out(config, "layers (NODE/OPTYPE)", "fp32/bf16")
+    if fallback is None:
+        return way_out
+    from edgefm.quantize.fallback import figures
 
-        return (f"even after the accuracy fallback kept {len(fallback.kept)} layer(s) in float ({fallback.stopped}; "
-                f"last try: {figures(fallback.verdict)}); allow a bounded drop with --max-accuracy-drop, keep more "
-                f"with --keep-fp32 NODE/OPTYPE or use --quantize fp32/bf16")
-    if not allowed:
-        return ("drop --no-fallback to let the most sensitive layers stay in float, allow a bounded drop with "
-                "--max-accuracy-drop, or --keep-fp32 NODE/OPTYPE")
-    return ("allow a bounded drop with --max-accuracy-drop, keep layers in float with --keep-fp32 NODE/OPTYPE, or "
-            "use --quantize fp32/bf16")
+    return (f"even after the accuracy fallback kept {len(fallback.kept)} layer(s) in float ({fallback.stopped}; "
+            f"last try: {figures(fallback.verdict)}); {way_out}")
 
 
 def _count(values: Any) -> dict[str, int]:

@@ -233,7 +233,7 @@ def _int8_with_fallback(job: CompileJob, src: Path, artifact: Path, opts: Tensor
         result, verdict = _rnn_matmul_only(job, src, artifact, opts, result, verdict, notes)
     allowed_fallback = fallback_allowed(job.config)
     if verdict.ok or not allowed_fallback or result.qdq_pairs == 0:
-        enforce(step, verdict, hint=_hint(opts, False, allowed_fallback))
+        enforce(step, verdict, hint=_hint(opts, job.config))
         return verdict.metrics, None
     hooks = TrtFallback(job, src, artifact)
     res = run_fallback(hooks, lambda got: judge_job(job, got, "int8"), Candidate(artifact),
@@ -250,7 +250,7 @@ def _int8_with_fallback(job: CompileJob, src: Path, artifact: Path, opts: Tensor
                                 "rounds": len(res.rounds), "first_try": verdict.metrics}
         return metrics, res
     enforce(step, verdict, hint=f"the fp16 fallback ({res.stopped}) did not reach it either "
-                                f"({figures(res.verdict)}); {_hint(opts, True, True)}")
+                                f"({figures(res.verdict)}); {_hint(opts, job.config)}")
     return verdict.metrics, res  # pragma: no cover - enforce raised
 
 
@@ -278,12 +278,9 @@ def _rnn_matmul_only(job: CompileJob, src: Path, artifact: Path, opts: TensorRTO
     return r2, v2
 
 
-def _hint(opts: TensorRTOptions, fallback_tried: bool, allowed: bool) -> str:
-    h = "allow a bounded drop with --max-accuracy-drop, keep sensitive layers in float with --keep-fp32 NODE, or " \
-        "use --quantize fp16"
-    if not allowed:
-        h = "drop --no-fallback (the most damaged activations then fall back to fp16), " + h
-    return h + ("; 2:4 sparsity without fine-tuning costs accuracy" if opts.sparsity else "")
+def _hint(opts: TensorRTOptions, config: Any) -> str:
+    return int8_way_out(config, "layers (NODE)", "fp16") + (
+        "; 2:4 sparsity without fine-tuning costs accuracy" if opts.sparsity else "")
 
 
 def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contract's name
@@ -334,7 +331,7 @@ def compile(job: CompileJob) -> CompileResult:  # noqa: A001 - the backend contr
             verdict = judge_job(job, _ort_outputs(artifact, job))
             metrics = verdict.metrics
             if opts.sparsity:
-                enforce(step, verdict, hint=_hint(opts, False, True))
+                enforce(step, verdict, hint=_hint(opts, job.config))
             notes.append(f"{precision} numerics are TensorRT's own: they are measured on the device by "
                          f"`edgefm compile` against the fp32 reference")
         final = onnx.load(str(artifact))
