@@ -170,10 +170,23 @@ def matmul_only(s: PTQSettings, model: Any) -> PTQSettings:
 def quantize(model: Any, calib: Samples, s: PTQSettings) -> Any:
     """Post-training static int8 of an ``openvino.Model`` (returns a new model)."""
     import nncf
+    import nncf.errors
 
-    with _nncf_log(s.verbose):
-        return nncf.quantize(model, dataset(calib), advanced_parameters=_advanced(s),
-                             **_common_kwargs(s, model, len(calib)))
+    nncf_errors = tuple(c for c in vars(nncf.errors).values() if isinstance(c, type) and issubclass(c, Exception))
+    try:
+        with _nncf_log(s.verbose):
+            return nncf.quantize(model, dataset(calib), advanced_parameters=_advanced(s),
+                                 **_common_kwargs(s, model, len(calib)))
+    except nncf_errors as e:  # NNCF's own refusals, as one line (never a traceback from inside NNCF)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        ifs = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "If"]
+        if "dataset must not be empty" in first and ifs:
+            raise CalibrationError(
+                f"NNCF int8: the model keeps If node(s) {ifs[:3]} whose condition the declared inputs do not decide, "
+                f"and NNCF calibrates each branch only on the samples that take it: a branch no calibration sample "
+                f"takes cannot be quantized ({first}). Declare the inputs that decide it (fixed sizes, --input "
+                f"NAME:scalar:TYPE=VALUE), calibrate with data that takes every branch, or use --quantize fp32") from None
+        raise CalibrationError(f"NNCF int8 refused the model: {type(e).__name__}: {first}") from None
 
 
 def compress_weights(model: Any, s: PTQSettings, symmetric: bool = False) -> Any:
