@@ -119,3 +119,31 @@ def test_onnx_channel_slice_before_lstm_converts(tmp_path):
     for chunk in S.streams(1, 3)[0]:
         state = run(input=chunk[None], state=state)["stateN"]
         assert state.shape == (2, 1, 32)
+
+
+def test_square_nchw_output_is_laid_out_as_onnx_in_litert(tmp_path):
+    """A conv output with C == H == W (8, 8, 8): onnx2tf's NHWC output has the same shape as the ONNX NCHW one,
+    so only its values tell the layouts apart. It is transposed back inside the model, and LiteRT's own
+    Interpreter (no edgefm code) returns the ONNX layout (before: refused at the fp32 conversion, max abs 14)."""
+    import onnxruntime as ort
+    from ai_edge_litert.interpreter import Interpreter
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(8, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8, 8, 8])],
+                              [numpy_helper.from_array(w, "w")])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(tmp_path / "conv.onnx"))
+    np.savez(tmp_path / "calib.npz", x=rng.normal(size=(16, 3, 8, 8)).astype(np.float32))
+    compress(build_config(source=tmp_path / "conv.onnx", output=tmp_path / "b", targets=["tflite-arm64"],
+                          calib=tmp_path / "calib.npz", quantize="fp32", outputs={"y": {"kind": "regression"}}))
+    x = rng.normal(size=(1, 3, 8, 8)).astype(np.float32)
+    ref = ort.InferenceSession(str(tmp_path / "conv.onnx")).run(None, {"x": x})[0]
+    runner = Interpreter(model_path=str(tmp_path / "b" / "tflite-arm64" / "model.tflite")).get_signature_runner()
+    for _ in range(3):  # call after call
+        got = list(runner(x=x).values())[0]
+        assert got.shape == ref.shape and np.abs(got - ref).max() < 1e-4
