@@ -435,6 +435,22 @@ def _lock(out: Path) -> Iterator[None]:
         os.close(fd)
 
 
+def _sigterm_handler(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _plain_sigterm_in_child() -> None:
+    """A process forked while our handler is installed (a library's multiprocessing worker: OpenVINO's
+    telemetry sender forks one per event) gets SIGTERM's default action back. Our handler is Python code: a
+    forked child stuck on a lock another thread held at the fork never runs it, so ``terminate()`` could not end
+    it and its parent waited forever (seen once in CI, after the test summary)."""
+    if signal.getsignal(signal.SIGTERM) is _sigterm_handler:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+os.register_at_fork(after_in_child=_plain_sigterm_in_child)
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (kill, a container stop) unwinds like Ctrl-C, so the staging folder is removed either way."""
@@ -442,10 +458,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
         return
 
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    old = signal.signal(signal.SIGTERM, handler)
+    old = signal.signal(signal.SIGTERM, _sigterm_handler)
     try:
         yield
     finally:

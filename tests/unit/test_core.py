@@ -120,3 +120,22 @@ def test_fidelity_figures():
     assert metrics["_accuracy"]["fp32_top1"] == 1.0 and metrics["_accuracy"]["top1"] < 0.2
     with pytest.raises(AccuracyError, match="accuracy_drop_points"):
         check("quantize", metrics, Limits(accuracy_drop=1.0))
+
+
+def test_a_child_forked_under_the_sigterm_handler_gets_the_default_action():
+    """A library forks workers while compress holds SIGTERM (OpenVINO's telemetry sender does): the child gets
+    SIGTERM's default action, so terminate() ends it even when it is stuck in C code where a Python handler
+    never runs (before: the child ran our handler and could hang its parent's join)."""
+    import multiprocessing
+    import signal
+    import time
+
+    from edgefm.bundle import sigterm_as_interrupt
+
+    with sigterm_as_interrupt():
+        p = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,), daemon=True)
+        p.start()
+        time.sleep(0.5)
+        p.terminate()
+        p.join(10)
+    assert p.exitcode == -signal.SIGTERM, p.exitcode
